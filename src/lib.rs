@@ -1,0 +1,23 @@
+//! # outbox-relay
+//!
+//! Turns rows of a transactional outbox table in PostgreSQL into Avro records on Kafka, exactly once.
+//!
+//! # Layout
+//!
+//! - [`config`]: TOML + environment configuration, connection strings, secret redaction.
+//! - [`pg`]: everything PostgreSQL: [`pg::lsn`] positions, [`pg::pgoutput`] decoder (no I/O),
+//!   [`pg::replication`] our replication-protocol client, [`pg::txn`] transaction assembly, [`pg::slot`] slot and
+//!   publication management over ordinary SQL.
+//! - [`outbox`]: row -> event mapping and routing (Debezium Outbox Event Router compatible).
+//! - [`avro`]: event -> Avro value in the Confluent wire format, through the schema registry.
+//! - [`kafka`]: transactional producer and checkpoint topic.
+//! - [`pipeline`]: the loop that ties them together; acknowledges to PostgreSQL only after the Kafka commit.
+//! - [`check`]: the `check` command's service probes.
+
+pub mod avro;
+pub mod check;
+pub mod config;
+pub mod kafka;
+pub mod outbox;
+pub mod pg;
+pub mod pipeline;

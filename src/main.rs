@@ -1,0 +1,2 @@
+//! The `outbox-relay` binary (to be written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! outbox (to be written).

@@ -1,0 +1,1 @@
+//! pgoutput (to be written).

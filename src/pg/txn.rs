@@ -1,0 +1,1 @@
+//! txn (to be written).
