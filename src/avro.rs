@@ -1,1 +1,800 @@
-//! avro (to be written).
+//! Event -> Avro record value in the Confluent wire format, through a Confluent-compatible schema registry.
+//!
+//! Invariant: every value this module hands to the producer is `0x00 | schema id (u32 BE) | Avro binary`, where the
+//! schema id is the one the registry returned for that very schema under the record's subject
+//! (TopicNameStrategy: `<topic>-value`, `<topic>-key`). A schema the registry refuses (incompatible, invalid,
+//! unauthorized) is a definite [`EncodeError`] that says what to fix; an unreachable registry is retried with
+//! backoff and then reported as transient. Nothing is produced with a guessed id.
+//!
+//! ```text
+//!  OutboxEvent ──ValueEncoder::encode──> ids[topic]? ──hit──> write Avro binary ──> Vec<u8> (wire format)
+//!                                            │ miss (once per topic and process)
+//!                                            ▼
+//!                     SchemaRegistry::register: POST <topic>-value (schema_registry_converter), retries, backoff
+//! ```
+//!
+//! Value mode `envelope` ([`EnvelopeEncoder`]) writes one fixed record schema for every event, see
+//! [`envelope_schema`]. Its binary encoding is written here directly from the event's fields instead of through
+//! `apache_avro::types::Value`: the schema is ours and flat (strings, a long, `["null","string"]` unions), and the
+//! per-event cost drops to a few hundred nanoseconds. A unit test checks the bytes against `apache-avro`'s writer
+//! and the integration tests decode them through the registry.
+//!
+//! [`ValueEncoder`] is the seam for further value modes (a registry-governed schema per event type).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+
+use crate::config::{KeyFormat, SchemaRegistryConfig, redact_url};
+use crate::outbox::OutboxEvent;
+
+/// A schema id assigned by the registry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SchemaId(pub u32);
+
+impl fmt::Display for SchemaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Namespace of the envelope record.
+pub const ENVELOPE_NAMESPACE: &str = "io.outboxrelay";
+/// Name of the envelope record.
+pub const ENVELOPE_NAME: &str = "OutboxEnvelope";
+/// The fixed fields of the envelope, in schema order.
+pub const ENVELOPE_FIXED_FIELDS: [&str; 6] = ["id", "aggregate_type", "aggregate_id", "type", "timestamp", "payload"];
+
+/// Magic byte of the Confluent wire format.
+const MAGIC: u8 = 0;
+
+/// Why an event could not be encoded, or its schema not registered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A value of the event does not fit the schema.
+    #[error("event {event_id}: field {field:?} cannot be encoded: {reason}")]
+    Value {
+        /// The event's id.
+        event_id: String,
+        /// The field at fault.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The registry could not be reached (connection error, timeout, 5xx) after every attempt. Transient.
+    #[error("schema registry {url} unavailable for subject {subject} after {attempts} attempts: {reason}")]
+    RegistryUnavailable {
+        /// The registry URL, without credentials.
+        url: String,
+        /// The subject being registered.
+        subject: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        reason: String,
+        /// The converter's error.
+        #[source]
+        source: Box<SRCError>,
+    },
+    /// The registry's compatibility rule refused the schema (HTTP 409).
+    #[error(
+        "schema registry {url} refused the schema for subject {subject} as incompatible with its registered versions \
+         ({reason}); fix: make the change compatible (new envelope fields are optional with default null, so this \
+         usually means a field was renamed or another writer owns the subject), or relax the subject's compatibility \
+         level, or route to a new topic"
+    )]
+    IncompatibleSchema {
+        /// The registry URL, without credentials.
+        url: String,
+        /// The subject.
+        subject: String,
+        /// The registry's message.
+        reason: String,
+    },
+    /// The registry rejected the schema as invalid (HTTP 422).
+    #[error("schema registry {url} rejected the schema for subject {subject} as invalid: {reason}")]
+    InvalidSchema {
+        /// The registry URL, without credentials.
+        url: String,
+        /// The subject.
+        subject: String,
+        /// The registry's message.
+        reason: String,
+    },
+    /// The registry refused our credentials (HTTP 401/403).
+    #[error(
+        "schema registry {url} refused access to subject {subject} (HTTP {status}); fix: check schema_registry.username \
+         and schema_registry.password (or the user:password in schema_registry.url) and the user's permissions"
+    )]
+    Unauthorized {
+        /// The registry URL, without credentials.
+        url: String,
+        /// The subject.
+        subject: String,
+        /// 401 or 403.
+        status: u16,
+    },
+    /// Any other definite registry failure.
+    #[error("schema registry {url} failed for subject {subject}: {reason}")]
+    Registry {
+        /// The registry URL, without credentials.
+        url: String,
+        /// The subject.
+        subject: String,
+        /// What happened.
+        reason: String,
+        /// The converter's error.
+        #[source]
+        source: Box<SRCError>,
+    },
+    /// The encoder's own settings are invalid.
+    #[error("invalid Avro encoder settings: {0}")]
+    Settings(String),
+}
+
+impl EncodeError {
+    /// `true` when retrying later may succeed (the registry was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, EncodeError::RegistryUnavailable { .. })
+    }
+}
+
+/// Why a wire-format value could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode Avro value: {reason}")]
+pub struct DecodeError {
+    /// What happened.
+    pub reason: String,
+    /// The converter's error.
+    #[source]
+    pub source: Box<SRCError>,
+}
+
+/// How registry calls are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, at least 1.
+    pub attempts: u32,
+    /// Wait after the first failure; doubled after each further one.
+    pub initial_backoff: Duration,
+    /// Upper bound of the wait.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 5, initial_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(5) }
+    }
+}
+
+/// Where the registry is and how to talk to it.
+#[derive(Clone)]
+pub struct RegistrySettings {
+    url: String,
+    basic_auth: Option<(String, String)>,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("url", &self.url)
+            .field("user", &self.basic_auth.as_ref().map(|(u, _)| u))
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl RegistrySettings {
+    /// Settings for `url`; `user:password@` in the URL becomes basic auth and is removed from the URL.
+    pub fn new(url: &str) -> RegistrySettings {
+        let config = SchemaRegistryConfig { url: url.to_owned(), ..SchemaRegistryConfig::default() };
+        RegistrySettings::from_config(&config)
+    }
+
+    /// Settings from the `[schema_registry]` configuration.
+    pub fn from_config(config: &SchemaRegistryConfig) -> RegistrySettings {
+        RegistrySettings {
+            url: config.base_url(),
+            basic_auth: config.basic_auth(),
+            request_timeout: config.request_timeout(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Uses basic auth with these credentials.
+    #[must_use]
+    pub fn with_basic_auth(mut self, user: &str, password: &str) -> RegistrySettings {
+        self.basic_auth = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Sets the timeout of one request.
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> RegistrySettings {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> RegistrySettings {
+        self.retry = retry;
+        self
+    }
+
+    /// The base URL, without credentials.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn sr_settings(&self) -> Result<SrSettings, EncodeError> {
+        let mut builder = SrSettings::new_builder(self.url.clone());
+        if let Some((user, password)) = &self.basic_auth {
+            builder.set_basic_authorization(user, Some(password));
+        }
+        builder
+            .set_timeout(self.request_timeout)
+            .build()
+            .map_err(|e| EncodeError::Settings(format!("schema registry client for {}: {}", self.url, describe(&e))))
+    }
+}
+
+/// The registry client shared by the key and value encoders: registers schemas (through schema_registry_converter,
+/// which caches them per subject) with retries, and classifies its failures.
+#[derive(Debug)]
+pub struct SchemaRegistry {
+    converter: AvroEncoder,
+    url: String,
+    retry: RetryPolicy,
+}
+
+impl SchemaRegistry {
+    /// A client; no request is made until the first registration.
+    pub fn new(settings: &RegistrySettings) -> Result<SchemaRegistry, EncodeError> {
+        Ok(SchemaRegistry {
+            converter: AvroEncoder::new(settings.sr_settings()?),
+            url: redact_url(&settings.url),
+            retry: settings.retry,
+        })
+    }
+
+    /// Registers `schema` under `<topic>-key` or `<topic>-value` (or finds it registered) and returns its id.
+    /// Retries transient failures with exponential backoff; clears the converter's cached errors before each try so
+    /// a failure is never served from its cache.
+    pub async fn register(&self, topic: &str, is_key: bool, schema: &SuppliedSchema) -> Result<SchemaId, EncodeError> {
+        let subject = format!("{topic}-{}", if is_key { "key" } else { "value" });
+        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), is_key, schema.clone());
+        let attempts = self.retry.attempts.max(1);
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            self.converter.remove_errors_from_cache();
+            let error = match self.converter.get_schema_and_id(&subject, strategy.clone()).await {
+                Ok(registered) => {
+                    tracing::info!(subject = %subject, schema_id = registered.id, "schema registered");
+                    return Ok(SchemaId(registered.id));
+                }
+                Err(e) => e,
+            };
+            let status = http_status(&error);
+            let reason = describe(&error);
+            let (url, subject) = (self.url.clone(), subject.clone());
+            match status {
+                Some(409) => return Err(EncodeError::IncompatibleSchema { url, subject, reason }),
+                Some(422) => return Err(EncodeError::InvalidSchema { url, subject, reason }),
+                Some(status @ (401 | 403)) => return Err(EncodeError::Unauthorized { url, subject, status }),
+                _ if is_transient(&error, status) => {
+                    if attempt >= attempts {
+                        return Err(EncodeError::RegistryUnavailable {
+                            url,
+                            subject,
+                            attempts,
+                            reason,
+                            source: Box::new(error),
+                        });
+                    }
+                    tracing::warn!(
+                        subject = %subject,
+                        attempt,
+                        backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        error = %reason,
+                        "schema registry call failed, retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+                Some(404) => {
+                    let reason = format!(
+                        "{reason}; is schema_registry.url the base of a Confluent-compatible API (for Apicurio it \
+                         ends in /apis/ccompat/v7)?"
+                    );
+                    return Err(EncodeError::Registry { url, subject, reason, source: Box::new(error) });
+                }
+                _ => return Err(EncodeError::Registry { url, subject, reason, source: Box::new(error) }),
+            }
+        }
+    }
+}
+
+/// The HTTP status of a registry error response, from the converter's message ("... failed with status 409 ...").
+fn http_status(e: &SRCError) -> Option<u16> {
+    let rest = e.error.split_once("with status ")?.1;
+    rest.get(..3)?.parse().ok()
+}
+
+fn is_transient(e: &SRCError, status: Option<u16>) -> bool {
+    match status {
+        Some(s) => s >= 500 || s == 408 || s == 429,
+        // No response at all: connection refused, DNS, timeout.
+        None => e.retriable,
+    }
+}
+
+/// The converter's message and the chain of causes under it ("... error sending request: ... Connection refused").
+fn describe(e: &SRCError) -> String {
+    let mut text = e.error.clone();
+    let mut last = String::new();
+    let mut cause = std::error::Error::source(e);
+    if cause.is_none() {
+        if let Some(c) = &e.cause {
+            text.push_str(": ");
+            text.push_str(c);
+        }
+    }
+    while let Some(c) = cause {
+        let piece = c.to_string();
+        // reqwest repeats its inner error in its own message; skip exact repeats.
+        if piece != last && !text.ends_with(&piece) {
+            text.push_str(": ");
+            text.push_str(&piece);
+        }
+        last = piece;
+        cause = c.source();
+    }
+    text
+}
+
+/// Encodes record values. Implementations are shared by the pipeline's tasks.
+pub trait ValueEncoder: Send + Sync + fmt::Debug {
+    /// The record value for `event` in the Confluent wire format. Registers the schema on first use for a topic.
+    fn encode<'a>(&'a self, event: &'a OutboxEvent) -> BoxFuture<'a, Result<Vec<u8>, EncodeError>>;
+}
+
+/// The Avro schema of the envelope with the given extra `["null","string"]` fields, as registry-ready JSON.
+///
+/// ```json
+/// {"type": "record", "name": "OutboxEnvelope", "namespace": "io.outboxrelay", "fields": [
+///   {"name": "id",             "type": "string"},
+///   {"name": "aggregate_type", "type": "string"},
+///   {"name": "aggregate_id",   "type": "string"},
+///   {"name": "type",           "type": "string"},
+///   {"name": "timestamp",      "type": {"type": "long", "logicalType": "timestamp-micros"}},
+///   {"name": "payload",        "type": ["null", "string"], "default": null},
+///   {"name": "<extra>",        "type": ["null", "string"], "default": null}, ...]}
+/// ```
+///
+/// Adding an extra field later is a BACKWARD-compatible change (it has a default).
+pub fn envelope_schema(extra_fields: &[String]) -> String {
+    let field =
+        |name: &str, ty: serde_json::Value, doc: &str| serde_json::json!({"name": name, "type": ty, "doc": doc});
+    let optional = |name: &str, doc: &str| serde_json::json!({"name": name, "type": ["null", "string"], "default": null, "doc": doc});
+    let mut fields = vec![
+        field("id", "string".into(), "Event id (the outbox id column)."),
+        field("aggregate_type", "string".into(), "Routing value (the aggregatetype column)."),
+        field("aggregate_id", "string".into(), "Aggregate id; also the record key."),
+        field("type", "string".into(), "Event type."),
+        field(
+            "timestamp",
+            serde_json::json!({"type": "long", "logicalType": "timestamp-micros"}),
+            "Event time: the configured timestamp column, or the commit time of the PostgreSQL transaction.",
+        ),
+        optional("payload", "The event payload as JSON text; null when the payload column is NULL."),
+    ];
+    fields.extend(extra_fields.iter().map(|name| optional(name, "Additional outbox column.")));
+    serde_json::json!({
+        "type": "record",
+        "name": ENVELOPE_NAME,
+        "namespace": ENVELOPE_NAMESPACE,
+        "doc": "An outbox event relayed by outbox-relay.",
+        "fields": fields,
+    })
+    .to_string()
+}
+
+fn is_avro_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Schema ids by topic, filled on first use. Read-locked on the hot path; written once per topic.
+#[derive(Debug, Default)]
+struct IdCache(RwLock<HashMap<String, SchemaId>>);
+
+impl IdCache {
+    #[inline]
+    fn get(&self, topic: &str) -> Option<SchemaId> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).get(topic).copied()
+    }
+
+    fn insert(&self, topic: &str, id: SchemaId) {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).insert(topic.to_owned(), id);
+    }
+}
+
+/// Value mode `envelope`: every event becomes an [`envelope_schema`] record, registered under `<topic>-value`.
+#[derive(Debug)]
+pub struct EnvelopeEncoder {
+    registry: Arc<SchemaRegistry>,
+    schema: SuppliedSchema,
+    extra_fields: Vec<String>,
+    ids: IdCache,
+}
+
+impl EnvelopeEncoder {
+    /// An encoder whose envelope has the fixed fields plus `extra_fields` (the envelope additional fields of every
+    /// configured table and of the message outbox, without duplicates). Each must be an Avro name
+    /// (`[A-Za-z_][A-Za-z0-9_]*`) other than the fixed fields.
+    pub fn new(registry: Arc<SchemaRegistry>, extra_fields: Vec<String>) -> Result<EnvelopeEncoder, EncodeError> {
+        for (i, name) in extra_fields.iter().enumerate() {
+            if !is_avro_name(name) {
+                return Err(EncodeError::Settings(format!(
+                    "envelope field {name:?} is not an Avro name ([A-Za-z_][A-Za-z0-9_]*); give the additional field \
+                     an alias"
+                )));
+            }
+            if ENVELOPE_FIXED_FIELDS.contains(&name.as_str()) || extra_fields.get(..i).is_some_and(|p| p.contains(name))
+            {
+                return Err(EncodeError::Settings(format!("envelope field {name:?} is defined twice")));
+            }
+        }
+        let schema = SuppliedSchema::new(
+            Some(format!("{ENVELOPE_NAMESPACE}.{ENVELOPE_NAME}")),
+            SchemaType::Avro,
+            envelope_schema(&extra_fields),
+        );
+        Ok(EnvelopeEncoder { registry, schema, extra_fields, ids: IdCache::default() })
+    }
+
+    /// The schema registered for every topic.
+    pub fn schema_json(&self) -> &str {
+        &self.schema.schema
+    }
+
+    /// The schema id for `topic`, registering on first use.
+    pub async fn schema_id(&self, topic: &str) -> Result<SchemaId, EncodeError> {
+        if let Some(id) = self.ids.get(topic) {
+            return Ok(id);
+        }
+        let id = self.registry.register(topic, false, &self.schema).await?;
+        self.ids.insert(topic, id);
+        Ok(id)
+    }
+
+    /// The wire-format bytes of `event` under schema `id`; no I/O.
+    pub fn encode_with_id(&self, id: SchemaId, event: &OutboxEvent) -> Result<Vec<u8>, EncodeError> {
+        let payload_len = event.payload.as_ref().map_or(0, String::len);
+        let text_len = event.id.len() + event.aggregate_type.len() + event.aggregate_id.len() + event.event_type.len();
+        let extra_len: usize = event.envelope_fields.iter().map(|(_, v)| v.as_ref().map_or(0, String::len) + 10).sum();
+        let mut out = Vec::with_capacity(5 + 50 + text_len + payload_len + extra_len);
+        out.push(MAGIC);
+        out.extend_from_slice(&id.0.to_be_bytes());
+        write_string(&mut out, &event.id);
+        write_string(&mut out, &event.aggregate_type);
+        write_string(&mut out, &event.aggregate_id);
+        write_string(&mut out, &event.event_type);
+        write_long(&mut out, event.timestamp.unix_micros());
+        write_optional_string(&mut out, event.payload.as_deref());
+        for (i, name) in self.extra_fields.iter().enumerate() {
+            // Events of one mapping carry their envelope fields in configuration order: try that position first.
+            let value = match event.envelope_fields.get(i) {
+                Some((n, v)) if n == name => Some(v),
+                _ => event.envelope_fields.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            };
+            write_optional_string(&mut out, value.and_then(Option::as_deref));
+        }
+        if let Some((name, _)) = event.envelope_fields.iter().find(|(n, _)| !self.extra_fields.contains(n)) {
+            return Err(EncodeError::Value {
+                event_id: event.id.clone(),
+                field: name.clone(),
+                reason: "not a field of the envelope schema (is the relay's envelope built from every mapping?)"
+                    .to_owned(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl ValueEncoder for EnvelopeEncoder {
+    fn encode<'a>(&'a self, event: &'a OutboxEvent) -> BoxFuture<'a, Result<Vec<u8>, EncodeError>> {
+        Box::pin(async move {
+            let id = self.schema_id(&event.topic).await?;
+            self.encode_with_id(id, event)
+        })
+    }
+}
+
+/// Encodes record keys: the aggregate id as UTF-8 bytes, or as an Avro `"string"` registered under `<topic>-key`.
+#[derive(Debug)]
+pub struct KeyEncoder(KeyMode);
+
+#[derive(Debug)]
+enum KeyMode {
+    String,
+    Avro(Box<AvroKey>),
+}
+
+#[derive(Debug)]
+struct AvroKey {
+    registry: Arc<SchemaRegistry>,
+    schema: SuppliedSchema,
+    ids: IdCache,
+}
+
+impl KeyEncoder {
+    /// The encoder for a configured key format.
+    pub fn new(format: KeyFormat, registry: Arc<SchemaRegistry>) -> KeyEncoder {
+        match format {
+            KeyFormat::String => KeyEncoder::string(),
+            KeyFormat::Avro => KeyEncoder::avro(registry),
+        }
+    }
+
+    /// Plain UTF-8 bytes (the default; what Kafka Connect's StringConverter writes).
+    pub fn string() -> KeyEncoder {
+        KeyEncoder(KeyMode::String)
+    }
+
+    /// An Avro `"string"` in the Confluent wire format, registered under `<topic>-key`.
+    pub fn avro(registry: Arc<SchemaRegistry>) -> KeyEncoder {
+        let schema = SuppliedSchema::new(None, SchemaType::Avro, r#""string""#.to_owned());
+        KeyEncoder(KeyMode::Avro(Box::new(AvroKey { registry, schema, ids: IdCache::default() })))
+    }
+
+    /// The record key of `event`.
+    pub async fn encode(&self, event: &OutboxEvent) -> Result<Vec<u8>, EncodeError> {
+        match &self.0 {
+            KeyMode::String => Ok(event.aggregate_id.as_bytes().to_vec()),
+            KeyMode::Avro(avro) => {
+                let id = match avro.ids.get(&event.topic) {
+                    Some(id) => id,
+                    None => {
+                        let id = avro.registry.register(&event.topic, true, &avro.schema).await?;
+                        avro.ids.insert(&event.topic, id);
+                        id
+                    }
+                };
+                let mut out = Vec::with_capacity(5 + 10 + event.aggregate_id.len());
+                out.push(MAGIC);
+                out.extend_from_slice(&id.0.to_be_bytes());
+                write_string(&mut out, &event.aggregate_id);
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[inline]
+fn write_long(out: &mut Vec<u8>, v: i64) {
+    // Zig-zag, then little-endian base-128 varint.
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+#[inline]
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    write_long(out, i64::try_from(s.len()).unwrap_or(i64::MAX));
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[inline]
+fn write_optional_string(out: &mut Vec<u8>, s: Option<&str>) {
+    // Union ["null", "string"]: branch index, then the value.
+    match s {
+        None => write_long(out, 0),
+        Some(s) => {
+            write_long(out, 1);
+            write_string(out, s);
+        }
+    }
+}
+
+/// A decoded wire-format value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedValue {
+    /// The writer schema's id.
+    pub schema_id: SchemaId,
+    /// The writer schema's full name, for a record.
+    pub name: Option<String>,
+    /// The value as JSON (unions unwrapped, timestamps as numbers).
+    pub json: serde_json::Value,
+}
+
+/// Reads Confluent wire-format Avro values back, fetching writer schemas by id (cached). For tests, tooling and
+/// the README's "read it back decoded".
+#[derive(Debug)]
+pub struct RegistryDecoder {
+    decoder: AvroDecoder,
+}
+
+impl RegistryDecoder {
+    /// A decoder using `settings`.
+    pub fn new(settings: &RegistrySettings) -> Result<RegistryDecoder, EncodeError> {
+        Ok(RegistryDecoder { decoder: AvroDecoder::new(settings.sr_settings()?) })
+    }
+
+    /// Decodes `bytes` (`0x00 | id | Avro binary`).
+    pub async fn decode(&self, bytes: &[u8]) -> Result<DecodedValue, DecodeError> {
+        let id = match bytes {
+            [MAGIC, a, b, c, d, ..] => SchemaId(u32::from_be_bytes([*a, *b, *c, *d])),
+            _ => {
+                let source = Box::new(SRCError::non_retryable_without_cause("not in the Confluent wire format"));
+                return Err(DecodeError { reason: "expected 0x00 and a 4-byte schema id".to_owned(), source });
+            }
+        };
+        self.decoder.remove_errors_from_cache();
+        let decoded = self
+            .decoder
+            .decode(Some(bytes))
+            .await
+            .map_err(|e| DecodeError { reason: format!("schema id {id}: {}", describe(&e)), source: Box::new(e) })?;
+        let json = serde_json::Value::try_from(decoded.value).map_err(|e| DecodeError {
+            reason: format!("schema id {id}: {e}"),
+            source: Box::new(SRCError::non_retryable_without_cause("value has no JSON form")),
+        })?;
+        Ok(DecodedValue { schema_id: id, name: decoded.name.map(|n| n.fullname(None)), json })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::pg::lsn::{Lsn, PgTimestamp};
+    use apache_avro::Schema;
+    use apache_avro::types::Value;
+
+    fn encoder(extra: &[&str]) -> EnvelopeEncoder {
+        let registry = Arc::new(SchemaRegistry::new(&RegistrySettings::new("http://127.0.0.1:1")).unwrap());
+        EnvelopeEncoder::new(registry, extra.iter().map(|s| (*s).to_owned()).collect()).unwrap()
+    }
+
+    fn event() -> OutboxEvent {
+        OutboxEvent {
+            id: "e-1".into(),
+            aggregate_type: "order".into(),
+            aggregate_id: "o-42".into(),
+            event_type: "OrderCreated".into(),
+            timestamp: PgTimestamp(-5),
+            payload: Some(r#"{"total":7,"note":"ünïcødé"}"#.into()),
+            topic: "outbox.event.order".into(),
+            partition: None,
+            headers: vec![],
+            envelope_fields: vec![("tenant".into(), Some("acme".into())), ("region".into(), None)],
+            source: "public.outbox".into(),
+            commit_lsn: Lsn(1),
+        }
+    }
+
+    /// The same event through apache-avro's generic writer.
+    fn reference_encoding(schema_json: &str, ev: &OutboxEvent, extra: &[&str]) -> Vec<u8> {
+        let schema = Schema::parse_str(schema_json).unwrap();
+        let opt = |v: Option<&str>| match v {
+            None => Value::Union(0, Box::new(Value::Null)),
+            Some(s) => Value::Union(1, Box::new(Value::String(s.to_owned()))),
+        };
+        let mut fields = vec![
+            ("id".to_owned(), Value::String(ev.id.clone())),
+            ("aggregate_type".to_owned(), Value::String(ev.aggregate_type.clone())),
+            ("aggregate_id".to_owned(), Value::String(ev.aggregate_id.clone())),
+            ("type".to_owned(), Value::String(ev.event_type.clone())),
+            ("timestamp".to_owned(), Value::TimestampMicros(ev.timestamp.unix_micros())),
+            ("payload".to_owned(), opt(ev.payload.as_deref())),
+        ];
+        for name in extra {
+            let v = ev.envelope_fields.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref());
+            fields.push(((*name).to_owned(), opt(v)));
+        }
+        apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(Value::Record(fields))
+            .unwrap()
+    }
+
+    #[test]
+    fn envelope_bytes_match_apache_avro() {
+        let extra = ["tenant", "region"];
+        let enc = encoder(&extra);
+        let ev = event();
+        let bytes = enc.encode_with_id(SchemaId(0x0102_0304), &ev).unwrap();
+        assert_eq!(&bytes[..5], &[0, 1, 2, 3, 4]);
+        assert_eq!(&bytes[5..], reference_encoding(enc.schema_json(), &ev, &extra).as_slice());
+        // Fields in another order, and a missing one, still land in schema order (missing = null).
+        let mut ev2 = ev.clone();
+        ev2.envelope_fields = vec![("region".into(), Some("eu".into()))];
+        ev2.payload = None;
+        let bytes = enc.encode_with_id(SchemaId(7), &ev2).unwrap();
+        assert_eq!(&bytes[5..], reference_encoding(enc.schema_json(), &ev2, &extra).as_slice());
+    }
+
+    #[test]
+    fn unknown_envelope_field_names_event_and_field() {
+        let enc = encoder(&["tenant"]);
+        let e = enc.encode_with_id(SchemaId(1), &event()).unwrap_err();
+        assert!(
+            matches!(&e, EncodeError::Value { event_id, field, .. } if event_id == "e-1" && field == "region"),
+            "{e}"
+        );
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn envelope_field_names_are_checked() {
+        let registry = Arc::new(SchemaRegistry::new(&RegistrySettings::new("http://127.0.0.1:1")).unwrap());
+        for bad in [vec!["1abc"], vec!["a-b"], vec![""], vec!["payload"], vec!["x", "x"]] {
+            let names = bad.iter().map(|s| (*s).to_owned()).collect();
+            assert!(matches!(EnvelopeEncoder::new(registry.clone(), names), Err(EncodeError::Settings(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn envelope_schema_parses_with_logical_type_and_defaults() {
+        let schema = Schema::parse_str(&envelope_schema(&["tenant".to_owned()])).unwrap();
+        let Schema::Record(record) = schema else { panic!("not a record") };
+        assert_eq!(record.name.fullname(None), "io.outboxrelay.OutboxEnvelope");
+        let names: Vec<_> = record.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["id", "aggregate_type", "aggregate_id", "type", "timestamp", "payload", "tenant"]);
+        assert_eq!(record.fields[4].schema, Schema::TimestampMicros);
+        assert_eq!(record.fields[6].default, Some(serde_json::Value::Null));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn longs_and_strings_match_apache_avro(v: i64, s in "\\PC{0,300}") {
+            let mut ours = Vec::new();
+            write_long(&mut ours, v);
+            write_string(&mut ours, &s);
+            let write = |schema: &Schema, value: Value| {
+                apache_avro::writer::datum::GenericDatumWriter::builder(schema).build().unwrap().write_value_to_vec(value).unwrap()
+            };
+            let mut theirs = write(&Schema::Long, Value::Long(v));
+            theirs.extend(write(&Schema::String, Value::String(s.clone())));
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn registry_settings_take_credentials_out_of_the_url() {
+        let s = RegistrySettings::new("http://u%40x:p%3Aw@127.0.0.1:8081/apis/ccompat/v7/");
+        assert_eq!(s.url(), "http://127.0.0.1:8081/apis/ccompat/v7");
+        assert_eq!(s.basic_auth, Some(("u@x".to_owned(), "p:w".to_owned())));
+        assert!(!format!("{s:?}").contains("p:w"));
+    }
+
+    #[test]
+    fn status_is_read_from_converter_errors() {
+        let e = SRCError::new("HTTP request to schema registry failed with status 409 Conflict", None, false);
+        assert_eq!(http_status(&e), Some(409));
+        assert_eq!(http_status(&SRCError::new("http call to schema registry failed", None, true)), None);
+        assert!(is_transient(&SRCError::new("x", None, false), Some(500)));
+        assert!(!is_transient(&SRCError::new("x", None, true), Some(404)));
+        assert!(is_transient(&SRCError::new("x", None, true), None));
+    }
+}

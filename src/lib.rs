@@ -17,7 +17,10 @@
 pub mod avro;
 pub mod check;
 pub mod config;
+#[doc(hidden)]
+pub mod failpoint;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod pg;
 pub mod pipeline;

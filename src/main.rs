@@ -1,2 +1,205 @@
-//! The `outbox-relay` binary (to be written).
-fn main() {}
+//! The `outbox-relay` binary: command line, logging and exit codes.
+//!
+//! Exit codes: 0 success, 1 runtime failure (a service unreachable, a failed check), 2 configuration or usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use outbox_relay::check::{self, CheckOptions};
+use outbox_relay::config::{Config, redact_url};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code of a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code of a configuration or usage error.
+const EXIT_CONFIG: u8 = 2;
+
+/// Exactly-once relay of transactional outbox rows from PostgreSQL (logical replication) to Avro records on Kafka.
+///
+/// Configuration comes from a TOML file (--config) plus environment variables: OUTBOX_RELAY_CONNECTOR_NAME,
+/// OUTBOX_RELAY_POSTGRES_URL, OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS, OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID,
+/// OUTBOX_RELAY_SCHEMA_REGISTRY_URL, OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME, OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD and
+/// OUTBOX_RELAY_METRICS_LISTEN override the keys they name. Exit codes: 0 success, 1 runtime failure, 2
+/// configuration or usage error.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, about, long_about)]
+struct Cli {
+    /// Configuration file (TOML). Without one, the defaults plus the OUTBOX_RELAY_* environment variables are used.
+    #[arg(
+        long,
+        short = 'c',
+        env = "OUTBOX_RELAY_CONFIG",
+        global = true,
+        value_name = "PATH"
+    )]
+    config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `outbox_relay=debug,rdkafka=warn`. Overrides RUST_LOG; without either, `info`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+
+    /// Log line format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay outbox events from PostgreSQL to Kafka until stopped.
+    Run(RunArgs),
+    /// Check that PostgreSQL, Kafka and the schema registry are reachable and set up for the relay; prints one line
+    /// per service and exits 1 if any check failed. Changes nothing.
+    Check(CheckArgs),
+    /// Print the effective configuration (file, environment and derived defaults) as TOML, secrets redacted.
+    PrintConfig,
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Start even if the replication slot is ahead of the checkpoint stored in Kafka. The transactions in between
+    /// are NOT relayed: use only after deciding that this gap is acceptable.
+    #[arg(long)]
+    accept_gap: bool,
+    /// Start replication at this LSN (e.g. 16/B374D848) instead of the stored checkpoint.
+    #[arg(long, value_name = "LSN")]
+    start_lsn: Option<String>,
+}
+
+/// Options of `check`.
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Time limit of each step of each probe (connect, query, Kafka metadata, init_transactions, HTTP request), in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = init_tracing(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            report_failure(
+                cli.log_format,
+                "configuration error",
+                &anyhow::Error::new(error),
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "configuration");
+    }
+    let result = match cli.command {
+        Command::Run(args) => run(config, args).await,
+        Command::Check(args) => run_check(&config, &args).await,
+        Command::PrintConfig => print_config(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report_failure(cli.log_format, "failed", &error);
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_tracing(level: Option<&str>, format: LogFormat) -> anyhow::Result<()> {
+    let filter = match level {
+        Some(level) => {
+            EnvFilter::try_new(level).with_context(|| format!("invalid --log-level `{level}`"))?
+        }
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// Prints a fatal error: a plain `error: ...` line for people, a log record for JSON log collectors.
+fn report_failure(format: LogFormat, what: &str, error: &anyhow::Error) {
+    match format {
+        LogFormat::Text => eprintln!("error: {error:#}"),
+        LogFormat::Json => tracing::error!(error = format!("{error:#}"), "{what}"),
+    }
+}
+
+/// The relay. For now: load, log the redacted configuration, connect to PostgreSQL, exit.
+async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    tracing::info!(
+        connector = %config.connector_name,
+        accept_gap = args.accept_gap,
+        start_lsn = args.start_lsn.as_deref(),
+        config = ?config,
+        "starting"
+    );
+    let client = config
+        .connect_sql()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let version: String = client
+        .query_one("SHOW server_version", &[])
+        .await?
+        .try_get(0)?;
+    tracing::info!(
+        server_version = %version,
+        url = %redact_url(&config.postgres_url()),
+        "connected to postgres"
+    );
+    Ok(())
+}
+
+async fn run_check(config: &Config, args: &CheckArgs) -> anyhow::Result<()> {
+    let options = CheckOptions {
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let report = check::run(config, &options).await;
+    print!("{report}");
+    let failed: Vec<String> = report
+        .services
+        .iter()
+        .filter(|r| !r.is_ok())
+        .map(|r| r.service.to_string())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("check failed for {}", failed.join(", "))
+    }
+}
+
+fn print_config(config: &Config) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        config
+            .to_redacted_toml()
+            .context("serializing the configuration")?
+    );
+    Ok(())
+}

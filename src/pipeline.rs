@@ -1,1 +1,1 @@
-//! pipeline (to be written).
+//! pipeline (being written).

@@ -1,0 +1,154 @@
+//! Prometheus metrics and the health endpoint, served over plain HTTP/1.1 on `metrics.listen`.
+//!
+//! Invariant: reading metrics never blocks or slows the relay: the pipeline only bumps atomics in
+//! [`crate::pipeline::Stats`]; this module reads them when scraped. Metric names are constants, described once,
+//! `outbox_relay_<noun>_<unit>`.
+//!
+//! Lag is the operational signal: `outbox_relay_lag_bytes` (WAL received but not yet committed to Kafka and
+//! acknowledged) and `outbox_relay_source_lag_seconds` (age of the newest PostgreSQL commit that reached Kafka;
+//! bounded by the heartbeat interval while idle). Alert on a sustained increase, see `config/prometheus-alerts.yml`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use std::sync::atomic::AtomicU64;
+
+/// Events committed to Kafka.
+pub const EVENTS: &str = "outbox_relay_events_total";
+/// Kafka transactions committed.
+pub const KAFKA_TXNS: &str = "outbox_relay_kafka_transactions_total";
+/// PostgreSQL transactions relayed.
+pub const PG_TXNS: &str = "outbox_relay_pg_transactions_total";
+/// Sessions restarted after transient errors.
+pub const RESTARTS: &str = "outbox_relay_restarts_total";
+/// Heartbeats written while idle.
+pub const HEARTBEATS: &str = "outbox_relay_heartbeats_total";
+/// Highest WAL position received.
+pub const RECEIVED_LSN: &str = "outbox_relay_received_lsn_bytes";
+/// WAL position acknowledged to PostgreSQL (= last checkpoint).
+pub const ACKED_LSN: &str = "outbox_relay_acknowledged_lsn_bytes";
+/// Received minus acknowledged.
+pub const LAG_BYTES: &str = "outbox_relay_lag_bytes";
+/// Age of the newest PostgreSQL commit that reached Kafka.
+pub const SOURCE_LAG: &str = "outbox_relay_source_lag_seconds";
+/// Time of the last Kafka commit.
+pub const LAST_COMMIT: &str = "outbox_relay_last_kafka_commit_timestamp_seconds";
+/// 1 while the pipeline runs.
+pub const UP: &str = "outbox_relay_up";
+
+/// Counters the pipeline bumps and the metrics endpoint reads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events produced and committed.
+    pub events_committed: AtomicU64,
+    /// Kafka transactions committed.
+    pub kafka_commits: AtomicU64,
+    /// PostgreSQL transactions relayed (including those without events).
+    pub pg_transactions: AtomicU64,
+    /// Last LSN acknowledged to PostgreSQL.
+    pub acked_lsn: AtomicU64,
+    /// Highest WAL position received from the server.
+    pub received_lsn: AtomicU64,
+    /// Unix ms of the last Kafka commit.
+    pub last_commit_unix_ms: AtomicU64,
+    /// Commit time (Unix µs) of the last PostgreSQL transaction committed to Kafka.
+    pub last_source_commit_unix_us: AtomicU64,
+    /// Sessions restarted after transient errors.
+    pub restarts: AtomicU64,
+    /// Heartbeats written.
+    pub heartbeats: AtomicU64,
+}
+
+/// Renders the Prometheus text exposition of `stats`.
+pub fn render(stats: &Stats, up: bool) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let received = get(&stats.received_lsn);
+    let acked = get(&stats.acked_lsn);
+    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let source_commit = get(&stats.last_source_commit_unix_us);
+    metric(EVENTS, "counter", "Outbox events committed to Kafka.", get(&stats.events_committed) as f64);
+    metric(KAFKA_TXNS, "counter", "Kafka transactions committed.", get(&stats.kafka_commits) as f64);
+    metric(PG_TXNS, "counter", "PostgreSQL transactions relayed.", get(&stats.pg_transactions) as f64);
+    metric(RESTARTS, "counter", "Replication sessions restarted after transient errors.", get(&stats.restarts) as f64);
+    metric(HEARTBEATS, "counter", "Transactional heartbeats written while idle.", get(&stats.heartbeats) as f64);
+    metric(RECEIVED_LSN, "gauge", "Highest WAL position received from PostgreSQL.", received as f64);
+    metric(ACKED_LSN, "gauge", "WAL position acknowledged to PostgreSQL after its Kafka commit.", acked as f64);
+    metric(LAG_BYTES, "gauge", "WAL bytes received but not yet committed to Kafka.", received.saturating_sub(acked) as f64);
+    let lag = if source_commit == 0 { 0.0 } else { now_us.saturating_sub(source_commit) as f64 / 1e6 };
+    metric(SOURCE_LAG, "gauge", "Age of the newest PostgreSQL commit that reached Kafka.", lag);
+    metric(LAST_COMMIT, "gauge", "Unix time of the last Kafka commit.", get(&stats.last_commit_unix_ms) as f64 / 1e3);
+    metric(UP, "gauge", "1 while the relay pipeline runs.", if up { 1.0 } else { 0.0 });
+    out
+}
+
+/// Serves `/metrics` and `/health` until the process ends.
+pub async fn serve(addr: SocketAddr, stats: Arc<Stats>, up: Arc<AtomicBool>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(%addr, "metrics endpoint listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { continue };
+            let stats = Arc::clone(&stats);
+            let up = Arc::clone(&up);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                let req = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let running = up.load(Ordering::Relaxed);
+                let (status, body) = match path {
+                    "/metrics" => ("200 OK", render(&stats, running)),
+                    "/health" if running => ("200 OK", "ok\n".to_owned()),
+                    "/health" => ("503 Service Unavailable", "not running\n".to_owned()),
+                    _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if let Err(e) = sock.write_all(resp.as_bytes()).await {
+                    debug!(error = %e, "metrics response failed");
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        {
+            warn!("metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric_with_help_and_type() {
+        let s = Stats::default();
+        s.events_committed.store(42, Ordering::Relaxed);
+        s.received_lsn.store(1000, Ordering::Relaxed);
+        s.acked_lsn.store(400, Ordering::Relaxed);
+        let text = render(&s, true);
+        for name in [EVENTS, KAFKA_TXNS, PG_TXNS, RESTARTS, HEARTBEATS, RECEIVED_LSN, ACKED_LSN, LAG_BYTES, SOURCE_LAG, LAST_COMMIT, UP] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert!(text.contains("outbox_relay_events_total 42\n"));
+        assert!(text.contains("outbox_relay_lag_bytes 600\n"));
+        assert!(text.contains("outbox_relay_up 1\n"));
+    }
+}

@@ -1,0 +1,344 @@
+//! Test helpers for the real services started by `tests/infra/up.sh`: where they are, a uniquely named database per
+//! test (dropped on `Drop`), closed ports, and a throwaway PostgreSQL cluster with custom settings.
+//!
+//! Include with `#[path = "common/services.rs"] mod services;`. A test that needs the services and finds them
+//! missing panics with a message saying how to start them: it never skips.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Where the services are.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// Superuser URL of the test PostgreSQL (`PG_URL`).
+    pub pg_url: String,
+    /// `KAFKA_BOOTSTRAP`.
+    pub kafka_bootstrap: String,
+    /// `SCHEMA_REGISTRY_URL`.
+    pub schema_registry_url: String,
+    /// `PG_BIN_DIR`: initdb, pg_ctl, ... of the same PostgreSQL.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// `PG_SSL_CERT`: the test server's self-signed certificate (its own CA), when the server has TLS.
+    pub pg_ssl_cert: Option<PathBuf>,
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads `export NAME='value'` lines of `.infra/env`.
+fn infra_env() -> HashMap<String, String> {
+    let path = repo_root().join(".infra/env");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(name, value)| {
+            let value = value.trim();
+            let value = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .or_else(|| value.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+                .unwrap_or(value);
+            (name.trim().to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// The services, from the environment or else `.infra/env`; panics with instructions when they are not running.
+pub fn services() -> Services {
+    let file = infra_env();
+    let get = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| file.get(name).cloned())
+    };
+    let require = |name: &str| {
+        get(name).unwrap_or_else(|| {
+            panic!(
+                "{name} is not set and .infra/env does not define it: start the test services with \
+                 `bash tests/infra/up.sh` (it writes .infra/env)"
+            )
+        })
+    };
+    let services = Services {
+        pg_url: require("PG_URL"),
+        kafka_bootstrap: require("KAFKA_BOOTSTRAP"),
+        schema_registry_url: require("SCHEMA_REGISTRY_URL"),
+        pg_bin_dir: get("PG_BIN_DIR").map(PathBuf::from),
+        pg_ssl_cert: get("PG_SSL_CERT")
+            .filter(|p| Path::new(p).is_file())
+            .map(PathBuf::from),
+    };
+    let pg = url::Url::parse(&services.pg_url).expect("PG_URL is a URL");
+    let pg_addr = format!(
+        "{}:{}",
+        pg.host_str().unwrap_or("127.0.0.1"),
+        pg.port().unwrap_or(5432)
+    );
+    let registry =
+        url::Url::parse(&services.schema_registry_url).expect("SCHEMA_REGISTRY_URL is a URL");
+    let registry_addr = format!(
+        "{}:{}",
+        registry.host_str().unwrap_or("127.0.0.1"),
+        registry.port_or_known_default().unwrap_or(80)
+    );
+    for (what, addr) in [
+        ("PostgreSQL (PG_URL)", pg_addr),
+        (
+            "Kafka (KAFKA_BOOTSTRAP)",
+            services
+                .kafka_bootstrap
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        ("the schema registry (SCHEMA_REGISTRY_URL)", registry_addr),
+    ] {
+        assert!(
+            accepts_connections(&addr),
+            "{what} at {addr} does not accept connections: start the test services with `bash tests/infra/up.sh`"
+        );
+    }
+    services
+}
+
+fn accepts_connections(addr: &str) -> bool {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok())
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on (bound once by the OS, then released).
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A name unique to this process and call, usable as a PostgreSQL identifier.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `url` with its database (path) replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let mut url = url::Url::parse(url).expect("a URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+async fn admin_client(admin_url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL ({admin_url}): {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database created for one test and dropped (with `FORCE`) when this value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    admin_url: String,
+    /// The database name.
+    pub name: String,
+    /// Superuser URL of the database.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates a uniquely named database.
+    pub async fn create(services: &Services, prefix: &str) -> TestDb {
+        let name = unique_name(prefix);
+        admin_client(&services.pg_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        TestDb {
+            admin_url: services.pg_url.clone(),
+            url: with_database(&services.pg_url, &name),
+            name,
+        }
+    }
+
+    /// A superuser connection to this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        admin_client(&self.url).await
+    }
+
+    /// Runs SQL statements in this database.
+    pub async fn execute(&self, sql: &str) {
+        self.client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot block on its own futures: use a fresh thread + runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let client = admin_client(&admin_url).await;
+                // Slots pin the database; drop the ones a test left behind first.
+                let _ = client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE database = $1 AND NOT active",
+                        &[&name],
+                    )
+                    .await;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// Whether this process runs as root (then PostgreSQL commands run as the `postgres` OS user).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command that runs `program` as the PostgreSQL OS user when we are root.
+fn pg_command(program: &Path) -> Command {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    command.current_dir("/");
+    command
+}
+
+fn run_checked(mut command: Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A PostgreSQL cluster of its own (initdb into a temporary directory, trust authentication, superuser
+/// `postgres`), started on a free port with extra settings and stopped on `Drop`.
+#[derive(Debug)]
+pub struct ThrowawayCluster {
+    dir: tempfile::TempDir,
+    bin_dir: PathBuf,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+}
+
+impl ThrowawayCluster {
+    /// Starts a cluster with `settings` (`name=value` passed as `-c`).
+    pub fn start(services: &Services, settings: &[&str]) -> ThrowawayCluster {
+        let bin_dir = services.pg_bin_dir.clone().unwrap_or_else(|| {
+            panic!("PG_BIN_DIR is not set and .infra/env does not define it: run `bash tests/infra/up.sh`")
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("outbox-relay-pg-")
+            .tempdir()
+            .expect("temporary directory");
+        if is_root() {
+            let mut chown = Command::new("chown");
+            chown.arg("-R").arg("postgres:").arg(dir.path());
+            run_checked(chown, "chown of the throwaway cluster directory");
+        }
+        let data = dir.path().join("data");
+        let mut initdb = pg_command(&bin_dir.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run_checked(initdb, "initdb");
+        let port = closed_port();
+        let mut options = format!(
+            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            dir.path().display()
+        );
+        for setting in settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
+        let mut start = pg_command(&bin_dir.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("postgres.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]);
+        run_checked(start, "pg_ctl start");
+        ThrowawayCluster { dir, bin_dir, port }
+    }
+
+    /// Superuser URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for ThrowawayCluster {
+    fn drop(&mut self) {
+        let mut stop = pg_command(&self.bin_dir.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-m", "immediate", "stop"]);
+        if !stop.output().is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "warning: could not stop the throwaway cluster in {}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
