@@ -4,12 +4,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use outbox_relay::check::{self, CheckOptions};
-use outbox_relay::config::{Config, redact_url};
+use outbox_relay::config::Config;
 use tracing_subscriber::EnvFilter;
 
 /// Exit code of a runtime failure.
@@ -152,6 +154,10 @@ fn report_failure(format: LogFormat, what: &str, error: &anyhow::Error) {
 
 /// The relay. For now: load, log the redacted configuration, connect to PostgreSQL, exit.
 async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    let start_lsn = match args.start_lsn.as_deref() {
+        Some(s) => Some(s.parse::<outbox_relay::pg::lsn::Lsn>().context("--start-lsn")?),
+        None => None,
+    };
     tracing::info!(
         connector = %config.connector_name,
         accept_gap = args.accept_gap,
@@ -159,20 +165,45 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         config = ?config,
         "starting"
     );
-    let client = config
-        .connect_sql()
-        .await
-        .context("connecting to PostgreSQL")?;
-    let version: String = client
-        .query_one("SHOW server_version", &[])
-        .await?
-        .try_get(0)?;
-    tracing::info!(
-        server_version = %version,
-        url = %redact_url(&config.postgres_url()),
-        "connected to postgres"
-    );
-    Ok(())
+    let stats = Arc::new(outbox_relay::metrics::Stats::default());
+    let up = Arc::new(AtomicBool::new(true));
+    if let Some(addr) = config.metrics.listen_addr() {
+        outbox_relay::metrics::serve(addr, Arc::clone(&stats), Arc::clone(&up))
+            .await
+            .with_context(|| format!("binding the metrics endpoint to {addr} (metrics.listen)"))?;
+    }
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; stopping (finishing or aborting the open transaction)");
+        let _ = shutdown_tx.send(true);
+        // A bounded stop: if the pipeline cannot finish (broker unreachable), do not hang the orchestrator.
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::error!(grace_secs = SHUTDOWN_GRACE.as_secs(), "shutdown did not finish in time; exiting");
+        std::process::exit(1);
+    });
+    let opts = outbox_relay::pipeline::RunOptions { accept_gap: args.accept_gap, start_lsn };
+    let result = outbox_relay::pipeline::run(config, opts, stats, shutdown_rx).await;
+    up.store(false, Ordering::Relaxed);
+    result.map_err(anyhow::Error::from)
+}
+
+/// How long a SIGTERM/SIGINT may take before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn run_check(config: &Config, args: &CheckArgs) -> anyhow::Result<()> {
