@@ -151,10 +151,28 @@ impl EventMapping {
         Ok(())
     }
 
+    /// The mapping of the tableless outbox: its JSON members are named like the columns of the first configured
+    /// table, or of the defaults when only messages are relayed.
+    pub fn for_messages(config: &crate::config::OutboxConfig) -> EventMapping {
+        config.tables.first().map(EventMapping::from).unwrap_or_default()
+    }
+
     /// Names of the envelope fields, in configuration order: the Avro envelope gets one field each.
     pub fn envelope_field_names(&self) -> impl Iterator<Item = &str> {
         self.additional_fields.iter().filter(|f| f.placement == Placement::Envelope).map(output_name)
     }
+}
+
+/// The envelope field names of several mappings (every table and the message outbox) in first-seen order, without
+/// duplicates: the extra fields of the one envelope schema they share.
+pub fn envelope_fields<'a>(mappings: impl IntoIterator<Item = &'a EventMapping>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in mappings.into_iter().flat_map(EventMapping::envelope_field_names) {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    names
 }
 
 /// Why an outbox row or message could not become an event.
@@ -1120,6 +1138,34 @@ mod tests {
         };
         let ev = messages().map_logical_message(&message, LSN, COMMIT).unwrap().unwrap();
         assert_eq!(ev.topic, "outbox.event.a");
+    }
+
+    #[test]
+    fn mappings_from_config_and_shared_envelope_fields() {
+        use crate::config::{OutboxConfig, OutboxTableConfig};
+        let env =
+            |c: &str, a: &str| AdditionalField { column: c.into(), placement: Placement::Envelope, alias: a.into() };
+        let table = |name: &str, fields| OutboxTableConfig {
+            table: name.into(),
+            field_event_timestamp: "created_at".into(),
+            additional_fields: fields,
+            ..OutboxTableConfig::default()
+        };
+        let config = OutboxConfig {
+            tables: vec![
+                table("public.a", vec![env("t", "tenant"), env("r", "")]),
+                table("public.b", vec![env("x", "tenant")]),
+            ],
+            ..OutboxConfig::default()
+        };
+        let a = EventMapping::from(&config.tables[0]);
+        let b = EventMapping::from(&config.tables[1]);
+        assert_eq!(a.field_event_timestamp.as_deref(), Some("created_at"));
+        assert_eq!(envelope_fields([&a, &b]), ["tenant", "r"]);
+        assert_eq!(EventMapping::for_messages(&config), a);
+        let messages_only = OutboxConfig { tables: vec![], ..OutboxConfig::default() };
+        assert_eq!(EventMapping::for_messages(&messages_only), EventMapping::default());
+        assert_eq!(EventMapping::from(&OutboxTableConfig::default()), EventMapping::default());
     }
 
     #[test]

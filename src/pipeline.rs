@@ -41,6 +41,9 @@ use crate::pg::replication::{
 use crate::pg::slot::{self, SlotError, TableName};
 use crate::pg::txn::{Assembler, Output, SpillSettings, TxnError, TxnEvent};
 
+/// How long a restart waits for a slot still held by a previous (dead) connection.
+const SLOT_BUSY_GRACE: Duration = Duration::from_secs(75);
+
 /// Operator choices for `run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -327,6 +330,7 @@ impl Relay {
             Duration::from_millis(pg.reconnect_backoff_max_ms),
         );
         let sql = Arc::new(sql);
+        let mut slot_busy_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
             let (result, p, acked) = self.session(producer, &sql, resume, shutdown).await;
@@ -335,6 +339,22 @@ impl Relay {
                 return result;
             };
             producer = p;
+            // After a crash the old walsender may hold the slot until PostgreSQL notices the dead connection
+            // (at most wal_sender_timeout): wait for it, boundedly, instead of failing the restart.
+            let slot_busy = matches!(&result, Err(PipelineError::Replication(ReplicationError::SlotInUse(_))));
+            if slot_busy {
+                let since = *slot_busy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < SLOT_BUSY_GRACE && !*shutdown.borrow() {
+                    info!(waited_ms = since.elapsed().as_millis() as u64, "slot still active for a previous connection; waiting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    continue;
+                }
+            } else {
+                slot_busy_since = None;
+            }
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() && !*shutdown.borrow() => {

@@ -39,6 +39,11 @@ KAFKA_DIR="$INFRA_DIR/kafka"
 KAFKA_PID_FILE="$KAFKA_DIR/kafka.pid"
 APICURIO_DIR="$INFRA_DIR/apicurio"
 APICURIO_PID_FILE="$APICURIO_DIR/apicurio.pid"
+# Strings that must appear in a process's command line before up.sh/down.sh
+# treat it as "ours" (see pid_matches). The Apicurio one is a dummy system
+# property up.sh adds for exactly this purpose.
+KAFKA_MARKER="$KAFKA_DIR/server.properties"
+APICURIO_MARKER="-Doutbox.relay.infra=$APICURIO_DIR"
 
 log() { printf '[infra] %s\n' "$*" >&2; }
 

@@ -38,6 +38,8 @@ done
 START_TIME=$SECONDS
 mkdir -p "$INFRA_DIR" "$CACHE_DIR"
 # Two concurrent runs (e.g. two terminals) would race on initdb and ports.
+# Every service is started with fd 9 closed (9>&-): a daemon inheriting it
+# would hold the lock for its whole life.
 exec 9>"$INFRA_DIR/.up.lock"
 flock -w 600 9 || die "another up.sh holds $INFRA_DIR/.up.lock"
 
@@ -378,7 +380,7 @@ EOF
         log "$name: starting on $HOST:$port"
         if [[ -f $logfile ]]; then mv -f "$logfile" "$logfile.prev"; fi
         run_as_pg touch "$logfile"
-        if ! run_as_pg "$bin/pg_ctl" -D "$data" -l "$logfile" -w -t 60 start >"$root/pg_ctl.log" 2>&1; then
+        if ! run_as_pg "$bin/pg_ctl" -D "$data" -l "$logfile" -w -t 60 start >"$root/pg_ctl.log" 2>&1 9>&-; then
             cat "$root/pg_ctl.log" >&2
             fail_with_log "$name: PostgreSQL did not start" "$logfile"
         fi
@@ -433,7 +435,6 @@ SQL
 # ---------------------------------------------------------------------------
 # Kafka (single KRaft node: broker + controller in one JVM)
 # ---------------------------------------------------------------------------
-KAFKA_MARKER="$KAFKA_DIR/server.properties"
 start_kafka() {
     mkdir -p "$KAFKA_DIR"
     local logfile="$KAFKA_DIR/server.log"
@@ -522,7 +523,7 @@ EOF
         -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-        </dev/null >"$KAFKA_DIR/stdout.log" 2>&1 &
+        </dev/null >"$KAFKA_DIR/stdout.log" 2>&1 9>&- &
     # Give the inner shell a moment to write the pid file.
     local _
     for _ in $(seq 50); do [[ -s $KAFKA_PID_FILE ]] && break; sleep 0.1; done
@@ -535,7 +536,6 @@ kafka_ready() {
 # ---------------------------------------------------------------------------
 # Apicurio Registry (in-memory storage, Confluent-compatible API)
 # ---------------------------------------------------------------------------
-APICURIO_MARKER="$APICURIO_HOME/quarkus-run.jar"
 SCHEMA_REGISTRY_URL="http://$HOST:$APICURIO_PORT/apis/ccompat/v7"
 start_apicurio() {
     mkdir -p "$APICURIO_DIR"
@@ -554,11 +554,11 @@ start_apicurio() {
         cd "$APICURIO_DIR"
         # shellcheck disable=SC2016 # expanded by the inner shell
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$APICURIO_PID_FILE" \
-            "$APICURIO_JAVA" -Xms128m -Xmx512m -XX:+ExitOnOutOfMemoryError \
+            "$APICURIO_JAVA" "$APICURIO_MARKER" -Xms128m -Xmx512m -XX:+ExitOnOutOfMemoryError \
             -Dquarkus.http.host="$HOST" -Dquarkus.http.port="$APICURIO_PORT" \
             -Dquarkus.management.host="$HOST" -Dquarkus.management.port="$APICURIO_MGMT_PORT" \
             -jar "$APICURIO_HOME/quarkus-run.jar" \
-            </dev/null >"$logfile" 2>&1 &
+            </dev/null >"$logfile" 2>&1 9>&- &
     )
     local _
     for _ in $(seq 50); do [[ -s $APICURIO_PID_FILE ]] && break; sleep 0.1; done

@@ -1,0 +1,373 @@
+//! Test harness for the whole relay: a database with an outbox table, a configuration file for it, the real
+//! `outbox-relay` binary as a child process (so tests can SIGKILL it), and a `read_committed` Kafka reader that
+//! decodes values through the registry.
+//!
+//! Include after `services.rs`: `#[path = "common/relay.rs"] mod relay;`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::services::{Services, TestDb, unique_name};
+
+/// The outbox table every harness database has (Debezium's column names), plus an unrelated table.
+pub const SCHEMA: &str = "
+    CREATE TABLE outbox (
+        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        aggregatetype text NOT NULL,
+        aggregateid text NOT NULL,
+        type text NOT NULL,
+        payload jsonb,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE other (id bigserial PRIMARY KEY, note text);
+";
+
+/// One relay under test: its database, configuration and names.
+pub struct Harness {
+    pub services: Services,
+    pub connector: String,
+    pub topic_prefix: String,
+    pub checkpoint_topic: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    // Last: dropped after the children are gone.
+    pub db: TestDb,
+}
+
+/// Knobs for the generated configuration.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub heartbeat_interval_ms: u64,
+    pub max_batch_ms: u64,
+    pub max_batch_events: u64,
+    pub extra_postgres: String,
+    pub extra_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat_interval_ms: 10_000,
+            max_batch_ms: 50,
+            max_batch_events: 10_000,
+            extra_postgres: String::new(),
+            extra_toml: String::new(),
+        }
+    }
+}
+
+impl Harness {
+    /// A fresh database with [`SCHEMA`] and a configuration for a uniquely named connector.
+    pub async fn new(prefix: &str, options: Options) -> Harness {
+        let services = crate::services::services();
+        let db = TestDb::create(&services, prefix).await;
+        db.execute(SCHEMA).await;
+        let connector = unique_name(prefix);
+        let topic_prefix = format!("t{}", connector.replace('_', "-"));
+        let checkpoint_topic = format!("{topic_prefix}.checkpoints");
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("relay.toml");
+        let h = Harness { services, connector, topic_prefix, checkpoint_topic, dir, config_path, db };
+        std::fs::write(&h.config_path, h.config_toml(&options)).unwrap();
+        h
+    }
+
+    /// The configuration file's text.
+    pub fn config_toml(&self, o: &Options) -> String {
+        format!(
+            r#"connector_name = "{connector}"
+[postgres]
+url = "{url}"
+heartbeat_interval_ms = {hb}
+status_interval_ms = 1000
+reconnect_backoff_initial_ms = 100
+reconnect_backoff_max_ms = 1000
+{extra_pg}
+[[outbox.tables]]
+table = "public.outbox"
+route_topic_replacement = "{prefix}.${{routedByValue}}"
+[kafka]
+bootstrap_servers = "{kafka}"
+checkpoint_topic = "{cp}"
+max_batch_ms = {mbm}
+max_batch_events = {mbe}
+transaction_timeout_ms = 60000
+[schema_registry]
+url = "{registry}"
+[metrics]
+listen = ""
+{extra}
+"#,
+            connector = self.connector,
+            url = self.db.url,
+            hb = o.heartbeat_interval_ms,
+            extra_pg = o.extra_postgres,
+            prefix = self.topic_prefix,
+            kafka = self.services.kafka_bootstrap,
+            cp = self.checkpoint_topic,
+            mbm = o.max_batch_ms,
+            mbe = o.max_batch_events,
+            registry = self.services.schema_registry_url,
+            extra = o.extra_toml,
+        )
+    }
+
+    /// The topic events of `aggregate_type` go to.
+    pub fn topic(&self, aggregate_type: &str) -> String {
+        format!("{}.{aggregate_type}", self.topic_prefix)
+    }
+
+    /// Starts the relay binary with extra arguments after `run` and extra environment variables.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.path().join(format!("relay-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+        cmd.arg("--config").arg(&self.config_path).arg("--log-format").arg("text").arg("run").args(args);
+        // .infra/env exports the OUTBOX_RELAY_* overrides; they would point the relay at another database.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OUTBOX_RELAY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", "info,outbox_relay=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(file));
+        let child = cmd.spawn().expect("spawn outbox-relay");
+        RelayProcess { child: Some(child), log }
+    }
+
+    /// Inserts one transaction of outbox rows `(aggregatetype, aggregateid, type, payload)`; returns their ids.
+    pub async fn insert_txn(&self, client: &mut tokio_postgres::Client, rows: &[(&str, &str, &str, String)]) -> Vec<String> {
+        let tx = client.transaction().await.unwrap();
+        let mut ids = Vec::with_capacity(rows.len());
+        for (at, aid, ty, payload) in rows {
+            let row = tx
+                .query_one(
+                    "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ($1, $2, $3, $4::text::jsonb) RETURNING id::text",
+                    &[at, aid, ty, payload],
+                )
+                .await
+                .unwrap();
+            ids.push(row.get(0));
+        }
+        tx.commit().await.unwrap();
+        ids
+    }
+
+    /// The slot's `confirmed_flush_lsn` as a number (0 when missing).
+    pub async fn confirmed_flush(&self) -> u64 {
+        let c = self.db.client().await;
+        let row = c
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot()],
+            )
+            .await
+            .unwrap();
+        row.and_then(|r| r.get::<_, Option<i64>>(0)).map_or(0, |v| v as u64)
+    }
+
+    /// The slot name the configuration derives from the connector name.
+    pub fn slot(&self) -> String {
+        outbox_relay::config::derive_pg_identifier(&self.connector)
+    }
+
+    /// Every committed record of `topics`, read with `read_committed` to the end.
+    pub fn read_committed(&self, topics: &[String]) -> Vec<Record> {
+        read_committed(&self.services.kafka_bootstrap, topics)
+    }
+
+    /// Decodes Avro values through the registry.
+    pub async fn decode_values(&self, records: &[Record]) -> Vec<serde_json::Value> {
+        let settings = outbox_relay::avro::RegistrySettings::new(&self.services.schema_registry_url);
+        let decoder = outbox_relay::avro::RegistryDecoder::new(&settings).unwrap();
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(decoder.decode(&r.value).await.unwrap().json);
+        }
+        out
+    }
+
+    /// Waits until `read_committed(topics)` holds at least `n` records, or panics after `timeout`.
+    pub fn wait_for_records(&self, topics: &[String], n: usize, timeout: Duration) -> Vec<Record> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = self.read_committed(topics);
+            if records.len() >= n {
+                return records;
+            }
+            if Instant::now() > deadline {
+                panic!("waited {timeout:?} for {n} records in {topics:?}, have {}", records.len());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// A Kafka record as read back.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Reads every committed record of `topics` (missing topics count as empty), each to its last stable offset.
+pub fn read_committed(bootstrap: &str, topics: &[String]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for topic in topics {
+        read_topic(bootstrap, topic, &mut out);
+    }
+    out.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    out
+}
+
+fn read_topic(bootstrap: &str, topic: &str, out: &mut Vec<Record>) {
+    // One consumer per topic: partition EOF events name only the partition.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("verify"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut pending = std::collections::HashSet::new();
+    for t in md.topics() {
+        if t.error().is_some() {
+            continue;
+        }
+        for p in t.partitions() {
+            let (lo, hi) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap();
+            if hi > lo {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+                pending.insert(p.id());
+            }
+        }
+    }
+    if pending.is_empty() {
+        return;
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} to the end took over 60 s");
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        headers.insert(hd.key.to_owned(), hd.value.unwrap_or_default().to_vec());
+                    }
+                }
+                out.push(Record {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+    }
+}
+
+/// The relay as a child process; killed on drop.
+pub struct RelayProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl RelayProcess {
+    /// SIGKILL: no cleanup of any kind, like a crash or an OOM kill.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `true` while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log_text().contains(needle) {
+            if !self.is_running() {
+                panic!("relay exited while waiting for {needle:?}; log:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                panic!("relay did not log {needle:?} within {timeout:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
