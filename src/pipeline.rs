@@ -70,6 +70,18 @@ pub enum PipelineError {
         /// Checkpoint end LSN, or `none`.
         checkpoint: String,
     },
+    /// The slot is gone but a checkpoint says data was relayed from it.
+    #[error(
+        "replication slot {slot:?} does not exist but the checkpoint in Kafka is at {checkpoint}: the slot was dropped \
+         or lost, and recreating it would silently skip every change since. Reconcile, then restart with \
+         --accept-gap to recreate it and continue from the current WAL position"
+    )]
+    SlotLost {
+        /// Slot.
+        slot: String,
+        /// Checkpoint end LSN.
+        checkpoint: Lsn,
+    },
     /// `--start-lsn` cannot be honoured.
     #[error("--start-lsn {requested}: {reason}")]
     StartLsn {
@@ -245,13 +257,37 @@ impl Relay {
                 .get_dbname()
                 .unwrap_or("postgres")
                 .to_owned();
-            let (slot_info, created) = slot::ensure_slot(&sql, &pg.slot, &db, pg.create_slot, pg.failover_slot).await?;
 
             crate::kafka::ensure_checkpoint_topic(&self.kafka).await?;
             // Fence first: afterwards no older instance can commit, so the checkpoint read next is final.
-            let producer = TxnProducer::connect(&self.kafka).await?;
-            let checkpoint = crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name).await?;
-            let resume = self.start_position(&sql, &opts, &slot_info, created, checkpoint.as_ref()).await?;
+            let mut producer = TxnProducer::connect(&self.kafka).await?;
+            let mut checkpoint = crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name).await?;
+            let slot_info = match slot::slot_info(&sql, &pg.slot).await? {
+                Some(info) => {
+                    info.validate(&db)?;
+                    info
+                }
+                None => {
+                    if let Some(cp) = checkpoint.as_ref().filter(|cp| !cp.end_lsn.is_zero()) {
+                        if !opts.accept_gap {
+                            // Recreating a lost slot would silently skip everything written since it was lost.
+                            return Err(PipelineError::SlotLost { slot: pg.slot.clone(), checkpoint: cp.end_lsn });
+                        }
+                        warn!(slot = %pg.slot, checkpoint = %cp.end_lsn, "slot lost; recreating it as the operator accepted the gap");
+                    }
+                    if !pg.create_slot {
+                        return Err(SlotError::SlotMissing(pg.slot.clone()).into());
+                    }
+                    // A genesis checkpoint (0/0) first: if the relay dies right after creating the slot, the next
+                    // start knows the slot is its own and starts from it instead of reporting a gap.
+                    let genesis = Checkpoint::new(&self.cfg.connector_name, Lsn::ZERO, Lsn::ZERO);
+                    producer.begin()?;
+                    producer.commit(&genesis).await?;
+                    checkpoint = Some(genesis);
+                    slot::create_slot(&sql, &pg.slot, pg.failover_slot).await?
+                }
+            };
+            let resume = self.start_position(&sql, &opts, &slot_info, checkpoint.as_ref()).await?;
             info!(resume = %resume, checkpoint = ?checkpoint.as_ref().map(|c| c.end_lsn), "starting");
             self.sessions(producer, sql, resume, shutdown).await
         }
@@ -265,7 +301,6 @@ impl Relay {
         sql: &tokio_postgres::Client,
         opts: &RunOptions,
         slot_info: &slot::SlotInfo,
-        created: bool,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Lsn, PipelineError> {
         let slot_lsn = slot_info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
@@ -293,6 +328,8 @@ impl Relay {
             return Ok(requested);
         }
         match checkpoint {
+            // The genesis checkpoint: this relay created the slot and has committed nothing since.
+            Some(cp) if cp.end_lsn.is_zero() => Ok(slot_lsn),
             Some(cp) if slot_lsn > cp.end_lsn => {
                 if opts.accept_gap {
                     warn!(slot_lsn = %slot_lsn, checkpoint = %cp.end_lsn, "gap accepted by operator");
@@ -306,7 +343,7 @@ impl Relay {
                 }
             }
             Some(cp) => Ok(cp.end_lsn),
-            None if created || opts.accept_gap => Ok(slot_lsn),
+            None if opts.accept_gap => Ok(slot_lsn),
             None => Err(PipelineError::Gap {
                 slot: slot_info.name.clone(),
                 slot_lsn,

@@ -259,8 +259,8 @@ pub async fn server_version_num(client: &Client) -> Result<i32, SlotError> {
     Ok(v.trim().parse().unwrap_or(0))
 }
 
-/// Creates the logical slot `slot` with pgoutput unless it exists; returns its state. `failover` needs
-/// PostgreSQL 17+ and is refused with a clear error on older servers.
+/// Creates the logical slot `slot` with pgoutput unless it exists; returns its state and whether it was created.
+/// `failover` needs PostgreSQL 17+ and is refused with a clear error on older servers.
 pub async fn ensure_slot(
     client: &Client,
     slot: &str,
@@ -275,6 +275,11 @@ pub async fn ensure_slot(
     if !create {
         return Err(SlotError::SlotMissing(slot.to_owned()));
     }
+    Ok((create_slot(client, slot, failover).await?, true))
+}
+
+/// Creates the logical slot `slot` with pgoutput and returns its state.
+pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<SlotInfo, SlotError> {
     let version = server_version_num(client).await?;
     if failover && version < 170_000 {
         return Err(SlotError::SlotUnusable {
@@ -282,21 +287,22 @@ pub async fn ensure_slot(
             reason: format!("postgres.failover_slot needs PostgreSQL 17 or later, the server is {version}"),
         });
     }
-    let create_sql = if version >= 170_000 {
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, $2)"
-    } else {
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false)"
-    };
     let row = if version >= 170_000 {
-        client.query_one(create_sql, &[&slot, &failover]).await
+        client
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, $2)",
+                &[&slot, &failover],
+            )
+            .await
     } else {
-        client.query_one(create_sql, &[&slot]).await
+        client
+            .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false)", &[&slot])
+            .await
     }
     .map_err(sql("creating the replication slot"))?;
     let lsn: String = row.try_get(0).map_err(sql("creating the replication slot"))?;
     info!(slot, consistent_point = %lsn, failover, "created logical replication slot");
-    let info = slot_info(client, slot).await?.ok_or_else(|| SlotError::SlotMissing(slot.to_owned()))?;
-    Ok((info, true))
+    slot_info(client, slot).await?.ok_or_else(|| SlotError::SlotMissing(slot.to_owned()))
 }
 
 /// Creates the publication for `tables` with `publish = 'insert'` when missing; verifies that an existing one

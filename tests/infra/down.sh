@@ -77,6 +77,9 @@ stop_postgres() {
 }
 
 if [[ -d $INFRA_DIR ]]; then
+    # Wait for a running up.sh to finish rather than kill half-started services.
+    exec 9>"$INFRA_DIR/.up.lock"
+    flock -w 300 9 || die "up.sh is still running (holds $INFRA_DIR/.up.lock)"
     # Reverse start order.
     stop_process apicurio "$APICURIO_PID_FILE" "$APICURIO_MARKER" 30
     stop_process kafka "$KAFKA_PID_FILE" "$KAFKA_MARKER" 60
@@ -93,6 +96,7 @@ if ((WIPE)); then
             target=$(readlink -f -- "$INFRA_DIR/$name")
             log "removing $target"
             rm -rf -- "$target"
+            rmdir -- "$(dirname -- "$target")" 2>/dev/null || true
         fi
     done
     log "removing $INFRA_DIR"

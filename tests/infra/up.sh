@@ -12,7 +12,8 @@
 #   --with-pg-latest  also start the newer PostgreSQL (or OUTBOX_RELAY_PG_LATEST=1)
 #   --verify          after start-up, run a transactional Kafka produce/consume
 #                     round trip and a Schema Registry round trip (slower)
-# Env: OUTBOX_RELAY_CACHE (download cache, default ~/.cache/outbox-relay)
+# Env: OUTBOX_RELAY_CACHE        download cache (default ~/.cache/outbox-relay)
+#      OUTBOX_RELAY_PORT_OFFSET  add N to every port (a second stack beside this one)
 set -euo pipefail
 
 # shellcheck source=tests/infra/common.sh
@@ -125,8 +126,8 @@ ensure_system_packages() {
     if ((${#pkgs[@]})); then
         log "installing system packages: ${pkgs[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        run_logged "$CACHE_DIR/apt.log" apt-get update
-        run_logged "$CACHE_DIR/apt.log" apt-get install -y --no-install-recommends "${pkgs[@]}"
+        run_logged "$CACHE_DIR/apt-update.log" apt-get update
+        run_logged "$CACHE_DIR/apt-install.log" apt-get install -y --no-install-recommends "${pkgs[@]}"
     fi
     if command -v java >/dev/null && (($(java_major java) >= 17)); then
         KAFKA_JAVA=$(command -v java)

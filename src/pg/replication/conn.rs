@@ -603,3 +603,94 @@ fn nul_in(what: &'static str) -> impl FnOnce(io::Error) -> ReplicationError {
 fn malformed(what: &'static str) -> impl FnOnce(io::Error) -> ReplicationError {
     move |e| ReplicationError::protocol(format!("malformed {what}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn parse(buf: &mut BytesMut) -> Option<Backend> {
+        match parse_backend(buf) {
+            Ok(m) => m,
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+
+    #[test]
+    fn frames_need_whole_messages() {
+        let whole = frame(b'd', b"wxyz");
+        for cut in 0..whole.len() {
+            let mut buf = BytesMut::from(whole.get(..cut).unwrap_or_default());
+            assert!(parse(&mut buf).is_none(), "cut at {cut}");
+            assert_eq!(buf.len(), cut, "an incomplete message must stay in the buffer");
+        }
+        let mut buf = BytesMut::from(&whole[..]);
+        assert!(matches!(parse(&mut buf), Some(Backend::Msg(Message::CopyData(_)))));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn copy_data_is_a_view_into_the_read_buffer() {
+        let mut buf = BytesMut::with_capacity(1024);
+        buf.put_slice(&frame(b'd', b"payload"));
+        let start = buf.as_ptr();
+        match parse(&mut buf) {
+            Some(Backend::Msg(Message::CopyData(body))) => {
+                let bytes = body.into_bytes();
+                assert_eq!(&bytes[..], b"payload");
+                assert_eq!(bytes.as_ptr(), start.wrapping_add(5));
+            }
+            _ => unreachable!("CopyData expected"),
+        }
+    }
+
+    #[test]
+    fn own_tags_and_sequences() {
+        let mut bytes = frame(b'W', &[0, 0, 0]);
+        bytes.extend(frame(b'E', b"SFATAL\0C57P01\0Mterminating\0\0"));
+        bytes.extend(frame(b'N', b"SWARNING\0C01000\0Mhm\0\0"));
+        bytes.extend(frame(b'v', &[0, 0, 0, 0, 0, 0, 0, 0]));
+        bytes.extend(frame(b'Z', b"I"));
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(matches!(parse(&mut buf), Some(Backend::CopyBothResponse)));
+        match parse(&mut buf) {
+            Some(Backend::Error(e)) => assert_eq!((e.code.as_str(), e.severity.as_str()), ("57P01", "FATAL")),
+            _ => unreachable!("ErrorResponse expected"),
+        }
+        assert!(matches!(parse(&mut buf), Some(Backend::Notice(n)) if n.message == "hm"));
+        assert!(matches!(parse(&mut buf), Some(Backend::NegotiateProtocolVersion)));
+        assert!(matches!(parse(&mut buf), Some(Backend::Msg(Message::ReadyForQuery(_)))));
+        assert!(parse(&mut buf).is_none());
+    }
+
+    #[test]
+    fn rejects_bad_lengths_without_allocating() {
+        let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 3][..]);
+        assert!(parse_backend(&mut buf).is_err());
+        let mut buf = BytesMut::from(&[b'd', 0xFF, 0xFF, 0xFF, 0xFF][..]);
+        assert!(parse_backend(&mut buf).is_err());
+        assert!(buf.capacity() < 1 << 20, "a corrupt length must not reserve memory");
+        let mut buf = BytesMut::from(&frame(b'@', b"")[..]);
+        assert!(parse_backend(&mut buf).is_err(), "unknown tag");
+    }
+
+    #[test]
+    fn query_result_lookup() {
+        let r = QueryResult {
+            columns: vec!["a".into(), "b".into()],
+            rows: vec![vec![Some("1".into()), None]],
+            command_tag: "SELECT 1".into(),
+        };
+        assert_eq!(r.get(0, "a"), Some("1"));
+        assert_eq!(r.get(0, "b"), None);
+        assert_eq!(r.get(0, "c"), None);
+        assert_eq!(r.get(1, "a"), None);
+    }
+}
