@@ -788,6 +788,7 @@ impl Sink {
         let span = info_span!("kafka_txn", commit_lsn = %commit_lsn, event_count = *batch_events);
         self.producer.commit(&cp).instrument(span).await?;
         crate::failpoint::hit("after_commit_before_ack");
+        debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events = *batch_events, "kafka transaction committed");
         self.stats.events_committed.fetch_add(*batch_events, Ordering::Relaxed);
         self.stats.kafka_commits.fetch_add(1, Ordering::Relaxed);
         self.stats.acked_lsn.store(end_lsn.as_u64(), Ordering::Relaxed);

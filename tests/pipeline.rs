@@ -131,6 +131,9 @@ async fn committed_rows_arrive_once_on_the_right_topics_with_keys_and_headers() 
 /// Continuous load from a writer task; the relay is SIGKILLed at random instants and restarted.
 async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) {
     let h = Arc::new(Harness::new(prefix, Options { max_batch_ms: 20, ..Options::default() }).await);
+    // The slot must exist before the first row: rows written before it are not in its stream.
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     // Replayable: OUTBOX_RELAY_TEST_SEED=<n> repeats a run's load and kill instants.
     let seed: u64 = std::env::var("OUTBOX_RELAY_TEST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
@@ -163,8 +166,6 @@ async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) 
         })
     };
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let mut relay = h.spawn(&[], &[]);
-    relay.wait_log(STARTED, Duration::from_secs(60));
     for round in 0..kills {
         // Let it work for a random while, then kill without warning.
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1200))).await;
@@ -180,7 +181,8 @@ async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) 
         let mut crashing = h.spawn(&[], &[("OUTBOX_RELAY_FAILPOINT", fp)]);
         let status = crashing.wait_exit(Duration::from_secs(90)).unwrap_or_else(|| panic!("failpoint {fp} never hit"));
         assert!(!status.success(), "failpoint {fp} must crash the process");
-        assert!(crashing.log_text().contains(&format!("failpoint {fp} reached")), "log:\n{}", crashing.log_text());
+        let name = fp.split(':').next().unwrap();
+        assert!(crashing.log_text().contains(&format!("failpoint {name} reached")), "log:\n{}", crashing.log_text());
         relay = h.spawn(&[], &[]);
     }
     relay.wait_log(STARTED, Duration::from_secs(90));
@@ -296,7 +298,7 @@ async fn an_idle_outbox_still_advances_the_slot() {
         // Other tables are written, the outbox is not: WAL grows, and the slot must follow.
         c.batch_execute("INSERT INTO other (note) SELECT md5(g::text) FROM generate_series(1, 500) g").await.unwrap();
         let written: i64 =
-            c.query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[]).await.unwrap().get(0);
+            c.query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[]).await.unwrap().get(0);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             let flushed = h.confirmed_flush().await;
@@ -315,6 +317,9 @@ async fn an_idle_outbox_still_advances_the_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_zero_and_a_restart_continues_exactly_once() {
     let h = Arc::new(Harness::new("term", Options::default()).await);
+    // The slot must exist before the first row: rows written before it are not in its stream.
+    let mut first = Some(h.spawn(&[], &[]));
+    first.as_mut().unwrap().wait_log(STARTED, Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let h = Arc::clone(&h);
@@ -331,7 +336,7 @@ async fn sigterm_under_load_exits_zero_and_a_restart_continues_exactly_once() {
         })
     };
     for _ in 0..3 {
-        let mut relay = h.spawn(&[], &[]);
+        let mut relay = first.take().unwrap_or_else(|| h.spawn(&[], &[]));
         relay.wait_log(STARTED, Duration::from_secs(60));
         tokio::time::sleep(Duration::from_millis(800)).await;
         relay.terminate();

@@ -730,81 +730,133 @@ async fn newest_server_streams_with_protocol_4_in_parallel_mode() {
 }
 
 /// Throughput against `pg_recvlogical` (PostgreSQL's own client, writing to /dev/null) on the same WAL: both read
-/// `ROWS` single-row transactions from their own slot; we also decode every message. Heavy, so ignored by default;
-/// run it optimized: `cargo test --release --test replication -- --ignored --nocapture throughput`. Rows via
-/// `OUTBOX_RELAY_BENCH_ROWS` (default 100000). In release builds it fails below 80 % of `pg_recvlogical`.
+/// the same rows from slots created at the same point; we also decode every message with the pgoutput decoder. Two
+/// shapes: `ROWS` single-row transactions, and one transaction of `ROWS` rows. Each side runs [`BENCH_RUNS`] times,
+/// interleaved, and the best run counts (the machine is shared, so the best run is the least disturbed one). Both
+/// timings include connecting and authenticating.
+///
+/// Heavy, so ignored by default; run it optimized:
+/// `cargo test --release --test replication -- --ignored --nocapture throughput`
+/// Rows via `OUTBOX_RELAY_BENCH_ROWS` (default 100000). In release builds it fails below 80 % of `pg_recvlogical`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --release --ignored"]
 async fn throughput_against_pg_recvlogical() {
     let rows: u32 = env_var("OUTBOX_RELAY_BENCH_ROWS").map_or(100_000, |v| v.parse().expect("a row count"));
+    let mut failures = Vec::new();
+    for single_row_txns in [true, false] {
+        let shape = if single_row_txns { "single-row transactions" } else { "rows in one transaction" };
+        let (ours, theirs, cpu_us) = bench_shape(rows, single_row_txns).await;
+        let ratio = ours / theirs;
+        eprintln!(
+            "{rows} {shape}: pg_recvlogical {theirs:.0} rows/s, this client + pgoutput decoding {ours:.0} rows/s \
+             ({cpu_us:.2} us CPU per row in this process): {:.0} %",
+            ratio * 100.0
+        );
+        if ratio < 0.8 {
+            failures.push(format!("{shape}: {:.0} %", ratio * 100.0));
+        }
+    }
+    if !cfg!(debug_assertions) {
+        assert!(failures.is_empty(), "below 80 % of pg_recvlogical: {failures:?}");
+    }
+}
+
+const BENCH_RUNS: usize = 3;
+
+/// CPU time (user + system) this process has used, from /proc/self/stat (Linux; 0 elsewhere).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// Best rows per second of (this client + decoding, pg_recvlogical), and our CPU microseconds per row in that run.
+async fn bench_shape(rows: u32, single_row_txns: bool) -> (f64, f64, f64) {
     let fx = Fixture::new("repl_bench").await;
     fx.db.execute("CREATE PUBLICATION bench_pub FOR TABLE outbox").await;
-    let ours = slot_name();
-    let theirs = slot_name();
     let mut client = fx.connect(&[]).await;
-    client.create_replication_slot(&ours, false, SnapshotAction::Nothing).await.unwrap();
-    client.create_replication_slot(&theirs, false, SnapshotAction::Nothing).await.unwrap();
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..BENCH_RUNS {
+        for slots in [&mut ours, &mut theirs] {
+            let slot = slot_name();
+            client.create_replication_slot(&slot, false, SnapshotAction::Nothing).await.unwrap();
+            slots.push(slot);
+        }
+    }
     let proto = outbox_relay::pg::replication::max_proto_version_for(client.server_version_num());
+    client.close().await.unwrap();
 
-    // ~150-byte JSON payloads, one row per transaction.
+    // ~150-byte JSON payloads.
     let writer = fx.db.client().await;
     writer.batch_execute("SET synchronous_commit = off").await.unwrap();
-    writer
-        .batch_execute(&format!(
-            "DO $$ BEGIN FOR i IN 1..{rows} LOOP
-               INSERT INTO outbox (payload) VALUES (json_build_object('id', i, 'type', 'OrderCreated',
-                 'data', repeat('x', 90))::text);
-               COMMIT;
-             END LOOP; END $$;"
-        ))
-        .await
-        .unwrap();
-    let end: String = fx.db.client().await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let row = "json_build_object('id', i, 'type', 'OrderCreated', 'data', repeat('x', 90))::text";
+    let sql = if single_row_txns {
+        format!(
+            "DO $$ BEGIN FOR i IN 1..{rows} LOOP INSERT INTO outbox (payload) VALUES ({row}); COMMIT; END LOOP; END $$"
+        )
+    } else {
+        format!("INSERT INTO outbox (payload) SELECT {row} FROM generate_series(1, {rows}) i")
+    };
+    writer.batch_execute(&sql).await.unwrap();
+    let end: String = writer.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
     let end: Lsn = end.parse().unwrap();
+    let expected_commits = if single_row_txns { rows } else { 1 };
+    // Async commits: wait until the WAL is flushed, so that neither side waits for the WAL writer.
+    within("WAL flush", async {
+        loop {
+            let flushed: String = writer.query_one("SELECT pg_current_wal_flush_lsn()::text", &[]).await.unwrap().get(0);
+            if flushed.parse::<Lsn>().unwrap() >= end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 
     let bin = PathBuf::from(required_var("PG_BIN_DIR")).join("pg_recvlogical");
     let conninfo = format!("host={} port={} user=relay dbname={} replication=database", fx.host, fx.port, fx.db.name);
-    let started = Instant::now();
-    let status = tokio::process::Command::new(&bin)
-        .env("PGPASSWORD", "relay-secret")
-        .args(["-d", &conninfo, "-S", &theirs, "--start", "-n", "-f", "/dev/null"])
-        .arg(format!("--endpos={end}"))
-        .args(["-o", &format!("proto_version={proto}"), "-o", "publication_names=bench_pub"])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-    let theirs_secs = started.elapsed().as_secs_f64();
-    assert!(status.success(), "pg_recvlogical failed: {status}");
-
-    let mut stream = client.start_replication(&ReplicationOptions::new(&ours, ["bench_pub"])).await.unwrap();
-    let started = Instant::now();
-    let mut dec = decoder(&stream);
-    let (mut commits, mut inserts) = (0u32, 0u32);
-    while commits < rows {
-        let x = next_xlog(&mut stream).await;
-        match dec.decode(&x.data).unwrap_or_else(|e| panic!("decode: {e}")) {
-            LogicalMessage::Commit(c) => {
-                commits += 1;
-                if commits == rows {
+    let (mut best_ours, mut best_theirs, mut best_cpu) = (Duration::MAX, Duration::MAX, Duration::ZERO);
+    for (our_slot, their_slot) in ours.iter().zip(&theirs) {
+        let cpu_before = process_cpu();
+        let started = Instant::now();
+        let options = ReplicationOptions::new(our_slot, ["bench_pub"]);
+        let mut stream = fx.connect(&[]).await.start_replication(&options).await.unwrap();
+        let mut dec = decoder(&stream);
+        let (mut commits, mut inserts) = (0u32, 0u32);
+        while commits < expected_commits {
+            let x = next_xlog(&mut stream).await;
+            match dec.decode(&x.data).unwrap_or_else(|e| panic!("decode: {e}")) {
+                LogicalMessage::Commit(c) => {
+                    commits += 1;
                     assert!(c.end_lsn <= end);
                 }
+                LogicalMessage::Insert(_) => inserts += 1,
+                _ => {}
             }
-            LogicalMessage::Insert(_) => inserts += 1,
-            _ => {}
         }
-    }
-    let ours_secs = started.elapsed().as_secs_f64();
-    assert_eq!(inserts, rows);
-    stream.stop().await.unwrap();
+        let elapsed = started.elapsed();
+        let cpu = process_cpu().saturating_sub(cpu_before);
+        assert_eq!(inserts, rows);
+        stream.stop().await.unwrap();
+        if elapsed < best_ours {
+            (best_ours, best_cpu) = (elapsed, cpu);
+        }
 
-    let (ours_rate, theirs_rate) = (f64::from(rows) / ours_secs, f64::from(rows) / theirs_secs);
-    let ratio = ours_rate / theirs_rate;
-    eprintln!(
-        "{rows} single-row transactions: pg_recvlogical {theirs_rate:.0} rows/s ({theirs_secs:.2} s), \
-         this client + pgoutput decoding {ours_rate:.0} rows/s ({ours_secs:.2} s): {:.0} %",
-        ratio * 100.0
-    );
-    if !cfg!(debug_assertions) {
-        assert!(ratio >= 0.8, "below 80 % of pg_recvlogical: {:.0} %", ratio * 100.0);
+        let started = Instant::now();
+        let status = tokio::process::Command::new(&bin)
+            .env("PGPASSWORD", "relay-secret")
+            .args(["-d", &conninfo, "-S", their_slot, "--start", "-n", "-f", "/dev/null"])
+            .arg(format!("--endpos={end}"))
+            .args(["-o", &format!("proto_version={proto}"), "-o", "publication_names=bench_pub"])
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        best_theirs = best_theirs.min(started.elapsed());
+        assert!(status.success(), "pg_recvlogical failed: {status}");
     }
+    let rate = |d: Duration| f64::from(rows) / d.as_secs_f64();
+    (rate(best_ours), rate(best_theirs), best_cpu.as_secs_f64() * 1e6 / f64::from(rows))
 }
