@@ -13,6 +13,9 @@
 //! - [`kafka`]: transactional producer and checkpoint topic.
 //! - [`pipeline`]: the loop that ties them together; acknowledges to PostgreSQL only after the Kafka commit.
 //! - [`check`]: the `check` command's service probes.
+//! - [`tail`]: the `tail` command: read a topic back decoded, as a consumer would.
+//! - [`metrics`]: Prometheus `/metrics` and `/health`.
+//! - `failpoint`: named crash points for the crash-consistency tests (inert unless armed by environment).
 
 pub mod avro;
 pub mod check;
@@ -24,3 +27,4 @@ pub mod metrics;
 pub mod outbox;
 pub mod pg;
 pub mod pipeline;
+pub mod tail;

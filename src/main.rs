@@ -69,6 +69,25 @@ enum Command {
     Check(CheckArgs),
     /// Print the effective configuration (file, environment and derived defaults) as TOML, secrets redacted.
     PrintConfig,
+    /// Read a topic back as a consumer would (read_committed, values decoded through the schema registry) and
+    /// print one JSON object per record on standard output.
+    Tail(TailArgs),
+}
+
+/// Options of `tail`.
+#[derive(Debug, Args)]
+struct TailArgs {
+    /// Topic to read, e.g. outbox.event.order.
+    topic: String,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    max: Option<usize>,
+    /// Keep waiting for new records instead of stopping at the end of the topic.
+    #[arg(long)]
+    follow: bool,
+    /// With --follow, stop when nothing arrived for this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
 }
 
 /// Options of `run`.
@@ -117,6 +136,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => run(config, args).await,
         Command::Check(args) => run_check(&config, &args).await,
         Command::PrintConfig => print_config(&config),
+        Command::Tail(args) => run_tail(&config, &args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,8 +154,10 @@ fn init_tracing(level: Option<&str>, format: LogFormat) -> anyhow::Result<()> {
         }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    // Colour codes only for a person at a terminal, never into files or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
@@ -223,6 +245,18 @@ async fn run_check(config: &Config, args: &CheckArgs) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("check failed for {}", failed.join(", "))
     }
+}
+
+async fn run_tail(config: &Config, args: &TailArgs) -> anyhow::Result<()> {
+    let opts = outbox_relay::tail::TailOptions {
+        topic: args.topic.clone(),
+        max_records: args.max,
+        follow: args.follow,
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+    };
+    let n = outbox_relay::tail::tail(config, &opts, |line| println!("{line}")).await?;
+    tracing::info!(records = n, topic = %args.topic, "tail finished");
+    Ok(())
 }
 
 fn print_config(config: &Config) -> anyhow::Result<()> {

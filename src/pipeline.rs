@@ -121,7 +121,7 @@ pub enum PipelineError {
         lsn: Lsn,
         /// Mapper error.
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     /// An event could not be encoded.
     #[error(transparent)]
@@ -144,6 +144,10 @@ impl PipelineError {
         }
     }
 }
+
+/// Per relation OID: the relation version a mapper was bound to, and the mapper (with its table index), or `None`
+/// for a published table that is not an outbox table.
+type MapperCache = HashMap<Oid, (Arc<Relation>, Option<(usize, Arc<TableMapper>)>)>;
 
 /// One message from source to sink.
 #[derive(Debug)]
@@ -503,7 +507,7 @@ impl Relay {
             resume,
             SpillSettings { threshold_bytes: usize::try_from(pg.spill_threshold_bytes).unwrap_or(usize::MAX), dir: spill_dir },
         );
-        let mut mappers: HashMap<Oid, (Arc<Relation>, Option<(usize, Arc<TableMapper>)>)> = HashMap::new();
+        let mut mappers: MapperCache = HashMap::new();
         let mut txn = TxnCtx::default();
         let heartbeat_every = Duration::from_millis(pg.heartbeat_interval_ms);
         let mut heartbeat = tokio::time::interval(if heartbeat_every.is_zero() { Duration::from_secs(3600) } else { heartbeat_every });
@@ -595,7 +599,7 @@ impl Relay {
         &self,
         ev: TxnEvent,
         txn: &mut TxnCtx,
-        mappers: &mut HashMap<Oid, (Arc<Relation>, Option<(usize, Arc<TableMapper>)>)>,
+        mappers: &mut MapperCache,
         tx: &mpsc::Sender<Item>,
     ) -> Result<bool, PipelineError> {
         let send = |item| async { tx.send(item).await.is_ok() };
@@ -610,7 +614,7 @@ impl Relay {
                 let Some((index, mapper)) = mapper else { return Ok(false) };
                 let event = mapper
                     .map_row(&tuple, txn.commit_lsn, txn.commit_time)
-                    .map_err(|source| PipelineError::Map { lsn: txn.commit_lsn, source })?;
+                    .map_err(|source| PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) })?;
                 let encoded = self.encode(index, event, &mut txn.topics).await?;
                 send(Item::Event(encoded)).await;
                 Ok(false)
@@ -619,7 +623,7 @@ impl Relay {
                 let Some(m) = &self.messages else { return Ok(false) };
                 let Some(event) = m
                     .map_message(&prefix, true, &content, txn.commit_lsn, txn.commit_time)
-                    .map_err(|source| PipelineError::Map { lsn: txn.commit_lsn, source })?
+                    .map_err(|source| PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) })?
                 else {
                     return Ok(false);
                 };
@@ -637,7 +641,7 @@ impl Relay {
     fn mapper_for(
         &self,
         relation: &Arc<Relation>,
-        mappers: &mut HashMap<Oid, (Arc<Relation>, Option<(usize, Arc<TableMapper>)>)>,
+        mappers: &mut MapperCache,
     ) -> Result<Option<(usize, Arc<TableMapper>)>, PipelineError> {
         if let Some((r, m)) = mappers.get(&relation.oid) {
             if Arc::ptr_eq(r, relation) {
@@ -646,16 +650,15 @@ impl Relay {
         }
         // A new or altered relation: bind the mapping to its current columns.
         let name = TableName { schema: relation.schema().to_owned(), name: relation.name.clone() };
-        let mapper = match self.tables.iter().position(|(t, _)| *t == name) {
-            Some(index) => {
-                let (_, mapping) = &self.tables[index];
+        let mapper = match self.tables.iter().enumerate().find(|(_, (t, _))| *t == name) {
+            Some((index, (_, mapping))) => {
                 let bound = TableMapper::bind(
                     mapping,
                     relation.schema(),
                     &relation.name,
                     relation.columns.iter().map(|c| (c.name.as_str(), c.type_oid.0)),
                 )
-                .map_err(|source| PipelineError::Map { lsn: Lsn::ZERO, source })?;
+                .map_err(|source| PipelineError::Map { lsn: Lsn::ZERO, source: Box::new(source) })?;
                 Some((index, Arc::new(bound)))
             }
             None => None,

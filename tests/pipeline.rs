@@ -122,7 +122,7 @@ async fn committed_rows_arrive_once_on_the_right_topics_with_keys_and_headers() 
     relay.terminate();
     let status = relay.wait_exit(Duration::from_secs(30)).expect("exit after SIGTERM");
     assert!(status.success(), "exit status {status:?}; log:\n{}", relay.log_text());
-    let cp = h.read_committed(&[h.checkpoint_topic.clone()]);
+    let cp = h.read_committed(std::slice::from_ref(&h.checkpoint_topic));
     let last: serde_json::Value = serde_json::from_slice(&cp.last().unwrap().value).unwrap();
     let end: outbox_relay::pg::lsn::Lsn = last["end_lsn"].as_str().unwrap().parse().unwrap();
     assert_eq!(h.confirmed_flush().await, end.as_u64(), "confirmed_flush_lsn == checkpoint end_lsn");

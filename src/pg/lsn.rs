@@ -170,6 +170,7 @@ impl fmt::Debug for PgTimestamp {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -504,7 +504,7 @@ impl StreamReplay {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::pg::pgoutput::encode::{encode, outbox_insert, outbox_relation};
