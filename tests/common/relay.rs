@@ -50,6 +50,11 @@ pub struct Options {
     pub max_batch_ms: u64,
     pub max_batch_events: u64,
     pub extra_postgres: String,
+    /// Replaces the default `[[outbox.tables]]` block (public.outbox routed to `<prefix>.<aggregatetype>`); the text
+    /// `{prefix}` in it becomes the harness's unique topic prefix.
+    pub outbox_toml: Option<String>,
+    /// Query parameters appended to the PostgreSQL URL (`options=...`).
+    pub url_params: String,
     pub extra_toml: String,
 }
 
@@ -60,6 +65,8 @@ impl Default for Options {
             max_batch_ms: 50,
             max_batch_events: 10_000,
             extra_postgres: String::new(),
+            outbox_toml: None,
+            url_params: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -92,9 +99,7 @@ status_interval_ms = 1000
 reconnect_backoff_initial_ms = 100
 reconnect_backoff_max_ms = 1000
 {extra_pg}
-[[outbox.tables]]
-table = "public.outbox"
-route_topic_replacement = "{prefix}.${{routedByValue}}"
+{outbox}
 [kafka]
 bootstrap_servers = "{kafka}"
 checkpoint_topic = "{cp}"
@@ -108,10 +113,17 @@ listen = ""
 {extra}
 "#,
             connector = self.connector,
-            url = self.db.url,
+            url = if o.url_params.is_empty() {
+                self.db.url.clone()
+            } else {
+                format!("{}&{}", self.db.url, o.url_params)
+            },
+            outbox = o.outbox_toml.as_ref().map(|t| t.replace("{prefix}", &self.topic_prefix)).unwrap_or_else(|| format!(
+                "[[outbox.tables]]\ntable = \"public.outbox\"\nroute_topic_replacement = \"{}.${{routedByValue}}\"\n",
+                self.topic_prefix
+            )),
             hb = o.heartbeat_interval_ms,
             extra_pg = o.extra_postgres,
-            prefix = self.topic_prefix,
             kafka = self.services.kafka_bootstrap,
             cp = self.checkpoint_topic,
             mbm = o.max_batch_ms,

@@ -1,0 +1,234 @@
+//! End-to-end tests of the mapping features and of large / altered / bad input, through the real binary and the
+//! real services: several outbox tables, additional fields (header, envelope, partition), the tableless outbox,
+//! a streamed and spilled large transaction, a table altered while the relay runs, and a row that cannot be mapped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "common/services.rs"]
+mod services;
+
+#[path = "common/relay.rs"]
+mod relay;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use relay::{Harness, Options};
+
+const STARTED: &str = "replication started";
+
+fn payload_n(v: &serde_json::Value) -> i64 {
+    serde_json::from_str::<serde_json::Value>(v["payload"].as_str().unwrap()).unwrap()["n"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tables_additional_fields_and_the_tableless_outbox() {
+    let outbox = r#"
+[[outbox.tables]]
+table = "public.outbox"
+route_topic_replacement = "{prefix}.${routedByValue}"
+additional_fields = [
+  { column = "tenant", placement = "header" },
+  { column = "region", placement = "envelope", alias = "origin" },
+  { column = "part", placement = "partition" },
+]
+[[outbox.tables]]
+table = "billing.events"
+field_event_key = "account"
+route_by_field = "kind"
+route_topic_replacement = "{prefix}.billing.${routedByValue}"
+[outbox.messages]
+enabled = true
+prefix = "outbox"
+"#;
+    let h = Harness::new("features", Options { outbox_toml: Some(outbox.into()), ..Options::default() }).await;
+    h.db
+        .execute(
+            "ALTER TABLE outbox ADD COLUMN tenant text, ADD COLUMN region text, ADD COLUMN part int;
+             CREATE SCHEMA billing;
+             CREATE TABLE billing.events (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), kind text NOT NULL,
+                 account text NOT NULL, type text NOT NULL, payload jsonb);",
+        )
+        .await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let c = h.db.client().await;
+    c.batch_execute(
+        "BEGIN;
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload, tenant, region, part)
+             VALUES ('order', 'o-1', 'OrderPlaced', '{\"n\": 1}', 'acme', 'eu', 2);
+         INSERT INTO billing.events (kind, account, type, payload) VALUES ('invoice', 'acc-7', 'InvoiceIssued', '{\"n\": 2}');
+         SELECT pg_logical_emit_message(true, 'outbox',
+             '{\"id\": \"m-1\", \"aggregatetype\": \"order\", \"aggregateid\": \"o-2\", \"type\": \"OrderShipped\", \"payload\": {\"n\": 3}}');
+         SELECT pg_logical_emit_message(true, 'someone-else', 'not ours');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let topics = vec![h.topic("order"), h.topic("billing.invoice")];
+    h.wait_for_records_of(Some(&relay), &topics, 3, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let records = h.read_committed(&topics);
+    assert_eq!(records.len(), 3, "{records:?}");
+    let values = h.decode_values(&records).await;
+    let by_n = |n: i64| {
+        let i = values.iter().position(|v| payload_n(v) == n).unwrap_or_else(|| panic!("event {n} missing"));
+        (&records[i], &values[i])
+    };
+    let (r, v) = by_n(1);
+    assert_eq!(r.topic, h.topic("order"));
+    assert_eq!(r.partition, 2, "partition placement");
+    assert_eq!(r.header("tenant").as_deref(), Some("acme"), "header placement");
+    assert_eq!(v["origin"], serde_json::json!("eu"), "envelope placement with alias");
+    let (r, v) = by_n(2);
+    assert_eq!(r.topic, h.topic("billing.invoice"), "second table, own routing column");
+    assert_eq!(String::from_utf8_lossy(&r.key), "acc-7", "second table, own key column");
+    assert_eq!(v["type"], serde_json::json!("InvoiceIssued"));
+    let (r, v) = by_n(3);
+    assert_eq!(r.topic, h.topic("order"), "tableless outbox routed like a row");
+    assert_eq!(r.header("id").as_deref(), Some("m-1"));
+    assert_eq!(String::from_utf8_lossy(&r.key), "o-2");
+    assert_eq!(v["type"], serde_json::json!("OrderShipped"));
+    // All three came from one PostgreSQL transaction: one Kafka transaction, so one offset run per partition and
+    // one checkpoint for them.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_streamed_transaction_spills_and_arrives_whole_and_a_rolled_back_one_never() {
+    // A tiny logical_decoding_work_mem makes PostgreSQL stream the transaction before it commits; a tiny spill
+    // threshold makes the relay write it to disk.
+    let h = Harness::new(
+        "stream",
+        Options {
+            url_params: "options=-c%20logical_decoding_work_mem%3D64kB".into(),
+            extra_postgres: "streaming = true\nspill_threshold_bytes = 65536\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let mut big = h.db.client().await;
+    let mut small = h.db.client().await;
+    let tx = big.transaction().await.unwrap();
+    tx.batch_execute(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+         SELECT 'order', 'big-' || (g % 7), 'OrderPlaced', json_build_object('n', g, 'pad', repeat('x', 100))::jsonb
+         FROM generate_series(1, 5000) g",
+    )
+    .await
+    .unwrap();
+    // A subtransaction rolled back inside the big one: its rows must not appear.
+    tx.batch_execute(
+        "SAVEPOINT s1;
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+         SELECT 'order', 'big-0', 'Nope', json_build_object('n', -g, 'pad', repeat('y', 100))::jsonb FROM generate_series(1, 2000) g;
+         ROLLBACK TO SAVEPOINT s1;",
+    )
+    .await
+    .unwrap();
+    // Meanwhile a small transaction commits first.
+    let ids = h.insert_txn(&mut small, &[("order", "small", "T", r#"{"n": 100000}"#.into())]).await;
+    tx.commit().await.unwrap();
+    // A large transaction that is rolled back after being streamed.
+    let tx = big.transaction().await.unwrap();
+    tx.batch_execute(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+         SELECT 'order', 'gone', 'Nope', json_build_object('n', -g, 'pad', repeat('z', 100))::jsonb FROM generate_series(1, 3000) g",
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    let topics = vec![h.topic("order")];
+    h.wait_for_records_of(Some(&relay), &topics, 5001, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(1));
+    let records = h.read_committed(&topics);
+    assert_eq!(records.len(), 5001);
+    let values = h.decode_values(&records).await;
+    let ns: HashSet<i64> = values.iter().map(payload_n).collect();
+    assert_eq!(ns.len(), 5001, "no duplicates");
+    assert!(ns.iter().all(|n| *n > 0), "rolled-back rows leaked");
+    assert!(ns.contains(&100_000) && (1..=5000).all(|n| ns.contains(&n)));
+    assert_eq!(records.iter().filter(|r| r.header("id").as_deref() == ids.first().map(String::as_str)).count(), 1);
+    // The small transaction committed first, so on its partition it comes before the big one's rows there.
+    let log = relay.log_text();
+    assert!(log.contains("proto_version="), "{log}");
+    assert!(log.contains("streamed transaction spilled to disk"), "the big transaction must have been streamed and spilled:\n{log}");
+    // Per key, insert order is kept.
+    let mut last = std::collections::HashMap::new();
+    for (r, v) in records.iter().zip(&values) {
+        let n = payload_n(v);
+        if let Some(prev) = last.insert(r.key.clone(), n) {
+            assert!(n > prev || r.key == b"small", "order within key {:?}: {n} after {prev}", String::from_utf8_lossy(&r.key));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_altered_while_running_keeps_flowing() {
+    let outbox = r#"
+[[outbox.tables]]
+table = "public.outbox"
+route_topic_replacement = "{prefix}.${routedByValue}"
+additional_fields = [{ column = "tenant", placement = "header" }]
+"#;
+    let h = Harness::new("alter", Options { outbox_toml: Some(outbox.into()), ..Options::default() }).await;
+    h.db.execute("ALTER TABLE outbox ADD COLUMN tenant text").await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let c = h.db.client().await;
+    c.batch_execute("INSERT INTO outbox (aggregatetype, aggregateid, type, payload, tenant) VALUES ('order', 'a', 'T', '{\"n\": 1}', 't1')")
+        .await
+        .unwrap();
+    // Columns added and dropped between transactions, and inside one.
+    c.batch_execute(
+        "ALTER TABLE outbox ADD COLUMN note text;
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload, tenant, note) VALUES ('order', 'a', 'T', '{\"n\": 2}', 't2', 'x');
+         BEGIN;
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload, tenant) VALUES ('order', 'a', 'T', '{\"n\": 3}', 't3');
+         ALTER TABLE outbox DROP COLUMN note;
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload, tenant) VALUES ('order', 'a', 'T', '{\"n\": 4}', 't4');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let topics = vec![h.topic("order")];
+    let records = h.wait_for_records_of(Some(&relay), &topics, 4, Duration::from_secs(60));
+    let values = h.decode_values(&records).await;
+    let got: Vec<(i64, String)> = records.iter().zip(&values).map(|(r, v)| (payload_n(v), r.header("tenant").unwrap())).collect();
+    assert_eq!(got, vec![(1, "t1".into()), (2, "t2".into()), (3, "t3".into()), (4, "t4".into())]);
+    assert!(relay.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_cannot_be_mapped_stops_the_relay_with_the_checkpoint_untouched() {
+    let h = Harness::new("badrow", Options::default()).await;
+    h.db.execute("ALTER TABLE outbox ALTER COLUMN type DROP NOT NULL").await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let mut c = h.db.client().await;
+    h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 1}"#.into())]).await;
+    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 1, Duration::from_secs(30));
+    let before = h.confirmed_flush().await;
+    let bad: String = c
+        .query_one(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'a', NULL, '{\"n\": 2}') RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 3}"#.into())]).await;
+    let status = relay.wait_exit(Duration::from_secs(60)).expect("the relay must stop on an unmappable row");
+    assert!(!status.success());
+    let log = relay.log_text();
+    assert!(log.contains(&bad), "the error names the event id {bad}:\n{log}");
+    assert!(log.contains("type"), "the error names the column:\n{log}");
+    // Nothing after the good row reached Kafka and the slot did not move past it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.read_committed(&[h.topic("order")]).len(), 1);
+    assert_eq!(h.confirmed_flush().await, before, "checkpoint and slot untouched");
+    // A restart meets the same row again: it is not skipped silently.
+    let mut again = h.spawn(&[], &[]);
+    assert!(!again.wait_exit(Duration::from_secs(60)).expect("stops again").success());
+    assert!(again.log_text().contains(&bad));
+}
