@@ -145,9 +145,9 @@ impl PipelineError {
     }
 }
 
-/// Per relation OID: the relation version a mapper was bound to, and the mapper (with its table index), or `None`
+/// Per relation OID: the relation version a mapper was bound to, and the mapper, or `None`
 /// for a published table that is not an outbox table.
-type MapperCache = HashMap<Oid, (Arc<Relation>, Option<(usize, Arc<TableMapper>)>)>;
+type MapperCache = HashMap<Oid, (Arc<Relation>, Option<Arc<TableMapper>>)>;
 
 /// One message from source to sink.
 #[derive(Debug)]
@@ -172,8 +172,8 @@ struct Relay {
     kafka: KafkaSettings,
     tables: Vec<(TableName, EventMapping)>,
     messages: Option<MessageMapper>,
-    /// Value encoder per entry of `tables`, then one for logical messages.
-    value_encoders: Vec<Arc<dyn ValueEncoder>>,
+    /// Value encoder (the envelope over all tables' and the message outbox's fields).
+    value_encoder: Arc<dyn ValueEncoder>,
     key_encoder: Arc<KeyEncoder>,
     stats: Arc<Stats>,
 }
@@ -209,7 +209,7 @@ pub async fn run(
         tables.push((name, EventMapping::from(t)));
     }
     let messages = if cfg.outbox.messages.enabled {
-        let mapping = cfg.outbox.tables.first().map(EventMapping::from).unwrap_or_default();
+        let mapping = EventMapping::for_messages(&cfg.outbox);
         Some(
             MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping)
                 .map_err(|e| PipelineError::Config(e.to_string()))?,
@@ -221,21 +221,19 @@ pub async fn run(
         SchemaRegistry::new(&RegistrySettings::from_config(&cfg.schema_registry))
             .map_err(|e| PipelineError::Config(e.to_string()))?,
     );
-    let mut value_encoders: Vec<Arc<dyn ValueEncoder>> = Vec::new();
-    let message_mapping = cfg.outbox.tables.first().map(EventMapping::from).unwrap_or_default();
-    for mapping in tables.iter().map(|(_, m)| m).chain(std::iter::once(&message_mapping)) {
-        let extra: Vec<String> = mapping.envelope_field_names().map(str::to_owned).collect();
-        value_encoders.push(Arc::new(
-            EnvelopeEncoder::new(Arc::clone(&registry), extra).map_err(|e| PipelineError::Config(e.to_string()))?,
-        ));
-    }
+    // One envelope schema for every table and the message outbox: a topic fed by two tables keeps one schema.
+    let message_mapping = EventMapping::for_messages(&cfg.outbox);
+    let extra = crate::outbox::envelope_fields(tables.iter().map(|(_, m)| m).chain(std::iter::once(&message_mapping)));
+    let value_encoder: Arc<dyn ValueEncoder> = Arc::new(
+        EnvelopeEncoder::new(Arc::clone(&registry), extra).map_err(|e| PipelineError::Config(e.to_string()))?,
+    );
     let key_encoder = KeyEncoder::new(cfg.schema_registry.key_format, Arc::clone(&registry));
     let relay = Relay {
         kafka: kafka_settings(&cfg),
         cfg,
         tables,
         messages,
-        value_encoders,
+        value_encoder,
         key_encoder: Arc::new(key_encoder),
         stats,
     };
@@ -247,7 +245,39 @@ impl Relay {
         self.cfg.connect_sql().await.map_err(|e| PipelineError::Sql(e.to_string()))
     }
 
-    async fn run(&self, opts: RunOptions, shutdown: &mut watch::Receiver<bool>) -> Result<(), PipelineError> {
+    /// Runs until shutdown or a definite error. Once the relay has started, transient failures outside a session
+    /// (a producer that cannot abort because the broker is gone, services unreachable while starting over) start
+    /// everything over after a backoff: fencing, checkpoint, slot check, replication. A first start that fails
+    /// returns the error at once, so a misconfigured deployment fails fast and visibly.
+    async fn run(&self, mut opts: RunOptions, shutdown: &mut watch::Receiver<bool>) -> Result<(), PipelineError> {
+        let pg = &self.cfg.postgres;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(pg.reconnect_backoff_initial_ms),
+            Duration::from_millis(pg.reconnect_backoff_max_ms),
+        );
+        let mut started = false;
+        loop {
+            match self.run_once(&mut opts, &mut started, shutdown).await {
+                Err(e) if started && e.is_transient() && !*shutdown.borrow() => {
+                    let delay = backoff.next_delay();
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "relay failed; starting over from the last checkpoint");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_once(
+        &self,
+        opts: &mut RunOptions,
+        started: &mut bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), PipelineError> {
         let pg = &self.cfg.postgres;
         let span = info_span!("relay", connector = %self.cfg.connector_name, slot = %pg.slot, publication = %pg.publication);
         async {
@@ -291,7 +321,10 @@ impl Relay {
                     slot::create_slot(&sql, &pg.slot, pg.failover_slot).await?
                 }
             };
-            let resume = self.start_position(&sql, &opts, &slot_info, checkpoint.as_ref()).await?;
+            let resume = self.start_position(&sql, opts, &slot_info, checkpoint.as_ref()).await?;
+            // An operator's start position applies once; after a restart the checkpoint rules.
+            opts.start_lsn = None;
+            *started = true;
             info!(resume = %resume, checkpoint = ?checkpoint.as_ref().map(|c| c.end_lsn), "starting");
             self.sessions(producer, sql, resume, shutdown).await
         }
@@ -406,8 +439,10 @@ impl Relay {
                     self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, resume = %resume, delay_ms = delay.as_millis() as u64, "session failed; restarting from the last checkpoint");
                     if let Err(abort) = producer.abort().await {
-                        warn!(error = %abort, "abort of the open kafka transaction failed; reconnecting the producer");
-                        producer = TxnProducer::connect(&self.kafka).await?;
+                        // The producer is unusable (broker gone, fatal state): start over with a new one, which
+                        // fences this one's open transaction and re-reads the checkpoint.
+                        warn!(error = %abort, "abort of the open kafka transaction failed; restarting the relay");
+                        return Err(e);
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -611,11 +646,11 @@ impl Relay {
             }
             TxnEvent::Insert { relation, tuple } => {
                 let mapper = self.mapper_for(&relation, mappers)?;
-                let Some((index, mapper)) = mapper else { return Ok(false) };
+                let Some(mapper) = mapper else { return Ok(false) };
                 let event = mapper
                     .map_row(&tuple, txn.commit_lsn, txn.commit_time)
                     .map_err(|source| PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) })?;
-                let encoded = self.encode(index, event, &mut txn.topics).await?;
+                let encoded = self.encode(event, &mut txn.topics).await?;
                 send(Item::Event(encoded)).await;
                 Ok(false)
             }
@@ -627,7 +662,7 @@ impl Relay {
                 else {
                     return Ok(false);
                 };
-                let encoded = self.encode(self.tables.len(), event, &mut txn.topics).await?;
+                let encoded = self.encode(event, &mut txn.topics).await?;
                 send(Item::Event(encoded)).await;
                 Ok(false)
             }
@@ -642,7 +677,7 @@ impl Relay {
         &self,
         relation: &Arc<Relation>,
         mappers: &mut MapperCache,
-    ) -> Result<Option<(usize, Arc<TableMapper>)>, PipelineError> {
+    ) -> Result<Option<Arc<TableMapper>>, PipelineError> {
         if let Some((r, m)) = mappers.get(&relation.oid) {
             if Arc::ptr_eq(r, relation) {
                 return Ok(m.clone());
@@ -650,17 +685,11 @@ impl Relay {
         }
         // A new or altered relation: bind the mapping to its current columns.
         let name = TableName { schema: relation.schema().to_owned(), name: relation.name.clone() };
-        let mapper = match self.tables.iter().enumerate().find(|(_, (t, _))| *t == name) {
-            Some((index, (_, mapping))) => {
-                let bound = TableMapper::bind(
-                    mapping,
-                    relation.schema(),
-                    &relation.name,
-                    relation.columns.iter().map(|c| (c.name.as_str(), c.type_oid.0)),
-                )
-                .map_err(|source| PipelineError::Map { lsn: Lsn::ZERO, source: Box::new(source) })?;
-                Some((index, Arc::new(bound)))
-            }
+        let mapper = match self.tables.iter().find(|(t, _)| *t == name) {
+            Some((_, mapping)) => Some(Arc::new(
+                TableMapper::bind_relation(mapping, relation)
+                    .map_err(|source| PipelineError::Map { lsn: Lsn::ZERO, source: Box::new(source) })?,
+            )),
             None => None,
         };
         mappers.insert(relation.oid, (Arc::clone(relation), mapper.clone()));
@@ -669,14 +698,10 @@ impl Relay {
 
     async fn encode(
         &self,
-        encoder: usize,
         ev: OutboxEvent,
         topics: &mut HashMap<String, Arc<str>>,
     ) -> Result<EncodedEvent, PipelineError> {
-        let Some(value_encoder) = self.value_encoders.get(encoder) else {
-            return Err(PipelineError::Config(format!("no value encoder for mapping {encoder}")));
-        };
-        let value = value_encoder.encode(&ev).await?;
+        let value = self.value_encoder.encode(&ev).await?;
         let key = self.key_encoder.encode(&ev).await?;
         let topic = match topics.get(&ev.topic) {
             Some(t) => Arc::clone(t),

@@ -321,3 +321,64 @@ async fn a_registry_outage_is_retried_without_loss_or_early_acknowledgement() {
     assert_eq!(ids.len(), 3, "exactly once after the outage: {ids:?}");
     assert_eq!(ids.iter().cloned().collect::<HashSet<_>>(), committed);
 }
+
+#[path = "common/kafka_node.rs"]
+mod kafka_node;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_retried_without_loss_duplicates_or_early_acknowledgement() {
+    let mut broker = kafka_node::KafkaNode::start();
+    let h = Harness::new("brokerdown", Options { max_batch_ms: 20, ..Options::default() }).await;
+    let text = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace(&h.services.kafka_bootstrap, &broker.bootstrap())
+        .replace("[kafka]\n", "[kafka]\ntransaction_timeout_ms = 10000\n")
+        .replace("transaction_timeout_ms = 60000\n", "");
+    std::fs::write(&h.config_path, text).unwrap();
+    let bootstrap = broker.bootstrap();
+    let read = |topics: &[String]| relay::read_committed(&bootstrap, topics);
+
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(90));
+    let mut c = h.db.client().await;
+    let mut committed = HashSet::new();
+    for n in 1..=20 {
+        committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", format!(r#"{{"n": {n}}}"#))]).await);
+    }
+    let topics = vec![h.topic("order")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while read(&topics).len() < 20 {
+        assert!(std::time::Instant::now() < deadline, "{}", relay.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let acked_before = h.confirmed_flush().await;
+
+    broker.kill();
+    for n in 21..=40 {
+        committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", format!(r#"{{"n": {n}}}"#))]).await);
+    }
+    // While the broker is gone nothing may be acknowledged, and the relay must keep trying, not exit.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(relay.is_running(), "a broker outage must not stop the relay:\n{}", relay.log_text());
+    assert_eq!(h.confirmed_flush().await, acked_before, "acknowledged past what Kafka holds");
+
+    broker.restart();
+    for n in 41..=50 {
+        committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", format!(r#"{{"n": {n}}}"#))]).await);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let records = read(&topics);
+        if records.len() >= 50 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "have {}; log:\n{}", records.len(), relay.log_text());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = read(&topics);
+    let ids: Vec<String> = records.iter().map(|r| r.header("id").unwrap()).collect();
+    assert_eq!(ids.len(), 50, "exactly once across the outage");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), committed);
+    assert!(h.confirmed_flush().await > acked_before);
+}

@@ -79,6 +79,15 @@ impl Fixture {
         let parsed = url::Url::parse(&admin_url).expect("PG_URL is a URL");
         let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
         let port = parsed.port().unwrap_or(5432);
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .ok()
+            .and_then(|mut a| a.next())
+            .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+        assert!(
+            reachable,
+            "PostgreSQL at {host}:{port} does not accept connections: start the test services with \
+             `bash tests/infra/up.sh` (add --with-pg-latest for PG_LATEST_URL)"
+        );
         let db = TestDb::create(&pg_services(admin_url), prefix).await;
         db.execute(&format!(
             "CREATE TABLE outbox (id bigserial PRIMARY KEY, payload text NOT NULL);
@@ -328,13 +337,10 @@ async fn inserts_arrive_as_begin_insert_commit() {
 async fn large_transaction_is_streamed_with_small_decoding_memory() {
     let fx = Fixture::new("repl_streaming").await;
     let slot = slot_name();
-    let mut stream =
-        start(&fx, &slot, &[("logical_decoding_work_mem", "64kB")], |o| o.streaming = Streaming::On).await;
+    let mut stream = start(&fx, &slot, &[("logical_decoding_work_mem", "64kB")], |o| o.streaming = Streaming::On).await;
     assert!(stream.proto_version() >= 2);
     // ~600 kB of changes in one transaction: far above 64 kB.
-    fx.db
-        .execute("INSERT INTO outbox (payload) SELECT repeat('x', 200) || i FROM generate_series(1, 3000) i")
-        .await;
+    fx.db.execute("INSERT INTO outbox (payload) SELECT repeat('x', 200) || i FROM generate_series(1, 3000) i").await;
 
     let mut dec = decoder(&stream);
     let txn = next_txn(&mut stream, &mut dec).await;
@@ -561,6 +567,32 @@ async fn logins_with_each_authentication_method() {
     let config = ReplicationConfig::from_url(&fx.url("relay", None, "sslmode=disable")).unwrap();
     let err = within("no password", ReplicationClient::connect(&config)).await.expect_err("no password");
     assert!(matches!(err, ReplicationError::PasswordMissing { .. }), "{err:?}");
+
+    // application_name reaches the server.
+    let config = ReplicationConfig::from_url(&fx.url(
+        "relay",
+        Some("relay-secret"),
+        "sslmode=disable&application_name=relay-auth-test",
+    ))
+    .unwrap();
+    let client = within("application_name", ReplicationClient::connect(&config)).await.unwrap();
+    let row = fx
+        .db
+        .client()
+        .await
+        .query_one("SELECT application_name FROM pg_stat_activity WHERE pid = $1", &[&client.backend_pid()])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "relay-auth-test");
+    client.close().await.unwrap();
+
+    // Nobody listening: a transient error naming the address.
+    let port = services::closed_port();
+    let config =
+        ReplicationConfig::from_url(&format!("postgres://relay:x@127.0.0.1:{port}/db?sslmode=disable")).unwrap();
+    let err = within("closed port", ReplicationClient::connect(&config)).await.expect_err("nothing listens");
+    assert!(matches!(err, ReplicationError::Connect { .. }) && err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
 fn wrong_root_cert() -> tempfile::NamedTempFile {
@@ -605,9 +637,8 @@ async fn tls_modes_against_the_self_signed_server() {
 
     // verify-full against the server's own certificate, host name localhost.
     let config = localhost(&format!("sslmode=verify-full&sslrootcert={cert}&channel_binding=require"));
-    let mut client = within("verify-full", ReplicationClient::connect(&config))
-        .await
-        .unwrap_or_else(|e| panic!("verify-full: {e}"));
+    let mut client =
+        within("verify-full", ReplicationClient::connect(&config)).await.unwrap_or_else(|e| panic!("verify-full: {e}"));
     assert!(client.server_info().tls);
     client.identify_system().await.unwrap();
     // Streaming works over TLS too.
@@ -630,8 +661,9 @@ async fn tls_modes_against_the_self_signed_server() {
     assert!(!err.is_transient());
 
     // channel_binding=require cannot be met without TLS.
-    let config = ReplicationConfig::from_url(&fx.url("relay", Some("relay-secret"), "sslmode=disable&channel_binding=require"))
-        .unwrap();
+    let config =
+        ReplicationConfig::from_url(&fx.url("relay", Some("relay-secret"), "sslmode=disable&channel_binding=require"))
+            .unwrap();
     let err = within("binding without TLS", ReplicationClient::connect(&config)).await.expect_err("no TLS");
     assert!(matches!(err, ReplicationError::ChannelBindingRequired(_)), "{err:?}");
 }
@@ -719,9 +751,7 @@ async fn newest_server_streams_with_protocol_4_in_parallel_mode() {
     options.streaming = Streaming::Parallel;
     let mut stream = within("start", client.start_replication(&options)).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stream.proto_version(), 4);
-    fx.db
-        .execute("INSERT INTO outbox (payload) SELECT repeat('y', 200) || i FROM generate_series(1, 3000) i")
-        .await;
+    fx.db.execute("INSERT INTO outbox (payload) SELECT repeat('y', 200) || i FROM generate_series(1, 3000) i").await;
     let mut dec = Decoder::new(DecoderOptions::new(4).unwrap().with_parallel_streaming(true).unwrap());
     let txn = next_txn(&mut stream, &mut dec).await;
     assert!(tags(&txn).starts_with('S') && tags(&txn).ends_with('c'), "streamed transaction expected");
@@ -807,7 +837,8 @@ async fn bench_shape(rows: u32, single_row_txns: bool) -> (f64, f64, f64) {
     // Async commits: wait until the WAL is flushed, so that neither side waits for the WAL writer.
     within("WAL flush", async {
         loop {
-            let flushed: String = writer.query_one("SELECT pg_current_wal_flush_lsn()::text", &[]).await.unwrap().get(0);
+            let flushed: String =
+                writer.query_one("SELECT pg_current_wal_flush_lsn()::text", &[]).await.unwrap().get(0);
             if flushed.parse::<Lsn>().unwrap() >= end {
                 break;
             }

@@ -15,6 +15,16 @@
 //! never goes backwards; everything else the client reports (write/apply) is liveness only. See [`stream`] for the
 //! status-update rules and [`error`] for which failures are worth a reconnect ([`Backoff`]).
 //!
+//! # Server behaviour worth knowing (seen on PostgreSQL 15 and 18)
+//!
+//! - pgoutput sends Relation messages with `wal_start = 0/0`; only keep the maximum of positions.
+//! - A logical `START_REPLICATION` can run once per connection: the walsender does not reset its end-of-streaming
+//!   state, so a second one on the same connection ends at once ([`ReplicationClient::start_replication`] refuses).
+//! - A walsender may send CopyData after its own CopyDone; [`ReplicationStream::stop`] discards it.
+//! - A missing publication is an error (42704) when the first change is decoded up to PostgreSQL 17; PostgreSQL 18
+//!   skips it with a WARNING (logged as a server notice) and streams nothing.
+//! - `pg_terminate_backend` on the walsender arrives as `FATAL 57P01`, a transient error.
+//!
 //! # Layout
 //!
 //! - [`config`]: [`ReplicationConfig`] from a libpq-style URL, password-redacting `Debug`.

@@ -262,13 +262,29 @@ impl Record {
 pub fn read_committed(bootstrap: &str, topics: &[String]) -> Vec<Record> {
     let mut out = Vec::new();
     for topic in topics {
-        read_topic(bootstrap, topic, &mut out);
+        // A topic the relay just auto-created may briefly have no leader: retry such metadata errors.
+        let mut attempt = 0;
+        loop {
+            let mut part = Vec::new();
+            match read_topic(bootstrap, topic, &mut part) {
+                Ok(()) => {
+                    out.extend(part);
+                    break;
+                }
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    eprintln!("reading {topic}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("reading {topic}: {e}"),
+            }
+        }
     }
     out.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
     out
 }
 
-fn read_topic(bootstrap: &str, topic: &str, out: &mut Vec<Record>) {
+fn read_topic(bootstrap: &str, topic: &str, out: &mut Vec<Record>) -> Result<(), KafkaError> {
     // One consumer per topic: partition EOF events name only the partition.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -279,7 +295,7 @@ fn read_topic(bootstrap: &str, topic: &str, out: &mut Vec<Record>) {
         .set("allow.auto.create.topics", "false")
         .create()
         .unwrap();
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     let mut pending = std::collections::HashSet::new();
     for t in md.topics() {
@@ -287,17 +303,17 @@ fn read_topic(bootstrap: &str, topic: &str, out: &mut Vec<Record>) {
             continue;
         }
         for p in t.partitions() {
-            let (lo, hi) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap();
+            let (lo, hi) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
             if hi > lo {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
                 pending.insert(p.id());
             }
         }
     }
     if pending.is_empty() {
-        return;
+        return Ok(());
     }
-    consumer.assign(&tpl).unwrap();
+    consumer.assign(&tpl)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pending.is_empty() {
         assert!(Instant::now() < deadline, "reading {topic} to the end took over 60 s");
@@ -306,7 +322,7 @@ fn read_topic(bootstrap: &str, topic: &str, out: &mut Vec<Record>) {
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 pending.remove(&p);
             }
-            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            Some(Err(e)) => return Err(e),
             Some(Ok(m)) => {
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
@@ -325,6 +341,7 @@ fn read_topic(bootstrap: &str, topic: &str, out: &mut Vec<Record>) {
             }
         }
     }
+    Ok(())
 }
 
 /// The relay as a child process; killed on drop.

@@ -53,6 +53,11 @@ fn infra_env() -> HashMap<String, String> {
         .collect()
 }
 
+/// A variable from the environment, else from `.infra/env`.
+pub fn infra_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).or_else(|| infra_env().remove(name))
+}
+
 /// The services, from the environment or else `.infra/env`; panics with instructions when they are not running.
 pub fn services() -> Services {
     let file = infra_env();

@@ -192,15 +192,24 @@ impl std::fmt::Debug for ReplicationClient {
 }
 
 impl ReplicationClient {
+    /// A client over an already connected socket, past startup: for tests that play the server.
+    #[cfg(test)]
+    pub(crate) fn over(socket: Socket, info: ServerInfo) -> ReplicationClient {
+        let (read_half, write_half) = tokio::io::split(socket);
+        ReplicationClient {
+            reader: FrameReader { io: read_half, buf: BytesMut::with_capacity(READ_BUFFER_SIZE) },
+            writer: FrameWriter { io: write_half, buf: BytesMut::new() },
+            info,
+        }
+    }
+
     /// Connects, negotiates TLS per `sslmode`, authenticates and waits for ReadyForQuery, all within
     /// `connect_timeout`.
     pub async fn connect(config: &ReplicationConfig) -> Result<ReplicationClient, ReplicationError> {
         let fut = Self::connect_inner(config);
         let client = match config.connect_timeout {
-            Some(timeout) => tokio::time::timeout(timeout, fut).await.map_err(|_| ReplicationError::ConnectTimeout {
-                host: config.host.clone(),
-                port: config.port,
-                timeout,
+            Some(timeout) => tokio::time::timeout(timeout, fut).await.map_err(|_| {
+                ReplicationError::ConnectTimeout { host: config.host.clone(), port: config.port, timeout }
             })??,
             None => fut.await?,
         };
@@ -231,7 +240,11 @@ impl ReplicationClient {
         Ok(client)
     }
 
-    async fn startup(&mut self, config: &ReplicationConfig, end_point: Option<Vec<u8>>) -> Result<(), ReplicationError> {
+    async fn startup(
+        &mut self,
+        config: &ReplicationConfig,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), ReplicationError> {
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &config.user),
             ("database", &config.dbname),
@@ -274,10 +287,7 @@ impl ReplicationClient {
         end_point: Option<Vec<u8>>,
     ) -> Result<bool, ReplicationError> {
         let password = || {
-            config
-                .password
-                .as_deref()
-                .ok_or_else(|| ReplicationError::PasswordMissing { user: config.user.clone() })
+            config.password.as_deref().ok_or_else(|| ReplicationError::PasswordMissing { user: config.user.clone() })
         };
         let mut scram: Option<ScramSha256> = None;
         let mut bound = false;
@@ -380,7 +390,10 @@ impl ReplicationClient {
         Ok(bound)
     }
 
-    fn record_parameter(&mut self, body: &postgres_protocol::message::backend::ParameterStatusBody) -> Result<(), ReplicationError> {
+    fn record_parameter(
+        &mut self,
+        body: &postgres_protocol::message::backend::ParameterStatusBody,
+    ) -> Result<(), ReplicationError> {
         let name = body.name().map_err(malformed("ParameterStatus"))?;
         let value = body.value().map_err(malformed("ParameterStatus"))?;
         self.info.parameters.insert(name.to_owned(), value.to_owned());
@@ -605,6 +618,7 @@ fn malformed(what: &'static str) -> impl FnOnce(io::Error) -> ReplicationError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use bytes::BufMut;

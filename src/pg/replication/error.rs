@@ -136,7 +136,9 @@ pub enum ReplicationError {
     Unsupported(String),
 
     /// TCP connect failed for every address of the host.
-    #[error("could not connect to {host}:{port}: {source}; check that PostgreSQL is running and accepts TCP connections")]
+    #[error(
+        "could not connect to {host}:{port}: {source}; check that PostgreSQL is running and accepts TCP connections"
+    )]
     Connect {
         /// Host as configured.
         host: String,
@@ -167,7 +169,9 @@ pub enum ReplicationError {
     ConnectionClosed,
 
     /// `sslmode` requires TLS but the server refused the SSLRequest.
-    #[error("the server does not support TLS but sslmode={mode} requires it; enable ssl on the server or use sslmode=prefer")]
+    #[error(
+        "the server does not support TLS but sslmode={mode} requires it; enable ssl on the server or use sslmode=prefer"
+    )]
     TlsNotSupported {
         /// The configured mode.
         mode: SslMode,
@@ -200,7 +204,9 @@ pub enum ReplicationError {
     },
 
     /// The server rejected the credentials (SQLSTATE 28P01 or 28000).
-    #[error("authentication failed for user {user:?}: {error}; check the user and password in the connection URL and the server's pg_hba.conf")]
+    #[error(
+        "authentication failed for user {user:?}: {error}; check the user and password in the connection URL and the server's pg_hba.conf"
+    )]
     AuthFailed {
         /// The user name used.
         user: String,
@@ -217,7 +223,9 @@ pub enum ReplicationError {
     },
 
     /// The server asked for an authentication method this client does not implement.
-    #[error("the server asked for {method} authentication, which this client does not support; use scram-sha-256, md5, password or trust in pg_hba.conf")]
+    #[error(
+        "the server asked for {method} authentication, which this client does not support; use scram-sha-256, md5, password or trust in pg_hba.conf"
+    )]
     UnsupportedAuth {
         /// The method's name.
         method: String,
@@ -228,19 +236,27 @@ pub enum ReplicationError {
     ChannelBindingRequired(&'static str),
 
     /// The replication slot is active for another process (SQLSTATE 55006).
-    #[error("replication slot is in use by another connection: {0}; stop the other consumer (see pg_replication_slots.active_pid) or wait until it exits")]
+    #[error(
+        "replication slot is in use by another connection: {0}; stop the other consumer (see pg_replication_slots.active_pid) or wait until it exits"
+    )]
     SlotInUse(#[source] Box<DbError>),
 
     /// The replication slot does not exist (SQLSTATE 42704).
-    #[error("replication slot does not exist: {0}; create it (CREATE_REPLICATION_SLOT or pg_create_logical_replication_slot) or fix the slot name")]
+    #[error(
+        "replication slot does not exist: {0}; create it (CREATE_REPLICATION_SLOT or pg_create_logical_replication_slot) or fix the slot name"
+    )]
     SlotNotFound(#[source] Box<DbError>),
 
     /// The publication does not exist (SQLSTATE 42704 naming a publication).
-    #[error("publication does not exist: {0}; run CREATE PUBLICATION in the source database or fix the publication name")]
+    #[error(
+        "publication does not exist: {0}; run CREATE PUBLICATION in the source database or fix the publication name"
+    )]
     PublicationNotFound(#[source] Box<DbError>),
 
     /// The slot was invalidated (e.g. `max_slot_wal_keep_size` exceeded, SQLSTATE 55000): its data is gone.
-    #[error("replication slot can no longer be used: {0}; the changes it protected are lost: drop and recreate the slot and resynchronize")]
+    #[error(
+        "replication slot can no longer be used: {0}; the changes it protected are lost: drop and recreate the slot and resynchronize"
+    )]
     SlotInvalidated(#[source] Box<DbError>),
 
     /// The role lacks a privilege (SQLSTATE 42501), e.g. the REPLICATION attribute.
@@ -266,6 +282,10 @@ pub enum ReplicationError {
     /// The stream failed earlier (its error was already returned) and cannot be used any more.
     #[error("the replication stream failed earlier and must be reconnected")]
     StreamFailed,
+
+    /// The server ended the stream (`next()` returned `None`); reconnect to continue.
+    #[error("the server ended the replication stream; reconnect to continue")]
+    StreamEnded,
 }
 
 impl ReplicationError {
@@ -325,7 +345,8 @@ impl ReplicationError {
             | ReplicationError::ConnectionClosed
             | ReplicationError::ServerShutdown(_)
             | ReplicationError::StopTimeout(_)
-            | ReplicationError::StreamFailed => true,
+            | ReplicationError::StreamFailed
+            | ReplicationError::StreamEnded => true,
             // A handshake that failed on I/O (reset mid-handshake) is worth a retry; a verification failure is not.
             ReplicationError::TlsHandshake { source, .. } => source.io_error().is_some(),
             ReplicationError::Db(e) => {
@@ -359,6 +380,7 @@ impl From<io::Error> for ReplicationError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

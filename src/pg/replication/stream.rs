@@ -185,14 +185,14 @@ struct StatusWriter {
 
 impl StatusWriter {
     /// Sends a status update with the current positions; unless `force`, only if they changed since the last one.
-    async fn send(&mut self, progress: &Progress, force: bool, reply_requested: bool) -> Result<(), ReplicationError> {
+    async fn send(&mut self, progress: &Progress, force: bool) -> Result<(), ReplicationError> {
         let flush = progress.flushed();
         let write = progress.received().max(flush);
         if !force && write == self.last_write && flush == self.last_flush {
             // Nothing new to say; still push out bytes a cancelled send may have left.
             return self.frames.flush().await;
         }
-        encode_status(&mut self.frames.buf, write, flush, write, PgTimestamp::now(), reply_requested)?;
+        encode_status(&mut self.frames.buf, write, flush, write, PgTimestamp::now(), false)?;
         tracing::trace!(%write, %flush, force, "standby status update");
         self.frames.flush().await?;
         self.last_write = write;
@@ -227,7 +227,9 @@ impl AbortOnDrop {
 enum State {
     Streaming,
     /// The server ended the COPY; `reusable` if it then became ready for a new command.
-    Ended { reusable: bool },
+    Ended {
+        reusable: bool,
+    },
     Failed,
 }
 
@@ -307,7 +309,7 @@ impl ReplicationStream {
     async fn next_inner(&mut self) -> Result<Option<ReplicationMessage>, ReplicationError> {
         loop {
             if self.reply_pending {
-                self.writer.lock().await.send(&self.progress, true, false).await?;
+                self.writer.lock().await.send(&self.progress, true).await?;
                 self.reply_pending = false;
             }
             if self.progress.writer_failed.load(Ordering::Acquire) {
@@ -325,7 +327,7 @@ impl ReplicationStream {
                             self.note_received(k.wal_end);
                             if k.reply_requested {
                                 self.reply_pending = true;
-                                self.writer.lock().await.send(&self.progress, true, false).await?;
+                                self.writer.lock().await.send(&self.progress, true).await?;
                                 self.reply_pending = false;
                             }
                         }
@@ -336,7 +338,9 @@ impl ReplicationStream {
                 Backend::Notice(n) => log_notice(&n),
                 Backend::Msg(Message::ParameterStatus(_)) => {}
                 Backend::Msg(Message::CopyDone) => {
-                    // The server ended the COPY: answer with our CopyDone and wait until it is ready again.
+                    // The server ended the COPY: answer with our CopyDone and wait until it is ready again. Failed
+                    // until that completes, so a cancelled call leaves no half-closed stream behind.
+                    self.state = State::Failed;
                     self.task.abort_and_wait().await;
                     let mut w = self.writer.lock().await;
                     frontend::copy_done(&mut w.frames.buf);
@@ -348,8 +352,8 @@ impl ReplicationStream {
                 }
                 Backend::Msg(Message::CommandComplete(_)) => {
                     // A walsender shutting down ends the COPY with CommandComplete and exits.
-                    self.task.abort_and_wait().await;
                     self.state = State::Ended { reusable: false };
+                    self.task.abort_and_wait().await;
                     return Ok(None);
                 }
                 other => return Err(unexpected(&other, "while streaming")),
@@ -380,10 +384,12 @@ impl ReplicationStream {
 
     /// Sends a standby status update now, whether or not anything changed.
     pub async fn send_status(&mut self) -> Result<(), ReplicationError> {
-        if self.state != State::Streaming {
-            return Err(ReplicationError::StreamFailed);
+        match self.state {
+            State::Streaming => {}
+            State::Ended { .. } => return Err(ReplicationError::StreamEnded),
+            State::Failed => return Err(ReplicationError::StreamFailed),
         }
-        let result = self.writer.lock().await.send(&self.progress, true, false).await;
+        let result = self.writer.lock().await.send(&self.progress, true).await;
         if result.is_err() {
             self.state = State::Failed;
         }
@@ -422,7 +428,8 @@ impl ReplicationStream {
     pub async fn stop(mut self) -> Result<ReplicationClient, ReplicationError> {
         self.task.abort_and_wait().await;
         let state = self.state;
-        let ReplicationStream { mut reader, writer, progress, info, stop_timeout, reply_pending, .. } = self;
+        // An owed keepalive reply is answered by the final (forced) update below.
+        let ReplicationStream { mut reader, writer, progress, info, stop_timeout, .. } = self;
         let writer = Arc::try_unwrap(writer)
             .map_err(|_| ReplicationError::protocol("status writer still in use after its task ended"))?
             .into_inner();
@@ -433,9 +440,8 @@ impl ReplicationStream {
             State::Streaming => {}
         }
         let mut writer = writer;
-        let _ = reply_pending; // the final update below answers it
         let finish = async {
-            writer.send(&progress, true, false).await?;
+            writer.send(&progress, true).await?;
             frontend::copy_done(&mut writer.frames.buf);
             writer.frames.flush().await?;
             drain_to_ready(&mut reader).await
@@ -475,7 +481,7 @@ async fn status_task(writer: Arc<Mutex<StatusWriter>>, progress: Arc<Progress>, 
         let mut w = writer.lock().await;
         let result = if periodic {
             // Someone else (a reply, a forced update) may have sent one meanwhile; then the clock restarts.
-            if w.last_sent_at.elapsed() >= interval { w.send(&progress, true, false).await } else { Ok(()) }
+            if w.last_sent_at.elapsed() >= interval { w.send(&progress, true).await } else { Ok(()) }
         } else {
             let since = w.last_sent_at.elapsed();
             if since < MIN_ACK_UPDATE_SPACING {
@@ -483,7 +489,7 @@ async fn status_task(writer: Arc<Mutex<StatusWriter>>, progress: Arc<Progress>, 
                 tokio::time::sleep(MIN_ACK_UPDATE_SPACING - since).await;
                 w = writer.lock().await;
             }
-            w.send(&progress, false, false).await
+            w.send(&progress, false).await
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "standby status update failed");
@@ -494,6 +500,7 @@ async fn status_task(writer: Arc<Mutex<StatusWriter>>, progress: Arc<Progress>, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -542,7 +549,13 @@ mod tests {
     #[test]
     fn rejects_malformed_copy_data() {
         let truncated = xlog(1, 2, 3, b"").slice(..24);
-        for bad in [Bytes::new(), Bytes::from_static(b"w"), truncated, Bytes::from_static(b"k\0\0"), Bytes::from_static(b"z123")] {
+        for bad in [
+            Bytes::new(),
+            Bytes::from_static(b"w"),
+            truncated,
+            Bytes::from_static(b"k\0\0"),
+            Bytes::from_static(b"z123"),
+        ] {
             assert!(parse_copy_data(bad.clone()).is_err(), "{bad:?}");
         }
         // An XLogData with an empty payload is valid.
@@ -559,6 +572,179 @@ mod tests {
         }
         expect.push(1);
         assert_eq!(&out[..], &expect[..]);
+    }
+
+    /// The server's side of a CopyBoth session, over a real TCP socket.
+    mod fake_server {
+        use bytes::{Buf, BufMut, BytesMut};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        use crate::pg::replication::conn::{ReplicationClient, ServerInfo};
+        use crate::pg::replication::tls::Socket;
+
+        /// What the client sent.
+        #[derive(Debug, PartialEq, Eq)]
+        pub enum FromClient {
+            Status { write: u64, flush: u64, apply: u64, reply: bool },
+            CopyDone,
+            Other(u8),
+        }
+
+        pub struct Server {
+            pub sock: TcpStream,
+            buf: BytesMut,
+        }
+
+        pub async fn pair() -> (ReplicationClient, Server) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            let client = ReplicationClient::over(Socket::Plain(client.expect("connect")), ServerInfo::default());
+            (client, Server { sock: server.expect("accept").0, buf: BytesMut::new() })
+        }
+
+        impl Server {
+            pub async fn send(&mut self, tag: u8, body: &[u8]) {
+                let mut out = BytesMut::new();
+                out.put_u8(tag);
+                out.put_u32(u32::try_from(body.len() + 4).expect("small"));
+                out.put_slice(body);
+                self.sock.write_all(&out).await.expect("write");
+            }
+
+            pub async fn xlog(&mut self, lsn: u64, payload: &[u8]) {
+                let mut b = BytesMut::new();
+                b.put_u8(b'w');
+                b.put_u64(lsn);
+                b.put_u64(lsn);
+                b.put_i64(0);
+                b.put_slice(payload);
+                self.send(b'd', &b).await;
+            }
+
+            pub async fn keepalive(&mut self, wal_end: u64, reply: bool) {
+                let mut b = BytesMut::new();
+                b.put_u8(b'k');
+                b.put_u64(wal_end);
+                b.put_i64(0);
+                b.put_u8(u8::from(reply));
+                self.send(b'd', &b).await;
+            }
+
+            /// The next message from the client, or `None` if none arrives within `wait`.
+            pub async fn recv(&mut self, wait: std::time::Duration) -> Option<FromClient> {
+                tokio::time::timeout(wait, self.recv_inner()).await.ok()
+            }
+
+            async fn recv_inner(&mut self) -> FromClient {
+                loop {
+                    if self.buf.len() >= 5 {
+                        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                        if self.buf.len() > len {
+                            let mut frame = self.buf.split_to(len + 1);
+                            let tag = frame.get_u8();
+                            frame.advance(4);
+                            return match tag {
+                                b'd' if frame.first() == Some(&b'r') => {
+                                    frame.advance(1);
+                                    let (write, flush, apply) = (frame.get_u64(), frame.get_u64(), frame.get_u64());
+                                    let _clock = frame.get_i64();
+                                    FromClient::Status { write, flush, apply, reply: frame.get_u8() != 0 }
+                                }
+                                b'c' => FromClient::CopyDone,
+                                other => FromClient::Other(other),
+                            };
+                        }
+                    }
+                    if self.sock.read_buf(&mut self.buf).await.expect("read") == 0 {
+                        return FromClient::Other(0);
+                    }
+                }
+            }
+        }
+    }
+
+    use fake_server::FromClient;
+
+    fn status(write: u64, flush: u64) -> Option<FromClient> {
+        Some(FromClient::Status { write, flush, apply: write, reply: false })
+    }
+
+    /// Long enough for a prompt update on a loaded machine, far below the status interval of the tests.
+    const SHORT: Duration = Duration::from_millis(300);
+
+    #[tokio::test]
+    async fn status_updates_follow_the_rules() {
+        let (client, mut server) = fake_server::pair().await;
+        let mut options = ReplicationOptions::new("s", ["p"]);
+        options.status_interval = Duration::from_millis(1500);
+        let mut stream = ReplicationStream::new(client, &options, 3);
+
+        server.xlog(100, b"B").await;
+        assert!(matches!(stream.next().await, Ok(Some(ReplicationMessage::XLogData(x))) if x.wal_end == Lsn(100)));
+        assert_eq!(server.recv(SHORT).await, None, "receiving data alone sends nothing before the interval");
+
+        // A keepalive asking for a reply is answered before next() returns it: write = received, flush = 0.
+        server.keepalive(150, true).await;
+        assert!(matches!(stream.next().await, Ok(Some(ReplicationMessage::Keepalive(k))) if k.reply_requested));
+        assert_eq!(server.recv(SHORT).await, status(150, 0));
+
+        // An ack is reported promptly; lower and repeated acks are not.
+        stream.ack(Lsn(120));
+        assert_eq!(server.recv(SHORT).await, status(150, 120));
+        stream.ack(Lsn(110));
+        stream.ack_handle().ack(Lsn(120));
+        assert_eq!(stream.last_flushed_lsn(), Lsn(120));
+        assert_eq!(server.recv(SHORT).await, None, "an ack that changes nothing sends nothing");
+
+        // The periodic update repeats the positions, flush still 120, with nobody calling next().
+        assert_eq!(server.recv(Duration::from_secs(3)).await, status(150, 120));
+
+        // A forced update goes out even though nothing changed.
+        stream.send_status().await.expect("send");
+        assert_eq!(server.recv(SHORT).await, status(150, 120));
+
+        // stop(): a last update, CopyDone, then the server's leftovers are drained up to ReadyForQuery.
+        let stop = tokio::spawn(stream.stop());
+        assert_eq!(server.recv(SHORT).await, status(150, 120));
+        assert_eq!(server.recv(SHORT).await, Some(FromClient::CopyDone));
+        server.xlog(200, b"I").await;
+        server.keepalive(200, true).await;
+        server.send(b'c', b"").await;
+        server.send(b'C', b"COPY 0\0").await;
+        server.send(b'Z', b"I").await;
+        let client = stop.await.expect("join");
+        assert!(client.is_ok(), "{client:?}");
+        assert_eq!(server.recv(SHORT).await, None, "nothing is sent after CopyDone");
+    }
+
+    #[tokio::test]
+    async fn server_errors_and_ends() {
+        let (client, mut server) = fake_server::pair().await;
+        let mut stream = ReplicationStream::new(client, &ReplicationOptions::new("s", ["p"]), 3);
+        server.send(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0").await;
+        let err = stream.next().await.expect_err("an error");
+        assert!(matches!(err, ReplicationError::ServerShutdown(_)) && err.is_transient(), "{err:?}");
+        assert!(matches!(stream.next().await, Err(ReplicationError::StreamFailed)));
+
+        // The server ends the COPY itself: we answer CopyDone and wait for ReadyForQuery.
+        let (client, mut server) = fake_server::pair().await;
+        let mut stream = ReplicationStream::new(client, &ReplicationOptions::new("s", ["p"]), 3);
+        server.send(b'c', b"").await;
+        let next = tokio::spawn(async move { (stream.next().await.map(|m| m.is_none()), stream) });
+        assert_eq!(server.recv(SHORT).await, Some(FromClient::CopyDone));
+        server.send(b'C', b"COPY 0\0").await;
+        server.send(b'Z', b"I").await;
+        let (ended, stream) = next.await.expect("join");
+        assert!(matches!(ended, Ok(true)), "{ended:?}");
+        assert!(stream.stop().await.is_ok(), "the connection is idle again");
+
+        // Malformed replication data fails the stream with a protocol error.
+        let (client, mut server) = fake_server::pair().await;
+        let mut stream = ReplicationStream::new(client, &ReplicationOptions::new("s", ["p"]), 3);
+        server.send(b'd', b"w\0\0").await;
+        assert!(matches!(stream.next().await, Err(ReplicationError::Protocol(_))));
     }
 
     #[test]

@@ -96,10 +96,8 @@ pub(crate) async fn negotiate(mut tcp: TcpStream, config: &ReplicationConfig) ->
     }
 
     let ssl = ssl_for(config)?;
-    let mut stream = SslStream::new(ssl, tcp).map_err(|source| ReplicationError::TlsSetup {
-        message: "could not create the TLS session".into(),
-        source,
-    })?;
+    let mut stream = SslStream::new(ssl, tcp)
+        .map_err(|source| ReplicationError::TlsSetup { message: "could not create the TLS session".into(), source })?;
     if let Err(source) = Pin::new(&mut stream).connect().await {
         let verify = stream.ssl().verify_result();
         let (verify, advice) = if verify == openssl::x509::X509VerifyResult::OK {
@@ -128,7 +126,8 @@ fn ssl_for(config: &ReplicationConfig) -> Result<openssl::ssl::Ssl, ReplicationE
         let message = message.to_owned();
         move |source: openssl::error::ErrorStack| ReplicationError::TlsSetup { message, source }
     };
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(setup("could not create a TLS context"))?;
+    let mut builder =
+        SslConnector::builder(SslMethod::tls_client()).map_err(setup("could not create a TLS context"))?;
     let verify_chain = config.ssl_mode.verifies_chain() || config.ssl_root_cert.is_some();
     if verify_chain {
         match &config.ssl_root_cert {

@@ -1,0 +1,836 @@
+//! End to end: the release `outbox-relay` binary against the real PostgreSQL, Kafka broker and schema registry.
+//!
+//! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn] [--rows N] [--rate R] [--seconds S]
+//!  [--big-rows N] [--kafka key=value]... [--prop librdkafka.key=value]... [--pg key=value]... [--quick]`
+//!
+//! - `throughput` (single-row and bulk shape): a fresh database and connector; the relay is started once (it
+//!   creates publication, slot and genesis checkpoint) and stopped with SIGTERM; a second slot for
+//!   `pg_recvlogical` is created at that point; N rows are written (N single-row transactions, or one N-row
+//!   transaction); `pg_recvlogical` reads its slot to the end position (its rate on the same WAL); then the relay
+//!   is started and timed until a `read_committed` consumer has seen all N events and until the slot's
+//!   `confirmed_flush_lsn` has passed the last transaction. Targets: >= 60 % (single-row) and >= 80 % (bulk) of
+//!   pg_recvlogical.
+//! - `latency`: with the relay running, a paced generator (several connections, one row per transaction) offers R
+//!   events/s for S seconds; a `read_committed` consumer computes receive time - commit time per event from the
+//!   envelope's `timestamp` (commit time, microseconds). p50/p99/max; target p99 <= 50 ms. The relay's VmRSS is
+//!   sampled every 100 ms meanwhile (target <= 64 MB steady).
+//! - `bigtxn`: a fresh relay relays one transaction of `--big-rows` rows (default 1M) written while it runs; peak
+//!   VmRSS / VmHWM (target <= 128 MB).
+//!
+//! The relay binary is `target/release/outbox-relay` (`OUTBOX_RELAY_BIN` overrides): build it first with
+//! `cargo build --release`. Needs `bash tests/infra/up.sh`. Everything it creates is named `obbench_*` and removed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "../bench/common.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use common::{Args, BenchDb, Env, Generated, record, verdict};
+use outbox_relay::pg::lsn::Lsn;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 3;
+
+#[derive(Clone, Debug)]
+struct Opts {
+    rows: u64,
+    big_rows: u64,
+    rate: f64,
+    seconds: f64,
+    conns: usize,
+    shapes: Vec<bool>,
+    parts: Vec<String>,
+    kafka: Vec<(String, String)>,
+    props: Vec<(String, String)>,
+    pg: Vec<(String, String)>,
+    bin: PathBuf,
+    keep_logs: bool,
+}
+
+fn main() -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match rt.block_on(run()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("e2e benchmark failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn key_values(args: &Args, name: &str) -> Result<Vec<(String, String)>> {
+    args.all(name)
+        .into_iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| anyhow!("--{name} {kv:?}: expected key=value"))
+        })
+        .collect()
+}
+
+async fn run() -> Result<bool> {
+    let args = Args::parse(&[
+        "only", "rows", "big-rows", "rate", "seconds", "conns", "shape", "kafka", "prop", "pg",
+    ])?;
+    args.unknown_flags(&["quick", "keep-logs", "help"])?;
+    if args.flag("help") {
+        println!("see the top of benches/e2e.rs and bench/README.md");
+        return Ok(true);
+    }
+    let quick = args.flag("quick");
+    let bin = std::env::var_os("OUTBOX_RELAY_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| common::repo_root().join("target"));
+        target.join("release/outbox-relay")
+    });
+    if !bin.is_file() {
+        bail!("{} not found: run `cargo build --release` first (or set OUTBOX_RELAY_BIN)", bin.display());
+    }
+    let opts = Opts {
+        rows: args.num("rows", if quick { 20_000 } else { 200_000 })?,
+        big_rows: args.num("big-rows", if quick { 200_000 } else { 1_000_000 })?,
+        rate: args.num("rate", 5000.0)?,
+        seconds: args.num("seconds", if quick { 10.0 } else { 40.0 })?,
+        conns: args.num("conns", 4)?,
+        shapes: match args.value("shape").unwrap_or("both") {
+            "single" => vec![true],
+            "bulk" => vec![false],
+            "both" => vec![true, false],
+            s => bail!("--shape {s:?}: single, bulk or both"),
+        },
+        parts: args
+            .value("only")
+            .unwrap_or("throughput,latency,bigtxn")
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect(),
+        kafka: key_values(&args, "kafka")?,
+        props: key_values(&args, "prop")?,
+        pg: key_values(&args, "pg")?,
+        bin,
+        keep_logs: args.flag("keep-logs"),
+    };
+    if opts.rows == 0 || opts.rows > 10_000_000 || opts.big_rows == 0 || opts.big_rows > 10_000_000 {
+        bail!("--rows and --big-rows: 1 ..= 10000000");
+    }
+    if !(1.0..=50_000.0).contains(&opts.rate) || !(1.0..=600.0).contains(&opts.seconds) || !(1..=64).contains(&opts.conns) {
+        bail!("--rate 1..=50000, --seconds 1..=600, --conns 1..=64");
+    }
+    for p in &opts.parts {
+        if !["throughput", "latency", "bigtxn"].contains(&p.as_str()) {
+            bail!("--only: throughput, latency, bigtxn (comma separated), not {p:?}");
+        }
+    }
+    let env = Env::load()?;
+    common::cleanup_stale(&env).await?;
+    println!("relay binary: {}", opts.bin.display());
+    println!("relay settings: {}", settings_summary(&opts));
+    record("e2e.settings", "relay configuration", settings_summary(&opts).replace('\t', " "), "", "");
+    let mut ok = true;
+    if opts.parts.iter().any(|p| p == "throughput") {
+        for &single in &opts.shapes {
+            ok &= throughput(&env, &opts, single).await?;
+        }
+    }
+    if opts.parts.iter().any(|p| p == "latency") {
+        ok &= latency(&env, &opts).await?;
+    }
+    if opts.parts.iter().any(|p| p == "bigtxn") {
+        ok &= bigtxn(&env, &opts).await?;
+    }
+    Ok(ok)
+}
+
+fn settings_summary(o: &Opts) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for (k, v) in &o.pg {
+        parts.push(format!("postgres.{k}={v}"));
+    }
+    for (k, v) in &o.kafka {
+        parts.push(format!("kafka.{k}={v}"));
+    }
+    for (k, v) in &o.props {
+        parts.push(format!("kafka.properties.{k}={v}"));
+    }
+    if parts.is_empty() { "defaults".into() } else { parts.join(", ") }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One connector: database, configuration, topics
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Connector {
+    db: BenchDb,
+    name: String,
+    slot: String,
+    topic: String,
+    checkpoint_topic: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    metrics_port: u16,
+    spawned: u32,
+}
+
+impl Connector {
+    async fn new(env: &Env, kind: &str, opts: &Opts, extra_kafka: &[(String, String)]) -> Result<Connector> {
+        let db = BenchDb::create(env, kind).await?;
+        let name = db.name.clone();
+        let slot = outbox_relay::config::derive_pg_identifier(&name);
+        let dir = tempfile::Builder::new().prefix("obbench-").tempdir()?;
+        let config = dir.path().join("relay.toml");
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let c = Connector {
+            topic: format!("{name}.order"),
+            checkpoint_topic: format!("{name}.checkpoints"),
+            db,
+            name,
+            slot,
+            dir,
+            config,
+            metrics_port,
+            spawned: 0,
+        };
+        let mut kafka = opts.kafka.clone();
+        for (k, v) in extra_kafka {
+            kafka.retain(|(kk, _)| kk != k);
+            kafka.push((k.clone(), v.clone()));
+        }
+        std::fs::write(&c.config, c.config_toml(env, opts, &kafka))?;
+        c.create_topic(env).await?;
+        Ok(c)
+    }
+
+    fn config_toml(&self, env: &Env, o: &Opts, kafka: &[(String, String)]) -> String {
+        let mut s = format!("connector_name = \"{}\"\n[postgres]\nurl = \"{}\"\n", self.name, self.db.url);
+        for (k, v) in &o.pg {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+        s.push_str(&format!(
+            "[[outbox.tables]]\ntable = \"public.outbox\"\nroute_topic_replacement = \"{}.${{routedByValue}}\"\n",
+            self.name
+        ));
+        s.push_str(&format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ncheckpoint_topic = \"{}\"\n",
+            env.kafka_bootstrap, self.checkpoint_topic
+        ));
+        for (k, v) in kafka {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+        if !o.props.is_empty() {
+            s.push_str("[kafka.properties]\n");
+            for (k, v) in &o.props {
+                s.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+            }
+        }
+        s.push_str(&format!(
+            "[schema_registry]\nurl = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+            env.schema_registry_url, self.metrics_port
+        ));
+        s
+    }
+
+    /// The event topic with the broker's default partition count, so that the consumer can be assigned at once.
+    async fn create_topic(&self, env: &Env) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &env.kafka_bootstrap).create()?;
+        let t = NewTopic::new(&self.topic, PARTITIONS, TopicReplication::Fixed(1));
+        let r = admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await?;
+        for x in r {
+            x.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, opts: &Opts) -> Result<Relay> {
+        self.spawned += 1;
+        let log = self.dir.path().join(format!("relay-{}.log", self.spawned));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&opts.bin);
+        cmd.arg("--config").arg(&self.config).args(["--log-format", "text", "run"]);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OUTBOX_RELAY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(file));
+        let child = cmd.spawn().with_context(|| format!("starting {}", opts.bin.display()))?;
+        Ok(Relay { pid: child.id(), child: Some(child), log })
+    }
+
+    async fn metrics(&self) -> Option<(u64, u64)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut body = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body)).await.ok()?.ok()?;
+        let get = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse::<f64>().ok()))
+                .map(|v| v as u64)
+        };
+        Some((get("outbox_relay_events_total ")?, get("outbox_relay_kafka_transactions_total ")?))
+    }
+
+    async fn cleanup(&self, env: &Env, keep_logs: bool) {
+        if keep_logs {
+            let keep = std::env::temp_dir().join(format!("{}-logs", self.name));
+            let _ = std::fs::create_dir_all(&keep);
+            for n in 1..=self.spawned {
+                let _ = std::fs::copy(self.dir.path().join(format!("relay-{n}.log")), keep.join(format!("relay-{n}.log")));
+            }
+            println!("  relay logs kept in {}", keep.display());
+        }
+        if let Err(e) = self.db.drop_all().await {
+            eprintln!("cleanup of database {}: {e:#}", self.db.name);
+        }
+        if let Ok(admin) = ClientConfig::new().set("bootstrap.servers", &env.kafka_bootstrap).create::<AdminClient<DefaultClientContext>>() {
+            let _ = admin
+                .delete_topics(&[&self.topic, &self.checkpoint_topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+                .await;
+        }
+        // The registry subject of the event topic (best effort; the test registry keeps it in memory).
+        if let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+            let subject = format!("{}/subjects/{}-value", env.schema_registry_url.trim_end_matches('/'), self.topic);
+            let _ = http.delete(&subject).send().await;
+            let _ = http.delete(format!("{subject}?permanent=true")).send().await;
+        }
+    }
+}
+
+/// The relay child process; SIGKILLed on drop if still running.
+struct Relay {
+    child: Option<Child>,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Relay {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits until the log contains `needle`; returns when it was seen (5 ms polling).
+    async fn wait_log(&mut self, needle: &str, timeout: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return Ok(Instant::now());
+            }
+            if !self.running() {
+                bail!("relay exited before logging {needle:?}:\n{}", tail(&self.log_text()));
+            }
+            if Instant::now() > deadline {
+                bail!("relay did not log {needle:?} within {timeout:?}:\n{}", tail(&self.log_text()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// SIGTERM and a bounded wait for the exit.
+    async fn terminate(&mut self, timeout: Duration) -> Result<()> {
+        if !self.running() {
+            return Ok(());
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        while self.running() {
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("relay did not stop within {timeout:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = None;
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cpu(&self) -> f64 {
+        common::proc_cpu_secs(&self.pid.to_string()).unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Samplers
+// ---------------------------------------------------------------------------------------------------------------
+
+/// VmRSS of a process every 100 ms.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<(Instant, u64)>>>,
+    pid: u32,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let limit = Instant::now() + Duration::from_secs(3 * 3600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < limit {
+                match common::proc_status_kb(pid, "VmRSS") {
+                    Some(kb) => v.push((Instant::now(), kb)),
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            v
+        });
+        RssSampler { stop, handle: Some(handle), pid }
+    }
+
+    fn hwm_kb(&self) -> Option<u64> {
+        common::proc_status_kb(self.pid, "VmHWM")
+    }
+
+    fn finish(mut self) -> Vec<(Instant, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.1}", kb as f64 / 1024.0)
+}
+
+/// A `read_committed` consumer of the event topic in its own thread: counts records and, while `collect` is on,
+/// records receive time - commit time (the envelope's `timestamp`, microseconds) per record.
+struct ConsumerHandle {
+    count: Arc<AtomicU64>,
+    collect: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<ConsumerOut>>>,
+}
+
+#[derive(Debug, Default)]
+struct ConsumerOut {
+    latencies_us: Vec<i64>,
+    /// Records whose Kafka timestamp (ms) differs from the envelope timestamp (us) by more than 1 ms.
+    timestamp_mismatches: u64,
+    undecodable: u64,
+}
+
+fn start_consumer(env: &Env, topic: &str) -> Result<ConsumerHandle> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka_bootstrap)
+        .set("group.id", common::unique("consumer"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "100")
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let count = Arc::new(AtomicU64::new(0));
+    let collect = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (c2, col2, s2) = (Arc::clone(&count), Arc::clone(&collect), Arc::clone(&stop));
+    let handle = std::thread::spawn(move || -> Result<ConsumerOut> {
+        let mut out = ConsumerOut::default();
+        let limit = Instant::now() + Duration::from_secs(3 * 3600);
+        while !s2.load(Ordering::Relaxed) && Instant::now() < limit {
+            match consumer.poll(Duration::from_millis(50)) {
+                None => {}
+                Some(Err(e)) => return Err(anyhow!("consumer: {e}")),
+                Some(Ok(m)) => {
+                    let now = common::unix_micros_now();
+                    c2.fetch_add(1, Ordering::Relaxed);
+                    if col2.load(Ordering::Relaxed) {
+                        match envelope_timestamp_us(m.payload().unwrap_or_default()) {
+                            Some(ts) => {
+                                out.latencies_us.push(now - ts);
+                                if let Some(ms) = m.timestamp().to_millis() {
+                                    if (ms - ts.div_euclid(1000)).abs() > 1 {
+                                        out.timestamp_mismatches += 1;
+                                    }
+                                }
+                            }
+                            None => out.undecodable += 1,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    });
+    Ok(ConsumerHandle { count, collect, stop, handle: Some(handle) })
+}
+
+impl ConsumerHandle {
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn finish(mut self) -> Result<ConsumerOut> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().expect("once").join().map_err(|_| anyhow!("consumer thread panicked"))?
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The envelope's `timestamp` field: Confluent framing (magic + 4-byte id), four Avro strings, then the long.
+fn envelope_timestamp_us(v: &[u8]) -> Option<i64> {
+    fn varint(b: &[u8], pos: &mut usize) -> Option<i64> {
+        let (mut n, mut shift) = (0u64, 0u32);
+        loop {
+            let byte = *b.get(*pos)?;
+            *pos += 1;
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+        Some(((n >> 1) as i64) ^ -((n & 1) as i64))
+    }
+    if v.first() != Some(&0) {
+        return None;
+    }
+    let mut pos = 5;
+    for _ in 0..4 {
+        let len = usize::try_from(varint(v, &mut pos)?).ok()?;
+        pos += len;
+    }
+    varint(v, &mut pos)
+}
+
+/// Waits until the consumer has `n` records and the slot confirmed past `marker`; returns when each happened.
+async fn wait_done(
+    probe: &tokio_postgres::Client,
+    slot: &str,
+    consumer: &ConsumerHandle,
+    relay: &mut Relay,
+    n: u64,
+    marker: Lsn,
+    timeout: Duration,
+) -> Result<(Instant, Instant)> {
+    let deadline = Instant::now() + timeout;
+    let (mut visible, mut flushed) = (None, None);
+    let mut i = 0u64;
+    while visible.is_none() || flushed.is_none() {
+        if visible.is_none() && consumer.count() >= n {
+            visible = Some(Instant::now());
+        }
+        if flushed.is_none() && i % 4 == 0 && common::confirmed_flush(probe, slot).await? > marker {
+            flushed = Some(Instant::now());
+        }
+        if !relay.running() {
+            bail!("relay exited early:\n{}", tail(&relay.log_text()));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not done within {timeout:?}: consumer has {} of {n}, slot at {} (need > {marker})\n{}",
+                consumer.count(),
+                common::confirmed_flush(probe, slot).await?,
+                tail(&relay.log_text())
+            );
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((visible.expect("set"), flushed.expect("set")))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parts
+// ---------------------------------------------------------------------------------------------------------------
+
+async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
+    let mut c = Connector::new(env, "e", opts, &[]).await?;
+    let r = throughput_inner(env, opts, &mut c, single).await;
+    c.cleanup(env, opts.keep_logs || r.is_err()).await;
+    r
+}
+
+async fn throughput_inner(env: &Env, opts: &Opts, c: &mut Connector, single: bool) -> Result<bool> {
+    let rows = opts.rows;
+    let (label, section, target) = if single {
+        ("single-row txns", "e2e.single", 0.60)
+    } else {
+        ("one bulk txn", "e2e.bulk", 0.80)
+    };
+    println!("\ne2e throughput, {rows} rows as {label}:");
+    // First start: publication, slot and genesis checkpoint. Then stop.
+    let mut relay = c.spawn(opts)?;
+    relay.wait_log("replication started", Duration::from_secs(120)).await?;
+    relay.terminate(Duration::from_secs(40)).await?;
+    let sql = c.db.client().await?;
+    let recv_slot = format!("{}_recv", c.slot);
+    common::create_slot(&sql, &recv_slot).await?;
+    let gen: Generated = common::generate(&c.db, rows, single, 1).await?;
+    println!("  {rows} rows written in {:.1} s, WAL {} .. {} ({:.1} MiB incl. other databases)", gen.seconds, gen.start, gen.end, gen.wal_mib());
+
+    let recv = common::run_pg_recvlogical(env, &c.db, &recv_slot, &c.slot, 1, gen.end, Duration::from_secs(900)).await?;
+    let recv_rate = rows as f64 / recv.wall.as_secs_f64();
+    println!("  pg_recvlogical: {:.3} s, {recv_rate:.0} rows/s", recv.wall.as_secs_f64());
+
+    let consumer = start_consumer(env, &c.topic)?;
+    let spawned = Instant::now();
+    let mut relay = c.spawn(opts)?;
+    let rss = RssSampler::start(relay.pid);
+    let started = relay.wait_log("replication started", Duration::from_secs(120)).await?;
+    let cpu_start = relay.cpu();
+    let (visible, flushed) =
+        wait_done(&sql, &c.slot, &consumer, &mut relay, rows, gen.marker, Duration::from_secs(1800)).await?;
+    let cpu = relay.cpu() - cpu_start;
+    let metrics = c.metrics().await;
+    let hwm = rss.hwm_kb().unwrap_or(0);
+    let samples = rss.finish();
+    relay.terminate(Duration::from_secs(40)).await?;
+    // Exactly once: nothing more may show up.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = consumer.count();
+    let _ = consumer.finish()?;
+    if seen != rows {
+        bail!("consumer saw {seen} events, expected exactly {rows}");
+    }
+    let since = |t: Instant, from: Instant| t.duration_since(from).as_secs_f64();
+    let rate_visible = rows as f64 / since(visible, started);
+    let rate_flushed = rows as f64 / since(flushed, started);
+    let rate_spawn = rows as f64 / since(visible, spawned);
+    let ratio = rate_visible / recv_rate;
+    let ok = ratio >= target;
+    println!(
+        "  relay: start-up {:.2} s, then all {rows} visible after {:.3} s, slot confirmed after {:.3} s",
+        since(started, spawned),
+        since(visible, started),
+        since(flushed, started)
+    );
+    record(section, "pg_recvlogical rows/s (same WAL)", format!("{recv_rate:.0}"), "rows/s", "");
+    record(section, "relay events/s (visible, read_committed)", format!("{rate_visible:.0}"), "ev/s", "from 'replication started'");
+    record(section, "relay events/s (slot confirmed_flush)", format!("{rate_flushed:.0}"), "ev/s", "from 'replication started'");
+    record(section, "relay events/s incl. process start-up", format!("{rate_spawn:.0}"), "ev/s", "from spawn");
+    record(
+        section,
+        "relay / pg_recvlogical",
+        format!("{:.0}", ratio * 100.0),
+        "%",
+        &format!("target >= {:.0} %: {}", target * 100.0, verdict(ok)),
+    );
+    record(section, "relay CPU per event", format!("{:.2}", cpu * 1e6 / rows as f64), "us", "user+sys, all threads");
+    if let Some(pc) = recv.cpu {
+        record(section, "pg_recvlogical CPU per row", format!("{:.2}", pc * 1e6 / rows as f64), "us", "");
+    }
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    record(section, "relay peak RSS (VmHWM)", mib(hwm.max(peak)), "MiB", "");
+    if let Some((events, txns)) = metrics {
+        record(section, "events per Kafka transaction", format!("{:.0}", events as f64 / txns.max(1) as f64), "", &format!("{txns} Kafka txns"));
+    }
+    Ok(ok)
+}
+
+/// Inserts `n` rows in single-row transactions at `rate` per second over `conns` connections for `seconds`.
+async fn paced_generator(db: &BenchDb, rate: f64, seconds: f64, conns: usize, first: i64) -> Result<(u64, f64, f64)> {
+    let mut tasks = Vec::new();
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let end = t0 + Duration::from_secs_f64(seconds);
+    for k in 0..conns {
+        let client = db.client().await?;
+        client.batch_execute("SET synchronous_commit = off").await?;
+        let stmt = client
+            .prepare(&format!(
+                "INSERT INTO outbox ({}) SELECT {} FROM (SELECT $1::bigint AS i) s",
+                common::ROW_COLUMNS,
+                common::ROW_VALUES
+            ))
+            .await?;
+        tasks.push(tokio::spawn(async move {
+            let (mut sent, mut worst_behind) = (0u64, 0f64);
+            for j in 0u64.. {
+                let idx = j * conns as u64 + k as u64;
+                let due = t0 + Duration::from_secs_f64(idx as f64 / rate);
+                if due >= end {
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+                worst_behind = worst_behind.max(tokio::time::Instant::now().duration_since(due).as_secs_f64());
+                client.execute(&stmt, &[&(first + idx as i64)]).await?;
+                sent += 1;
+            }
+            anyhow::Ok((sent, worst_behind))
+        }));
+    }
+    let mut total = 0;
+    let mut worst = 0f64;
+    for t in tasks {
+        let (s, w) = t.await??;
+        total += s;
+        worst = worst.max(w);
+    }
+    Ok((total, (tokio::time::Instant::now() - t0).as_secs_f64(), worst))
+}
+
+async fn latency(env: &Env, opts: &Opts) -> Result<bool> {
+    let mut c = Connector::new(env, "l", opts, &[]).await?;
+    let r = latency_inner(env, opts, &mut c).await;
+    c.cleanup(env, opts.keep_logs || r.is_err()).await;
+    r
+}
+
+async fn latency_inner(env: &Env, opts: &Opts, c: &mut Connector) -> Result<bool> {
+    println!("\ne2e latency: {} events/s offered for {} s ({} connections, one row per transaction)", opts.rate, opts.seconds, opts.conns);
+    let mut relay = c.spawn(opts)?;
+    relay.wait_log("replication started", Duration::from_secs(120)).await?;
+    let consumer = start_consumer(env, &c.topic)?;
+    // Warm-up: the first event registers the schema; keep that out of the figures.
+    let warm = 20u64;
+    let warm_gen = common::generate(&c.db, warm, true, 1).await?;
+    let probe = c.db.client().await?;
+    wait_done(&probe, &c.slot, &consumer, &mut relay, warm, warm_gen.marker, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let rss = RssSampler::start(relay.pid);
+    let cpu0 = relay.cpu();
+    consumer.collect.store(true, Ordering::Relaxed);
+    let gen_started = Instant::now();
+    let (sent, elapsed, behind) = paced_generator(&c.db, opts.rate, opts.seconds, opts.conns, warm as i64 + 1).await?;
+    let gen_ended = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while consumer.count() < warm + sent {
+        if Instant::now() > deadline || !relay.running() {
+            bail!("only {} of {} events arrived:\n{}", consumer.count(), warm + sent, tail(&relay.log_text()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu = relay.cpu() - cpu0;
+    let hwm = rss.hwm_kb().unwrap_or(0);
+    let metrics = c.metrics().await;
+    let samples = rss.finish();
+    relay.terminate(Duration::from_secs(40)).await?;
+    let out = consumer.finish()?;
+    let mut lat = out.latencies_us;
+    lat.sort_unstable();
+    if lat.len() as u64 != sent {
+        bail!("consumer measured {} events, generator wrote {sent}", lat.len());
+    }
+    let ms = |us: i64| format!("{:.1}", us as f64 / 1000.0);
+    let (p50, p99, p999, max) = (
+        common::percentile(&lat, 50.0),
+        common::percentile(&lat, 99.0),
+        common::percentile(&lat, 99.9),
+        *lat.last().unwrap_or(&0),
+    );
+    let achieved = sent as f64 / elapsed;
+    let ok_lat = p99 <= 50_000;
+    let steady: Vec<u64> = samples
+        .iter()
+        .filter(|(t, _)| *t >= gen_started + Duration::from_secs(2) && *t <= gen_ended)
+        .map(|s| s.1)
+        .collect();
+    let steady_max = steady.iter().copied().max().unwrap_or(0);
+    let steady_avg = if steady.is_empty() { 0 } else { steady.iter().sum::<u64>() / steady.len() as u64 };
+    let ok_rss = steady_max <= 64 * 1024;
+    let section = "e2e.latency";
+    record(section, "offered / achieved rate", format!("{:.0}/{achieved:.0}", opts.rate), "ev/s", &format!("{sent} events, generator max {:.1} ms behind", behind * 1e3));
+    record(section, "latency p50 (commit -> consumer)", ms(p50), "ms", "");
+    record(section, "latency p99", ms(p99), "ms", &format!("target <= 50 ms: {}", verdict(ok_lat)));
+    record(section, "latency p99.9", ms(p999), "ms", "");
+    record(section, "latency max", ms(max), "ms", "");
+    record(section, "relay CPU per event", format!("{:.2}", cpu * 1e6 / sent as f64), "us", &format!("{:.0} % of one core", cpu / elapsed * 100.0));
+    record(section, "relay RSS steady (max / mean)", format!("{}/{}", mib(steady_max), mib(steady_avg)), "MiB", &format!("target <= 64 MiB: {}", verdict(ok_rss)));
+    record(section, "relay VmHWM", mib(hwm), "MiB", "whole run incl. start-up");
+    if let Some((events, txns)) = metrics {
+        record(section, "events per Kafka transaction", format!("{:.1}", events as f64 / txns.max(1) as f64), "", &format!("{txns} Kafka txns"));
+    }
+    if out.timestamp_mismatches > 0 || out.undecodable > 0 {
+        record(section, "envelope/record timestamp mismatches", out.timestamp_mismatches + out.undecodable, "", "should be 0");
+    }
+    Ok(ok_lat && ok_rss)
+}
+
+async fn bigtxn(env: &Env, opts: &Opts) -> Result<bool> {
+    let mut c = Connector::new(env, "m", opts, &[]).await?;
+    let r = bigtxn_inner(env, opts, &mut c).await;
+    c.cleanup(env, opts.keep_logs || r.is_err()).await;
+    r
+}
+
+async fn bigtxn_inner(env: &Env, opts: &Opts, c: &mut Connector) -> Result<bool> {
+    let rows = opts.big_rows;
+    println!("\ne2e memory: one transaction of {rows} rows written while the relay runs");
+    let mut relay = c.spawn(opts)?;
+    relay.wait_log("replication started", Duration::from_secs(120)).await?;
+    let consumer = start_consumer(env, &c.topic)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = common::proc_status_kb(relay.pid, "VmRSS").unwrap_or(0);
+    let rss = RssSampler::start(relay.pid);
+    let t0 = Instant::now();
+    let gen = common::generate(&c.db, rows, false, 1).await?;
+    let committed = Instant::now();
+    let probe = c.db.client().await?;
+    let (visible, flushed) =
+        wait_done(&probe, &c.slot, &consumer, &mut relay, rows, gen.marker, Duration::from_secs(1800)).await?;
+    let hwm = rss.hwm_kb().unwrap_or(0);
+    let samples = rss.finish();
+    let spilled = relay.log_text().lines().filter(|l| l.contains("spill")).count();
+    relay.terminate(Duration::from_secs(40)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = consumer.count();
+    let _ = consumer.finish()?;
+    if seen != rows {
+        bail!("consumer saw {seen} events, expected exactly {rows}");
+    }
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0).max(hwm);
+    let ok = peak <= 128 * 1024;
+    let section = "e2e.bigtxn";
+    println!(
+        "  written in {:.1} s ({:.0} MiB WAL); all visible {:.1} s after the commit, slot confirmed after {:.1} s",
+        gen.seconds,
+        gen.wal_mib(),
+        visible.duration_since(committed).as_secs_f64(),
+        flushed.duration_since(committed).as_secs_f64()
+    );
+    record(section, "relay RSS idle before", mib(idle_rss), "MiB", "");
+    record(section, &format!("relay peak RSS through a {}-row txn", rows), mib(peak), "MiB", &format!("VmHWM; target <= 128 MiB: {}", verdict(ok)));
+    record(section, "events/s (txn start -> all visible)", format!("{:.0}", rows as f64 / visible.duration_since(t0).as_secs_f64()), "ev/s", "includes writing it");
+    if spilled > 0 {
+        record(section, "relay log lines mentioning spill", spilled, "", "");
+    }
+    Ok(ok)
+}

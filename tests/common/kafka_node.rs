@@ -1,0 +1,95 @@
+//! A Kafka broker of a test's own (one KRaft node from the jars `tests/infra/up.sh` fetched), so a test can kill and
+//! restart a broker without disturbing the shared one.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::services::{closed_port, infra_var};
+
+pub struct KafkaNode {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    controller_port: u16,
+    child: Option<Child>,
+    java: String,
+    libs: String,
+}
+
+impl KafkaNode {
+    /// Formats storage and starts the broker; waits until it serves.
+    pub fn start() -> KafkaNode {
+        let libs = infra_var("KAFKA_LIBS_DIR").expect("KAFKA_LIBS_DIR (run `bash tests/infra/up.sh`)");
+        let java = infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
+        let dir = tempfile::Builder::new().prefix("outbox-relay-kafka-").tempdir().unwrap();
+        let port = closed_port();
+        let controller_port = closed_port();
+        let props = format!(
+            "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.bootstrap.servers=127.0.0.1:{controller_port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+             controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\nlog.dirs={}\nnum.partitions=1\n\
+             offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
+             share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n\
+             offsets.topic.num.partitions=1\ntransaction.state.log.num.partitions=1\ngroup.initial.rebalance.delay.ms=0\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("server.properties"), props).unwrap();
+        let status = Command::new(&java)
+            .args(["-Xmx256m", "-cp", &format!("{libs}/*"), "kafka.tools.StorageTool", "format", "--standalone", "-t"])
+            .arg("Zm9yIHRlc3RzIG9ubHkx")
+            .arg("-c")
+            .arg(dir.path().join("server.properties"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kafka storage format failed");
+        let mut node = KafkaNode { dir, port, controller_port, child: None, java, libs };
+        node.restart();
+        node
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("stdout.log")
+    }
+
+    /// Starts (again) on the same ports and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::File::create(self.log()).unwrap();
+        let child = Command::new(&self.java)
+            .args(["-Xms128m", "-Xmx384m", "-XX:+UseG1GC", "-cp", &format!("{}/*", self.libs), "kafka.Kafka"])
+            .arg(self.dir.path().join("server.properties"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "test broker did not start:\n{}", std::fs::read_to_string(self.log()).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL: the broker vanishes mid-whatever.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for KafkaNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
