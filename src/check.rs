@@ -29,9 +29,7 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions {
-            timeout: Duration::from_secs(10),
-        }
+        CheckOptions { timeout: Duration::from_secs(10) }
     }
 }
 
@@ -117,9 +115,7 @@ pub enum CheckError {
         actual: String,
     },
     /// The role has neither `REPLICATION` nor superuser.
-    #[error(
-        "role {role} may not replicate: run ALTER ROLE {role} WITH REPLICATION, or connect as a role that has it"
-    )]
+    #[error("role {role} may not replicate: run ALTER ROLE {role} WITH REPLICATION, or connect as a role that has it")]
     NoReplication {
         /// The connected role.
         role: String,
@@ -219,9 +215,7 @@ pub enum CheckError {
         hint: String,
     },
     /// The probe did not finish in time.
-    #[error(
-        "{service} check did not finish within {after:?}; the service may be overloaded or unreachable"
-    )]
+    #[error("{service} check did not finish within {after:?}; the service may be overloaded or unreachable")]
     Timeout {
         /// The service.
         service: Service,
@@ -245,12 +239,7 @@ pub struct ServiceReport {
 
 impl ServiceReport {
     fn new(service: Service) -> Self {
-        ServiceReport {
-            service,
-            facts: Vec::new(),
-            warnings: Vec::new(),
-            problems: Vec::new(),
-        }
+        ServiceReport { service, facts: Vec::new(), warnings: Vec::new(), problems: Vec::new() }
     }
 
     /// Whether the service is usable.
@@ -314,9 +303,7 @@ pub async fn run(config: &Config, options: &CheckOptions) -> CheckReport {
         check_kafka(&config.kafka, options),
         check_schema_registry(&config.schema_registry, options),
     );
-    CheckReport {
-        services: vec![postgres, kafka, registry],
-    }
+    CheckReport { services: vec![postgres, kafka, registry] }
 }
 
 /// `error: source: source ...`, skipping a source whose text its parent already ends with.
@@ -347,27 +334,15 @@ pub async fn check_postgres(config: &Config, options: &CheckOptions) -> ServiceR
     match tokio::time::timeout(limit, probe_postgres(config, options, &mut report)).await {
         Ok(Ok(())) => {}
         Ok(Err(problem)) => report.problems.push(problem),
-        Err(_) => report.problems.push(CheckError::Timeout {
-            service: Service::Postgres,
-            after: limit,
-        }),
+        Err(_) => report.problems.push(CheckError::Timeout { service: Service::Postgres, after: limit }),
     }
     report
 }
 
-async fn probe_postgres(
-    config: &Config,
-    options: &CheckOptions,
-    report: &mut ServiceReport,
-) -> Result<(), CheckError> {
+async fn probe_postgres(config: &Config, options: &CheckOptions, report: &mut ServiceReport) -> Result<(), CheckError> {
     let pg: &PostgresConfig = &config.postgres;
     let target = pg.target();
-    let client = match tokio::time::timeout(
-        options.timeout,
-        pg.connect_sql_timeout(options.timeout),
-    )
-    .await
-    {
+    let client = match tokio::time::timeout(options.timeout, pg.connect_sql_timeout(options.timeout)).await {
         Err(_) => {
             return Err(CheckError::PostgresUnreachable {
                 target,
@@ -380,26 +355,17 @@ async fn probe_postgres(
                     target,
                     detail: format!("{} (SQLSTATE {})", db.message(), db.code().code()),
                 },
-                None => CheckError::PostgresUnreachable {
-                    target,
-                    detail: error_chain(&source),
-                },
+                None => CheckError::PostgresUnreachable { target, detail: error_chain(&source) },
             });
         }
         Ok(Err(other)) => {
-            return Err(CheckError::PostgresUnreachable {
-                target,
-                detail: error_chain(&other),
-            });
+            return Err(CheckError::PostgresUnreachable { target, detail: error_chain(&other) });
         }
         Ok(Ok(client)) => client,
     };
     let query_err = |what: &str| {
         let what = what.to_owned();
-        move |e: tokio_postgres::Error| CheckError::PostgresQuery {
-            what,
-            detail: error_chain(&e),
-        }
+        move |e: tokio_postgres::Error| CheckError::PostgresQuery { what, detail: error_chain(&e) }
     };
 
     let row = client
@@ -417,18 +383,12 @@ async fn probe_postgres(
     let role: String = row.try_get(3).map_err(query_err("current_user"))?;
     let database: String = row.try_get(4).map_err(query_err("current_database"))?;
     let may_replicate: bool = row.try_get(5).map_err(query_err("pg_roles"))?;
-    let version = version_full
-        .split_whitespace()
-        .next()
-        .unwrap_or(&version_full)
-        .to_owned();
+    let version = version_full.split_whitespace().next().unwrap_or(&version_full).to_owned();
     let major = u32::try_from(version_num / 10_000).unwrap_or(0);
 
     report.facts.push(format!("PostgreSQL {version}"));
     if version_num < MIN_POSTGRES_VERSION_NUM {
-        report.problems.push(CheckError::PostgresTooOld {
-            version: version.clone(),
-        });
+        report.problems.push(CheckError::PostgresTooOld { version: version.clone() });
     }
     let protocol_needs = match pg.protocol_version {
         2 => 14,
@@ -456,9 +416,7 @@ async fn probe_postgres(
     if wal_level == "logical" {
         report.facts.push("wal_level=logical".to_owned());
     } else {
-        report
-            .problems
-            .push(CheckError::WalLevel { actual: wal_level });
+        report.problems.push(CheckError::WalLevel { actual: wal_level });
     }
     if may_replicate {
         report.facts.push(format!("role {role} may replicate"));
@@ -487,9 +445,10 @@ async fn probe_postgres(
             continue;
         };
         let present: Vec<String> = client
-            .query("SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped", &[
-                &oid,
-            ])
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
             .await
             .map_err(query_err("pg_attribute"))?
             .iter()
@@ -503,15 +462,9 @@ async fn probe_postgres(
             .map(str::to_owned)
             .collect();
         if missing.is_empty() {
-            report
-                .facts
-                .push(format!("outbox table {} ok", table.table));
+            report.facts.push(format!("outbox table {} ok", table.table));
         } else {
-            report.problems.push(CheckError::OutboxColumnsMissing {
-                index,
-                table: table.table.clone(),
-                missing,
-            });
+            report.problems.push(CheckError::OutboxColumnsMissing { index, table: table.table.clone(), missing });
         }
     }
 
@@ -549,29 +502,17 @@ async fn probe_postgres(
     }
 
     let publication = client
-        .query_opt(
-            "SELECT pubinsert FROM pg_publication WHERE pubname = $1",
-            &[&pg.publication],
-        )
+        .query_opt("SELECT pubinsert FROM pg_publication WHERE pubname = $1", &[&pg.publication])
         .await
         .map_err(query_err("pg_publication"))?;
     match publication {
         None if pg.create_publication => {
-            report.facts.push(format!(
-                "publication {} absent (will be created)",
-                pg.publication
-            ));
+            report.facts.push(format!("publication {} absent (will be created)", pg.publication));
         }
-        None => report.problems.push(CheckError::PublicationMissing {
-            publication: pg.publication.clone(),
-        }),
+        None => report.problems.push(CheckError::PublicationMissing { publication: pg.publication.clone() }),
         Some(row) => {
-            let publishes_inserts: bool = row
-                .try_get(0)
-                .map_err(query_err("pg_publication.pubinsert"))?;
-            report
-                .facts
-                .push(format!("publication {} exists", pg.publication));
+            let publishes_inserts: bool = row.try_get(0).map_err(query_err("pg_publication.pubinsert"))?;
+            report.facts.push(format!("publication {} exists", pg.publication));
             if !publishes_inserts {
                 report.warnings.push(format!(
                     "publication {} does not publish inserts (ALTER PUBLICATION {} SET (publish = 'insert'))",
@@ -660,9 +601,7 @@ pub async fn check_kafka(kafka: &KafkaConfig, options: &CheckOptions) -> Service
         Ok(report) => report,
         Err(join_error) => {
             let mut report = ServiceReport::new(Service::Kafka);
-            report.problems.push(CheckError::KafkaClient {
-                detail: format!("probe task failed: {join_error}"),
-            });
+            report.problems.push(CheckError::KafkaClient { detail: format!("probe task failed: {join_error}") });
             report
         }
     }
@@ -674,24 +613,15 @@ fn probe_kafka(kafka: &KafkaConfig, timeout: Duration) -> ServiceReport {
     let mut client_config = kafka.client_config();
     client_config
         .set("transactional.id", &transactional_id)
-        .set(
-            "transaction.timeout.ms",
-            kafka.transaction_timeout_ms.to_string(),
-        )
-        .set(
-            "socket.connection.setup.timeout.ms",
-            timeout.as_millis().max(1000).to_string(),
-        );
-    let producer: BaseProducer<ProbeContext> =
-        match client_config.create_with_context(ProbeContext::default()) {
-            Ok(producer) => producer,
-            Err(e) => {
-                report.problems.push(CheckError::KafkaClient {
-                    detail: error_chain(&e),
-                });
-                return report;
-            }
-        };
+        .set("transaction.timeout.ms", kafka.transaction_timeout_ms.to_string())
+        .set("socket.connection.setup.timeout.ms", timeout.as_millis().max(1000).to_string());
+    let producer: BaseProducer<ProbeContext> = match client_config.create_with_context(ProbeContext::default()) {
+        Ok(producer) => producer,
+        Err(e) => {
+            report.problems.push(CheckError::KafkaClient { detail: error_chain(&e) });
+            return report;
+        }
+    };
     let with_recent = |e: &KafkaError| {
         // Serve the queued error events so the context has seen them.
         producer.poll(Duration::ZERO);
@@ -714,29 +644,17 @@ fn probe_kafka(kafka: &KafkaConfig, timeout: Duration) -> ServiceReport {
             return report;
         }
     };
-    report
-        .facts
-        .push(format!("{} broker(s)", metadata.brokers().len()));
+    report.facts.push(format!("{} broker(s)", metadata.brokers().len()));
     if let Err(e) = producer.init_transactions(timeout) {
-        report.problems.push(CheckError::KafkaTransactions {
-            transactional_id,
-            detail: with_recent(&e),
-        });
+        report.problems.push(CheckError::KafkaTransactions { transactional_id, detail: with_recent(&e) });
         return report;
     }
     report.facts.push("transactions usable".to_owned());
-    let checkpoint_exists = metadata
-        .topics()
-        .iter()
-        .any(|t| t.name() == kafka.checkpoint_topic);
+    let checkpoint_exists = metadata.topics().iter().any(|t| t.name() == kafka.checkpoint_topic);
     report.facts.push(format!(
         "checkpoint topic {} {}",
         kafka.checkpoint_topic,
-        if checkpoint_exists {
-            "exists"
-        } else {
-            "absent"
-        }
+        if checkpoint_exists { "exists" } else { "absent" }
     ));
     report
 }
@@ -746,30 +664,18 @@ fn probe_kafka(kafka: &KafkaConfig, timeout: Duration) -> ServiceReport {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Probes the schema registry: `GET <url>/subjects`, with basic auth when configured.
-pub async fn check_schema_registry(
-    registry: &SchemaRegistryConfig,
-    options: &CheckOptions,
-) -> ServiceReport {
+pub async fn check_schema_registry(registry: &SchemaRegistryConfig, options: &CheckOptions) -> ServiceReport {
     let mut report = ServiceReport::new(Service::SchemaRegistry);
     let url = format!("{}/subjects", registry.base_url());
-    let client = match reqwest::Client::builder()
-        .timeout(options.timeout)
-        .connect_timeout(options.timeout)
-        .build()
-    {
+    let client = match reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.timeout).build() {
         Ok(client) => client,
         Err(e) => {
-            report.problems.push(CheckError::RegistryUnreachable {
-                url,
-                detail: error_chain(&e),
-            });
+            report.problems.push(CheckError::RegistryUnreachable { url, detail: error_chain(&e) });
             return report;
         }
     };
-    let mut request = client.get(&url).header(
-        reqwest::header::ACCEPT,
-        "application/vnd.schemaregistry.v1+json, application/json",
-    );
+    let mut request =
+        client.get(&url).header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json, application/json");
     if let Some((user, password)) = registry.basic_auth() {
         request = request.basic_auth(user, Some(password));
     }
@@ -781,9 +687,7 @@ pub async fn check_schema_registry(
             } else {
                 error_chain(&e.without_url())
             };
-            report
-                .problems
-                .push(CheckError::RegistryUnreachable { url, detail });
+            report.problems.push(CheckError::RegistryUnreachable { url, detail });
             return report;
         }
     };
@@ -791,12 +695,8 @@ pub async fn check_schema_registry(
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {
         let hint = match status.as_u16() {
-            401 | 403 => {
-                "; check schema_registry.username and schema_registry.password (or the URL's user:password@)"
-            }
-            404 => {
-                "; check that schema_registry.url is the API's base URL (Apicurio: .../apis/ccompat/v7)"
-            }
+            401 | 403 => "; check schema_registry.username and schema_registry.password (or the URL's user:password@)",
+            404 => "; check that schema_registry.url is the API's base URL (Apicurio: .../apis/ccompat/v7)",
             _ => "",
         };
         report.problems.push(CheckError::RegistryStatus {

@@ -39,23 +39,11 @@ pub const CONFIG_PATH_ENV: &str = "OUTBOX_RELAY_CONFIG";
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OUTBOX_RELAY_CONNECTOR_NAME", "connector_name"),
     ("OUTBOX_RELAY_POSTGRES_URL", "postgres.url"),
-    (
-        "OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS",
-        "kafka.bootstrap_servers",
-    ),
-    (
-        "OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID",
-        "kafka.transactional_id",
-    ),
+    ("OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
+    ("OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID", "kafka.transactional_id"),
     ("OUTBOX_RELAY_SCHEMA_REGISTRY_URL", "schema_registry.url"),
-    (
-        "OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME",
-        "schema_registry.username",
-    ),
-    (
-        "OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD",
-        "schema_registry.password",
-    ),
+    ("OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME", "schema_registry.username"),
+    ("OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD", "schema_registry.password"),
     ("OUTBOX_RELAY_METRICS_LISTEN", "metrics.listen"),
 ];
 
@@ -78,23 +66,11 @@ const MAX_TOPIC_LEN: usize = 249;
 /// use instead.
 const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
-    (
-        "metadata.broker.list",
-        "set kafka.bootstrap_servers instead",
-    ),
+    ("metadata.broker.list", "set kafka.bootstrap_servers instead"),
     ("transactional.id", "set kafka.transactional_id instead"),
-    (
-        "transaction.timeout.ms",
-        "set kafka.transaction_timeout_ms instead",
-    ),
-    (
-        "enable.idempotence",
-        "the relay always enables idempotence (transactions require it)",
-    ),
-    (
-        "isolation.level",
-        "the relay always reads its checkpoints with read_committed",
-    ),
+    ("transaction.timeout.ms", "set kafka.transaction_timeout_ms instead"),
+    ("enable.idempotence", "the relay always enables idempotence (transactions require it)"),
+    ("isolation.level", "the relay always reads its checkpoints with read_committed"),
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -311,10 +287,7 @@ impl fmt::Debug for PostgresConfig {
             .field("spill_threshold_bytes", &self.spill_threshold_bytes)
             .field("spill_dir", &self.spill_dir)
             .field("failover_slot", &self.failover_slot)
-            .field(
-                "reconnect_backoff_initial_ms",
-                &self.reconnect_backoff_initial_ms,
-            )
+            .field("reconnect_backoff_initial_ms", &self.reconnect_backoff_initial_ms)
             .field("reconnect_backoff_max_ms", &self.reconnect_backoff_max_ms)
             .finish()
     }
@@ -335,10 +308,7 @@ pub struct OutboxConfig {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig {
-            tables: default_tables(),
-            messages: OutboxMessagesConfig::default(),
-        }
+        OutboxConfig { tables: default_tables(), messages: OutboxMessagesConfig::default() }
     }
 }
 
@@ -395,16 +365,12 @@ impl Default for OutboxTableConfig {
 impl OutboxTableConfig {
     /// The table's schema (after loading, `table` is always schema-qualified).
     pub fn schema(&self) -> &str {
-        self.table
-            .split_once('.')
-            .map_or("public", |(schema, _)| schema)
+        self.table.split_once('.').map_or("public", |(schema, _)| schema)
     }
 
     /// The table's name without its schema.
     pub fn name(&self) -> &str {
-        self.table
-            .split_once('.')
-            .map_or(self.table.as_str(), |(_, name)| name)
+        self.table.split_once('.').map_or(self.table.as_str(), |(_, name)| name)
     }
 
     /// The timestamp column, or `None` when events carry their commit time.
@@ -414,8 +380,7 @@ impl OutboxTableConfig {
 
     /// The topic an event whose routing column holds `routed_by_value` goes to.
     pub fn topic_for(&self, routed_by_value: &str) -> String {
-        self.route_topic_replacement
-            .replace(ROUTED_BY_VALUE, routed_by_value)
+        self.route_topic_replacement.replace(ROUTED_BY_VALUE, routed_by_value)
     }
 
     /// Every column this mapping reads: the event columns, the routing column, the timestamp column when set and
@@ -429,10 +394,7 @@ impl OutboxTableConfig {
             self.field_event_payload.as_str(),
             self.route_by_field.as_str(),
         ];
-        let extra = self
-            .timestamp_column()
-            .into_iter()
-            .chain(self.additional_fields.iter().map(|f| f.column.as_str()));
+        let extra = self.timestamp_column().into_iter().chain(self.additional_fields.iter().map(|f| f.column.as_str()));
         for column in fixed.into_iter().chain(extra) {
             if !columns.contains(&column) {
                 columns.push(column);
@@ -482,10 +444,7 @@ pub struct OutboxMessagesConfig {
 
 impl Default for OutboxMessagesConfig {
     fn default() -> Self {
-        OutboxMessagesConfig {
-            enabled: false,
-            prefix: default_messages_prefix(),
-        }
+        OutboxMessagesConfig { enabled: false, prefix: default_messages_prefix() }
     }
 }
 
@@ -554,11 +513,7 @@ impl KafkaConfig {
         self.properties
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_property(k) {
-                    REDACTED.to_owned()
-                } else {
-                    v.clone()
-                };
+                let v = if is_secret_property(k) { REDACTED.to_owned() } else { v.clone() };
                 (k.clone(), v)
             })
             .collect()
@@ -664,10 +619,7 @@ impl SchemaRegistryConfig {
             return None;
         }
         let decode = |s: &str| percent_decode(s);
-        Some((
-            decode(url.username()),
-            url.password().map(decode).unwrap_or_default(),
-        ))
+        Some((decode(url.username()), url.password().map(decode).unwrap_or_default()))
     }
 
     /// [`Self::request_timeout_ms`] as a duration.
@@ -709,20 +661,14 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            listen: default_metrics_listen(),
-        }
+        MetricsConfig { listen: default_metrics_listen() }
     }
 }
 
 impl MetricsConfig {
     /// The listen address, or `None` when the endpoint is disabled.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
-        if self.listen.is_empty() {
-            None
-        } else {
-            self.listen.parse().ok()
-        }
+        if self.listen.is_empty() { None } else { self.listen.parse().ok() }
     }
 }
 
@@ -854,10 +800,8 @@ impl Config {
     where
         F: Fn(&str) -> Option<String>,
     {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, &path.display().to_string(), env)
     }
 
@@ -896,10 +840,7 @@ impl Config {
                 problem.key = format!("{} (from environment variable {var})", problem.key);
             }
         }
-        Err(ConfigError::Invalid {
-            origin: origin.to_owned(),
-            problems,
-        })
+        Err(ConfigError::Invalid { origin: origin.to_owned(), problems })
     }
 
     fn env_target(&mut self, key: &str) -> &mut String {
@@ -942,12 +883,7 @@ impl Config {
     }
 
     fn validate(&self, problems: &mut Vec<Problem>) {
-        let mut report = |key: &str, message: String| {
-            problems.push(Problem {
-                key: key.to_owned(),
-                message,
-            })
-        };
+        let mut report = |key: &str, message: String| problems.push(Problem { key: key.to_owned(), message });
         validate_connector_name(&self.connector_name, &mut report);
         self.postgres.validate(&mut report);
         self.validate_outbox(&mut report);
@@ -979,13 +915,7 @@ impl Config {
             let key = |k: &str| format!("outbox.tables[{i}].{k}");
             validate_table_name(&table.table, &key("table"), report);
             if !seen.insert(table.table.as_str()) {
-                report(
-                    &key("table"),
-                    format!(
-                        "`{}` is configured twice; list each table once",
-                        table.table
-                    ),
-                );
+                report(&key("table"), format!("`{}` is configured twice; list each table once", table.table));
             }
             for (name, value) in [
                 ("field_event_id", &table.field_event_id),
@@ -998,11 +928,7 @@ impl Config {
                     report(&key(name), "must name a column".to_owned());
                 }
             }
-            validate_topic_template(
-                &table.route_topic_replacement,
-                &key("route_topic_replacement"),
-                report,
-            );
+            validate_topic_template(&table.route_topic_replacement, &key("route_topic_replacement"), report);
             let mut partitions = 0;
             let mut aliases = BTreeSet::new();
             for (j, field) in table.additional_fields.iter().enumerate() {
@@ -1028,27 +954,19 @@ impl Config {
             if partitions > 1 {
                 report(
                     &key("additional_fields"),
-                    format!(
-                        "{partitions} fields have placement = \"partition\"; at most one may choose the partition"
-                    ),
+                    format!("{partitions} fields have placement = \"partition\"; at most one may choose the partition"),
                 );
             }
         }
         let messages = &outbox.messages;
         if messages.enabled {
             if messages.prefix.is_empty() {
-                report(
-                    "outbox.messages.prefix",
-                    "must not be empty when outbox.messages.enabled = true".to_owned(),
-                );
+                report("outbox.messages.prefix", "must not be empty when outbox.messages.enabled = true".to_owned());
             }
             if messages.prefix == self.postgres.heartbeat_prefix {
                 report(
                     "outbox.messages.prefix",
-                    format!(
-                        "`{}` is also postgres.heartbeat_prefix; choose a different prefix",
-                        messages.prefix
-                    ),
+                    format!("`{}` is also postgres.heartbeat_prefix; choose a different prefix", messages.prefix),
                 );
             }
         }
@@ -1080,9 +998,7 @@ impl Config {
                 self.postgres.status_interval_ms
             ));
         }
-        if self.schema_registry.url.starts_with("http://")
-            && self.schema_registry.basic_auth().is_some()
-        {
+        if self.schema_registry.url.starts_with("http://") && self.schema_registry.basic_auth().is_some() {
             warnings.push("schema registry credentials are sent over plain http".to_owned());
         }
         warnings
@@ -1126,13 +1042,7 @@ pub fn derive_pg_identifier(connector_name: &str) -> String {
     connector_name
         .chars()
         .map(|c| c.to_ascii_lowercase())
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' })
         .take(MAX_PG_IDENTIFIER_LEN)
         .collect()
 }
@@ -1161,21 +1071,9 @@ fn validate_connector_name(name: &str, report: &mut impl FnMut(&str, String)) {
     if name.is_empty() {
         report("connector_name", "must not be empty".to_owned());
     } else if name.len() > MAX_CONNECTOR_NAME_LEN {
-        report(
-            "connector_name",
-            format!(
-                "is {} characters long; at most {MAX_CONNECTOR_NAME_LEN}",
-                name.len()
-            ),
-        );
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        report(
-            "connector_name",
-            format!("`{name}` contains {c:?}; use only letters, digits, '.', '_' and '-'"),
-        );
+        report("connector_name", format!("is {} characters long; at most {MAX_CONNECTOR_NAME_LEN}", name.len()));
+    } else if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        report("connector_name", format!("`{name}` contains {c:?}; use only letters, digits, '.', '_' and '-'"));
     }
 }
 
@@ -1183,18 +1081,9 @@ fn validate_pg_identifier(value: &str, key: &str, report: &mut impl FnMut(&str, 
     if value.is_empty() {
         report(key, "must not be empty".to_owned());
     } else if value.len() > MAX_PG_IDENTIFIER_LEN {
-        report(
-            key,
-            format!("`{value}` is longer than {MAX_PG_IDENTIFIER_LEN} characters"),
-        );
-    } else if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
-    {
-        report(
-            key,
-            format!("`{value}` contains {c:?}; use only lowercase letters, digits and '_'"),
-        );
+        report(key, format!("`{value}` is longer than {MAX_PG_IDENTIFIER_LEN} characters"));
+    } else if let Some(c) = value.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
+        report(key, format!("`{value}` contains {c:?}; use only lowercase letters, digits and '_'"));
     }
 }
 
@@ -1209,9 +1098,7 @@ fn validate_table_name(value: &str, key: &str, report: &mut impl FnMut(&str, Str
     if parts.len() != 2 || !parts.iter().all(|p| valid_part(p)) {
         report(
             key,
-            format!(
-                "`{value}` is not a table name like `public.outbox` or `outbox` (letters, digits, '_', '$')"
-            ),
+            format!("`{value}` is not a table name like `public.outbox` or `outbox` (letters, digits, '_', '$')"),
         );
     }
 }
@@ -1224,28 +1111,17 @@ fn validate_topic(value: &str, key: &str, report: &mut impl FnMut(&str, String))
     if value.is_empty() {
         report(key, "must name a topic".to_owned());
     } else if value.len() > MAX_TOPIC_LEN {
-        report(
-            key,
-            format!("topic names are at most {MAX_TOPIC_LEN} characters"),
-        );
+        report(key, format!("topic names are at most {MAX_TOPIC_LEN} characters"));
     } else if value == "." || value == ".." {
         report(key, format!("`{value}` is not a legal topic name"));
     } else if let Some(c) = value.chars().find(|c| !is_topic_char(*c)) {
-        report(
-            key,
-            format!(
-                "`{value}` contains {c:?}; topic names use only letters, digits, '.', '_' and '-'"
-            ),
-        );
+        report(key, format!("`{value}` contains {c:?}; topic names use only letters, digits, '.', '_' and '-'"));
     }
 }
 
 fn validate_topic_template(value: &str, key: &str, report: &mut impl FnMut(&str, String)) {
     if value.is_empty() {
-        report(
-            key,
-            format!("must be a topic name template such as `outbox.event.{ROUTED_BY_VALUE}`"),
-        );
+        report(key, format!("must be a topic name template such as `outbox.event.{ROUTED_BY_VALUE}`"));
         return;
     }
     let literal = value.replace(ROUTED_BY_VALUE, "");
@@ -1258,10 +1134,7 @@ fn validate_topic_template(value: &str, key: &str, report: &mut impl FnMut(&str,
             ),
         );
     } else if literal.len() > MAX_TOPIC_LEN {
-        report(
-            key,
-            format!("topic names are at most {MAX_TOPIC_LEN} characters"),
-        );
+        report(key, format!("topic names are at most {MAX_TOPIC_LEN} characters"));
     }
 }
 
@@ -1287,28 +1160,16 @@ impl PostgresConfig {
             );
         }
         if self.status_interval_ms == 0 {
-            report(
-                "postgres.status_interval_ms",
-                "must be at least 1".to_owned(),
-            );
+            report("postgres.status_interval_ms", "must be at least 1".to_owned());
         }
         if self.heartbeat_interval_ms > 0 && self.heartbeat_prefix.is_empty() {
-            report(
-                "postgres.heartbeat_prefix",
-                "must not be empty while heartbeats are enabled".to_owned(),
-            );
+            report("postgres.heartbeat_prefix", "must not be empty while heartbeats are enabled".to_owned());
         }
         if self.spill_threshold_bytes == 0 {
-            report(
-                "postgres.spill_threshold_bytes",
-                "must be at least 1".to_owned(),
-            );
+            report("postgres.spill_threshold_bytes", "must be at least 1".to_owned());
         }
         if self.reconnect_backoff_initial_ms == 0 {
-            report(
-                "postgres.reconnect_backoff_initial_ms",
-                "must be at least 1".to_owned(),
-            );
+            report("postgres.reconnect_backoff_initial_ms", "must be at least 1".to_owned());
         }
         if self.reconnect_backoff_max_ms < self.reconnect_backoff_initial_ms {
             report(
@@ -1323,9 +1184,7 @@ impl PostgresConfig {
 
     /// The TLS settings of [`Self::url`].
     pub fn tls(&self) -> Result<PgTls, ConnectError> {
-        self.connection_parts()
-            .map(|(_, tls)| tls)
-            .map_err(|message| ConnectError::Url { message })
+        self.connection_parts().map(|(_, tls)| tls).map_err(|message| ConnectError::Url { message })
     }
 
     /// The server(s) as `host:port` for messages, e.g. `127.0.0.1:5432`.
@@ -1340,9 +1199,7 @@ impl PostgresConfig {
     /// and `verify-full` become `Require`; the verification itself is in [`Self::tls_connector`]), and
     /// `application_name` set to `outbox-relay` unless the URL sets it.
     pub fn tokio_postgres_config(&self) -> Result<tokio_postgres::Config, ConnectError> {
-        let (mut config, _) = self
-            .connection_parts()
-            .map_err(|message| ConnectError::Url { message })?;
+        let (mut config, _) = self.connection_parts().map_err(|message| ConnectError::Url { message })?;
         if config.get_application_name().is_none() {
             config.application_name("outbox-relay");
         }
@@ -1363,10 +1220,7 @@ impl PostgresConfig {
     }
 
     /// Like [`Self::connect_sql`], with `connect_timeout` set to `timeout` unless the URL sets it.
-    pub async fn connect_sql_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Result<tokio_postgres::Client, ConnectError> {
+    pub async fn connect_sql_timeout(&self, timeout: Duration) -> Result<tokio_postgres::Client, ConnectError> {
         let mut config = self.tokio_postgres_config()?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
@@ -1388,24 +1242,15 @@ impl PostgresConfig {
             Some((base, query)) => (base, query),
             None => (url, ""),
         };
-        let mut tls = PgTls {
-            mode: PgSslMode::Prefer,
-            root_cert: None,
-            client_cert: None,
-            client_key: None,
-        };
+        let mut tls = PgTls { mode: PgSslMode::Prefer, root_cert: None, client_cert: None, client_key: None };
         let mut kept = Vec::new();
-        for (raw, (key, value)) in query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .zip(url::form_urlencoded::parse(query.as_bytes()))
+        for (raw, (key, value)) in
+            query.split('&').filter(|p| !p.is_empty()).zip(url::form_urlencoded::parse(query.as_bytes()))
         {
             match &*key {
                 "sslmode" => {
                     tls.mode = value.parse().map_err(|()| {
-                        format!(
-                            "sslmode `{value}` is not one of disable, prefer, require, verify-ca, verify-full"
-                        )
+                        format!("sslmode `{value}` is not one of disable, prefer, require, verify-ca, verify-full")
                     })?;
                 }
                 "sslrootcert" => tls.root_cert = Some(PathBuf::from(&*value)),
@@ -1414,33 +1259,21 @@ impl PostgresConfig {
                 _ => kept.push(raw),
             }
         }
-        let stripped = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
+        let stripped = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
         let mut config = tokio_postgres::Config::from_str(&stripped)
             .map_err(|e| format!("`{}` is not a valid connection URL: {e}", redact_url(url)))?;
         if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-            return Err(format!(
-                "`{}` names no host; add one, e.g. postgres://user@host:5432/db",
-                redact_url(url)
-            ));
+            return Err(format!("`{}` names no host; add one, e.g. postgres://user@host:5432/db", redact_url(url)));
         }
         if tls.client_cert.is_some() != tls.client_key.is_some() {
             return Err("sslcert and sslkey must be given together".to_owned());
         }
-        for (name, path) in [
-            ("sslrootcert", &tls.root_cert),
-            ("sslcert", &tls.client_cert),
-            ("sslkey", &tls.client_key),
-        ] {
+        for (name, path) in
+            [("sslrootcert", &tls.root_cert), ("sslcert", &tls.client_cert), ("sslkey", &tls.client_key)]
+        {
             if let Some(path) = path {
                 if !path.is_file() {
-                    return Err(format!(
-                        "{name} file {} does not exist or is not a file",
-                        path.display()
-                    ));
+                    return Err(format!("{name} file {} does not exist or is not a file", path.display()));
                 }
             }
         }
@@ -1461,11 +1294,7 @@ impl PostgresConfig {
 
     /// [`Self::heartbeat_interval_ms`] as a duration, or `None` when heartbeats are disabled.
     pub const fn heartbeat_interval(&self) -> Option<Duration> {
-        if self.heartbeat_interval_ms == 0 {
-            None
-        } else {
-            Some(Duration::from_millis(self.heartbeat_interval_ms))
-        }
+        if self.heartbeat_interval_ms == 0 { None } else { Some(Duration::from_millis(self.heartbeat_interval_ms)) }
     }
 
     /// [`Self::reconnect_backoff_initial_ms`] as a duration.
@@ -1483,14 +1312,10 @@ async fn connect_with(
     config: &tokio_postgres::Config,
     tls: MakeTlsConnector,
 ) -> Result<tokio_postgres::Client, ConnectError> {
-    let (client, connection) =
-        config
-            .connect(tls)
-            .await
-            .map_err(|source| ConnectError::Connect {
-                target: describe_target(config),
-                source,
-            })?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|source| ConnectError::Connect { target: describe_target(config), source })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "postgres sql connection closed with an error");
@@ -1502,20 +1327,9 @@ async fn connect_with(
 /// `host:port[,host:port...]` of a tokio-postgres configuration.
 fn describe_target(config: &tokio_postgres::Config) -> String {
     let ports = config.get_ports();
-    let port = |i: usize| {
-        ports
-            .get(i)
-            .or_else(|| ports.first())
-            .copied()
-            .unwrap_or(5432)
-    };
+    let port = |i: usize| ports.get(i).or_else(|| ports.first()).copied().unwrap_or(5432);
     let hosts: Vec<String> = if config.get_hosts().is_empty() {
-        config
-            .get_hostaddrs()
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{a}:{}", port(i)))
-            .collect()
+        config.get_hostaddrs().iter().enumerate().map(|(i, a)| format!("{a}:{}", port(i))).collect()
     } else {
         config
             .get_hosts()
@@ -1592,40 +1406,25 @@ impl PgTls {
             let what = what.to_owned();
             move |source| ConnectError::Tls { what, source }
         };
-        let mut builder = SslConnector::builder(SslMethod::tls_client())
-            .map_err(tls_err("create an SSL context"))?;
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err("create an SSL context"))?;
         if let Some(path) = &self.root_cert {
-            let pem = std::fs::read(path).map_err(|source| ConnectError::ReadFile {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = X509::stack_from_pem(&pem).map_err(tls_err(&format!(
-                "parse sslrootcert {} as PEM",
-                path.display()
-            )))?;
-            let mut store =
-                X509StoreBuilder::new().map_err(tls_err("create a certificate store"))?;
+            let pem = std::fs::read(path).map_err(|source| ConnectError::ReadFile { path: path.clone(), source })?;
+            let certs =
+                X509::stack_from_pem(&pem).map_err(tls_err(&format!("parse sslrootcert {} as PEM", path.display())))?;
+            let mut store = X509StoreBuilder::new().map_err(tls_err("create a certificate store"))?;
             for cert in certs {
-                store
-                    .add_cert(cert)
-                    .map_err(tls_err(&format!("add a certificate of {}", path.display())))?;
+                store.add_cert(cert).map_err(tls_err(&format!("add a certificate of {}", path.display())))?;
             }
             builder.set_cert_store(store.build());
         }
         if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            builder
-                .set_certificate_chain_file(cert)
-                .map_err(tls_err(&format!("load sslcert {}", cert.display())))?;
+            builder.set_certificate_chain_file(cert).map_err(tls_err(&format!("load sslcert {}", cert.display())))?;
             builder
                 .set_private_key_file(key, SslFiletype::PEM)
                 .map_err(tls_err(&format!("load sslkey {}", key.display())))?;
         }
         let verify_chain = self.verifies_chain();
-        builder.set_verify(if verify_chain {
-            SslVerifyMode::PEER
-        } else {
-            SslVerifyMode::NONE
-        });
+        builder.set_verify(if verify_chain { SslVerifyMode::PEER } else { SslVerifyMode::NONE });
         let verify_host = self.mode == PgSslMode::VerifyFull;
         let mut connector = MakeTlsConnector::new(builder.build());
         connector.set_callback(move |connect, _domain| {
@@ -1650,15 +1449,13 @@ impl KafkaConfig {
             );
         } else {
             for server in self.bootstrap_servers.split(',').map(str::trim) {
-                let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
-                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-                });
+                let port_ok = server
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
                 if !port_ok {
                     report(
                         "kafka.bootstrap_servers",
-                        format!(
-                            "`{server}` is not host:port; write e.g. `broker1:9092,broker2:9092`"
-                        ),
+                        format!("`{server}` is not host:port; write e.g. `broker1:9092,broker2:9092`"),
                     );
                 }
             }
@@ -1690,10 +1487,7 @@ impl KafkaConfig {
         }
         for (key, hint) in RESERVED_KAFKA_PROPERTIES {
             if self.properties.contains_key(*key) {
-                report(
-                    &format!("kafka.properties.\"{key}\""),
-                    format!("cannot be set here: {hint}"),
-                );
+                report(&format!("kafka.properties.\"{key}\""), format!("cannot be set here: {hint}"));
             }
         }
     }
@@ -1711,47 +1505,28 @@ impl SchemaRegistryConfig {
             );
         } else {
             match url::Url::parse(&self.url) {
-                Err(e) => report(
-                    KEY,
-                    format!("`{}` is not a URL: {e}", redact_url(&self.url)),
-                ),
+                Err(e) => report(KEY, format!("`{}` is not a URL: {e}", redact_url(&self.url))),
                 Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-                    report(
-                        KEY,
-                        format!(
-                            "`{}` must start with http:// or https://",
-                            redact_url(&self.url)
-                        ),
-                    );
+                    report(KEY, format!("`{}` must start with http:// or https://", redact_url(&self.url)));
                 }
                 Ok(url) if url.host().is_none() => {
                     report(KEY, format!("`{}` names no host", redact_url(&self.url)));
                 }
                 Ok(url) if url.query().is_some() || url.fragment().is_some() => {
-                    report(
-                        KEY,
-                        "must not have a query or fragment; give the API's base URL".to_owned(),
-                    );
+                    report(KEY, "must not have a query or fragment; give the API's base URL".to_owned());
                 }
                 Ok(url) if !url.username().is_empty() && !self.username.is_empty() => report(
                     KEY,
-                    "carries credentials and schema_registry.username is set too; use one of them"
-                        .to_owned(),
+                    "carries credentials and schema_registry.username is set too; use one of them".to_owned(),
                 ),
                 Ok(_) => {}
             }
         }
         if self.username.is_empty() && !self.password.is_empty() {
-            report(
-                "schema_registry.password",
-                "is set but schema_registry.username is empty".to_owned(),
-            );
+            report("schema_registry.password", "is set but schema_registry.username is empty".to_owned());
         }
         if self.request_timeout_ms == 0 {
-            report(
-                "schema_registry.request_timeout_ms",
-                "must be at least 1".to_owned(),
-            );
+            report("schema_registry.request_timeout_ms", "must be at least 1".to_owned());
         }
     }
 }
@@ -1807,24 +1582,12 @@ impl<'de> Deserialize<'de> for PropertyValue {
 /// `sasl.oauthbearer.config` or `ssl.key` (case-insensitive).
 pub fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "sasl.jaas",
-        "sasl.oauthbearer.config",
-        "ssl.key",
-    ]
-    .iter()
-    .any(|s| key.contains(s))
+    ["password", "secret", "sasl.jaas", "sasl.oauthbearer.config", "ssl.key"].iter().any(|s| key.contains(s))
 }
 
 /// [`REDACTED`] for a non-empty secret, the empty string for an empty one (so "not set" stays visible).
 fn redact_secret(secret: &str) -> String {
-    if secret.is_empty() {
-        String::new()
-    } else {
-        REDACTED.to_owned()
-    }
+    if secret.is_empty() { String::new() } else { REDACTED.to_owned() }
 }
 
 /// `url` with the password of its user info and the values of query parameters whose name contains `password`
@@ -1839,16 +1602,13 @@ pub fn redact_url(url: &str) -> String {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     // The user info ends at the last '@' of the authority; a password with an unencoded '/', '?' or '#' ends the
     // authority early, so then take the last '@' anywhere when what precedes it looks like `user:...`.
-    let at = rest
-        .get(..authority_end)
-        .and_then(|authority| authority.rfind('@'))
-        .or_else(|| {
-            rest.rfind('@').filter(|&at| {
-                rest.get(..at)
-                    .and_then(|userinfo| userinfo.split_once(':'))
-                    .is_some_and(|(user, _)| !user.contains(['/', '?', '#']))
-            })
-        });
+    let at = rest.get(..authority_end).and_then(|authority| authority.rfind('@')).or_else(|| {
+        rest.rfind('@').filter(|&at| {
+            rest.get(..at)
+                .and_then(|userinfo| userinfo.split_once(':'))
+                .is_some_and(|(user, _)| !user.contains(['/', '?', '#']))
+        })
+    });
     let (userinfo, after) = match at {
         Some(at) => (rest.get(..at), rest.get(at + 1..).unwrap_or("")),
         None => (None, rest),
@@ -1934,12 +1694,7 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
     use super::*;
 
@@ -1979,24 +1734,14 @@ mod tests {
         assert_eq!(c.outbox.tables[0].schema(), "public");
         assert_eq!(c.outbox.tables[0].name(), "outbox");
         assert_eq!(c.outbox.tables[0].topic_for("Order"), "outbox.event.Order");
-        assert_eq!(
-            c.metrics.listen_addr(),
-            Some("127.0.0.1:9187".parse().unwrap())
-        );
-        assert_eq!(
-            c.postgres.heartbeat_interval(),
-            Some(Duration::from_secs(10))
-        );
+        assert_eq!(c.metrics.listen_addr(), Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(c.postgres.heartbeat_interval(), Some(Duration::from_secs(10)));
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 
     #[test]
     fn derived_names_follow_the_connector_name() {
-        let c = Config::from_toml_str(
-            &format!("connector_name = \"Billing.EU-1\"\n{MINIMAL}"),
-            |_| None,
-        )
-        .unwrap();
+        let c = Config::from_toml_str(&format!("connector_name = \"Billing.EU-1\"\n{MINIMAL}"), |_| None).unwrap();
         assert_eq!(c.postgres.slot, "billing_eu_1");
         assert_eq!(c.postgres.publication, "billing_eu_1");
         assert_eq!(c.kafka.transactional_id, "outbox-relay-Billing.EU-1");
@@ -2005,16 +1750,12 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_section() {
-        let text = format!(
-            "{MINIMAL}\n[kafka.properties]\n\"a\" = \"b\"\n[metrics]\nlisten = \"\"\nlistn = 1\n"
-        );
+        let text = format!("{MINIMAL}\n[kafka.properties]\n\"a\" = \"b\"\n[metrics]\nlisten = \"\"\nlistn = 1\n");
         let err = Config::from_toml_str(&text, |_| None).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("listn"), "{msg}");
         assert!(msg.contains("section [metrics]"), "{msg}");
-        let top = Config::from_toml_str("bogus = 1\n[postgres]\n", |_| None)
-            .unwrap_err()
-            .to_string();
+        let top = Config::from_toml_str("bogus = 1\n[postgres]\n", |_| None).unwrap_err().to_string();
         assert!(top.contains("top level") && top.contains("bogus"), "{top}");
     }
 
@@ -2030,14 +1771,9 @@ mod tests {
         assert_eq!(c.postgres.url, "postgres://u@other:6432/db");
         assert_eq!(c.connector_name, "from-env");
         assert_eq!(c.postgres.slot, "from_env");
-        assert_eq!(
-            c.metrics.listen, "127.0.0.1:9187",
-            "an empty variable does not override"
-        );
+        assert_eq!(c.metrics.listen, "127.0.0.1:9187", "an empty variable does not override");
 
-        let bad = |name: &str| {
-            (name == "OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS").then(|| "nope".to_owned())
-        };
+        let bad = |name: &str| (name == "OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS").then(|| "nope".to_owned());
         let Err(ConfigError::Invalid { problems, .. }) = Config::from_toml_str(MINIMAL, bad) else {
             panic!("expected invalid")
         };
@@ -2051,14 +1787,7 @@ mod tests {
     fn missing_required_values_name_key_and_env_var() {
         let problems = problems("");
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "postgres.url",
-                "kafka.bootstrap_servers",
-                "schema_registry.url"
-            ]
-        );
+        assert_eq!(keys, ["postgres.url", "kafka.bootstrap_servers", "schema_registry.url"]);
         assert!(problems[0].message.contains("OUTBOX_RELAY_POSTGRES_URL"));
     }
 
@@ -2112,21 +1841,13 @@ mod tests {
             "schema_registry.password",
             "metrics.listen",
         ] {
-            assert!(
-                keys.contains(&expected),
-                "{expected} missing from {problems:#?}"
-            );
+            assert!(keys.contains(&expected), "{expected} missing from {problems:#?}");
         }
         let sslmode = problems.iter().find(|p| p.key == "postgres.url").unwrap();
         assert!(sslmode.message.contains("verify-everything"), "{sslmode}");
-        let dup = problems
-            .iter()
-            .find(|p| p.key == "outbox.tables[1].table")
-            .unwrap();
+        let dup = problems.iter().find(|p| p.key == "outbox.tables[1].table").unwrap();
         assert!(dup.message.contains("twice"), "{dup}");
-        let err = Config::from_toml_str(text, |_| None)
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml_str(text, |_| None).unwrap_err().to_string();
         assert!(!err.contains(":p@"), "password leaked into {err}");
     }
 
@@ -2136,10 +1857,7 @@ mod tests {
             "{MINIMAL}\n[[outbox.tables]]\nadditional_fields = [{{ column = \"t\", placement = \"partition\" }}]\n\
              [kafka.properties]\n\"linger.ms\" = 5\n"
         );
-        let printed = Config::from_toml_str(&text, |_| None)
-            .unwrap()
-            .to_redacted_toml()
-            .unwrap();
+        let printed = Config::from_toml_str(&text, |_| None).unwrap().to_redacted_toml().unwrap();
         let reparsed = Config::from_toml_str(&printed, |_| None).unwrap();
         assert_eq!(reparsed.to_redacted_toml().unwrap(), printed);
     }
@@ -2164,13 +1882,8 @@ mod tests {
         let text = format!(
             "{MINIMAL}\n[[outbox.tables]]\nadditional_fields = [{{ column = \"t\", placement = \"footer\" }}]\n"
         );
-        let msg = Config::from_toml_str(&text, |_| None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("footer") && msg.contains("header") && msg.contains("[[outbox.tables]]"),
-            "{msg}"
-        );
+        let msg = Config::from_toml_str(&text, |_| None).unwrap_err().to_string();
+        assert!(msg.contains("footer") && msg.contains("header") && msg.contains("[[outbox.tables]]"), "{msg}");
     }
 
     #[test]
@@ -2187,8 +1900,7 @@ mod tests {
 
     #[test]
     fn template_without_placeholder_is_a_warning() {
-        let text =
-            format!("{MINIMAL}\n[[outbox.tables]]\nroute_topic_replacement = \"all-events\"\n");
+        let text = format!("{MINIMAL}\n[[outbox.tables]]\nroute_topic_replacement = \"all-events\"\n");
         let c = Config::from_toml_str(&text, |_| None).unwrap();
         assert_eq!(c.warnings().len(), 1);
         assert!(c.warnings()[0].contains("all-events"));
@@ -2206,15 +1918,7 @@ mod tests {
         assert_eq!(t.additional_fields[0].alias, "tenant");
         assert_eq!(
             t.required_columns(),
-            [
-                "id",
-                "aggregateid",
-                "type",
-                "payload",
-                "aggregatetype",
-                "created_at",
-                "tenant"
-            ]
+            ["id", "aggregateid", "type", "payload", "aggregatetype", "created_at", "tenant"]
         );
         assert_eq!((t.schema(), t.name()), ("app", "events"));
     }
@@ -2226,10 +1930,7 @@ mod tests {
         );
         let c = Config::from_toml_str(&text, |_| None).unwrap();
         assert_eq!(c.kafka.properties["linger.ms"], "5");
-        assert_eq!(
-            c.kafka.properties["enable.ssl.certificate.verification"],
-            "false"
-        );
+        assert_eq!(c.kafka.properties["enable.ssl.certificate.verification"], "false");
     }
 
     #[test]
@@ -2262,63 +1963,37 @@ mod tests {
         ] {
             assert!(!output.contains("secret-"), "secret in {output}");
             assert!(output.contains(REDACTED), "{output}");
-            assert!(
-                output.contains("visible-client-id"),
-                "non-secret property hidden in {output}"
-            );
+            assert!(output.contains("visible-client-id"), "non-secret property hidden in {output}");
             assert!(output.contains("relay"), "user name hidden in {output}");
         }
         // The real values stay usable.
         assert!(c.postgres_url().contains("pg-secret-1"));
-        assert_eq!(
-            c.schema_registry.basic_auth(),
-            Some(("sr-user".to_owned(), "sr-secret-1".to_owned()))
-        );
+        assert_eq!(c.schema_registry.basic_auth(), Some(("sr-user".to_owned(), "sr-secret-1".to_owned())));
         assert_eq!(c.schema_registry.base_url(), "https://registry:8081");
     }
 
     #[test]
     fn redact_url_handles_urls_and_non_urls() {
-        assert_eq!(
-            redact_url("postgres://u:p@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p@h1:5432,h2:5433/db?x=1"),
-            "postgres://u:***@h1:5432,h2:5433/db?x=1"
-        );
+        assert_eq!(redact_url("postgres://u:p@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://u:p@h1:5432,h2:5433/db?x=1"), "postgres://u:***@h1:5432,h2:5433/db?x=1");
         assert_eq!(
             redact_url("postgres://u@h/db?password=p&sslmode=disable"),
             "postgres://u@h/db?password=***&sslmode=disable"
         );
         assert_eq!(redact_url("http://h:8081/apis"), "http://h:8081/apis");
         assert_eq!(redact_url("u:p@h"), "u:***@h");
-        assert_eq!(
-            redact_url("postgres://u:pa/ss@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p?ss#x@h/db"),
-            "postgres://u:***@h/db"
-        );
+        assert_eq!(redact_url("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u:p?ss#x@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact_url("http://h/path@x"), "http://h/path@x");
-        assert_eq!(
-            redact_url("http://u:p%40ss@h/path@x"),
-            "http://u:***@h/path@x"
-        );
+        assert_eq!(redact_url("http://u:p%40ss@h/path@x"), "http://u:***@h/path@x");
     }
 
     #[test]
     fn postgres_url_is_split_into_tokio_config_and_tls() {
         let mut pg = minimal().postgres;
-        pg.url =
-            "postgresql://u:p@h1:6432/app?sslmode=verify-full&application_name=x&connect_timeout=3"
-                .to_owned();
+        pg.url = "postgresql://u:p@h1:6432/app?sslmode=verify-full&application_name=x&connect_timeout=3".to_owned();
         let config = pg.tokio_postgres_config().unwrap();
-        assert_eq!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        );
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
         assert_eq!(config.get_application_name(), Some("x"));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert_eq!(pg.tls().unwrap().mode, PgSslMode::VerifyFull);
@@ -2331,16 +2006,9 @@ mod tests {
 
         pg.url = "postgres://u@h/db".to_owned();
         assert_eq!(pg.tls().unwrap().mode, PgSslMode::Prefer);
-        assert_eq!(
-            pg.tokio_postgres_config().unwrap().get_application_name(),
-            Some("outbox-relay")
-        );
+        assert_eq!(pg.tokio_postgres_config().unwrap().get_application_name(), Some("outbox-relay"));
 
-        for bad in [
-            "mysql://u@h/db",
-            "postgres://u@h/db?frobnicate=1",
-            "postgres:///db",
-        ] {
+        for bad in ["mysql://u@h/db", "postgres://u@h/db?frobnicate=1", "postgres:///db"] {
             pg.url = bad.to_owned();
             assert!(pg.tls().is_err(), "{bad} accepted");
         }

@@ -389,16 +389,11 @@ impl TxnProducer {
 
 /// Creates the checkpoint topic (one partition, compacted) when it does not exist.
 pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), SinkError> {
-    let admin: AdminClient<DefaultClientContext> = settings
-        .base_config()
-        .create()
-        .map_err(|e| SinkError::Client { op: "admin client creation", source: e })?;
-    let topic = NewTopic::new(
-        &settings.checkpoint_topic,
-        1,
-        TopicReplication::Fixed(settings.checkpoint_replication_factor),
-    )
-    .set("cleanup.policy", "compact");
+    let admin: AdminClient<DefaultClientContext> =
+        settings.base_config().create().map_err(|e| SinkError::Client { op: "admin client creation", source: e })?;
+    let topic =
+        NewTopic::new(&settings.checkpoint_topic, 1, TopicReplication::Fixed(settings.checkpoint_replication_factor))
+            .set("cleanup.policy", "compact");
     let opts = AdminOptions::new().operation_timeout(Some(settings.operation_timeout));
     let results = admin
         .create_topics([&topic], &opts)
@@ -409,11 +404,8 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
             Ok(_) => info!(topic = %settings.checkpoint_topic, "created checkpoint topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
-                return Err(SinkError::Client {
-                    op: "create checkpoint topic",
-                    source: KafkaError::AdminOp(code),
-                })
-                .inspect_err(|_| warn!(topic = %t, ?code, "checkpoint topic creation failed"));
+                return Err(SinkError::Client { op: "create checkpoint topic", source: KafkaError::AdminOp(code) })
+                    .inspect_err(|_| warn!(topic = %t, ?code, "checkpoint topic creation failed"));
             }
         }
     }
@@ -482,4 +474,3 @@ fn read_checkpoint_blocking(settings: &KafkaSettings, connector: &str) -> Result
     }
     Ok(latest)
 }
-

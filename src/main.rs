@@ -30,13 +30,7 @@ const EXIT_CONFIG: u8 = 2;
 #[command(name = "outbox-relay", version, about, long_about)]
 struct Cli {
     /// Configuration file (TOML). Without one, the defaults plus the OUTBOX_RELAY_* environment variables are used.
-    #[arg(
-        long,
-        short = 'c',
-        env = "OUTBOX_RELAY_CONFIG",
-        global = true,
-        value_name = "PATH"
-    )]
+    #[arg(long, short = 'c', env = "OUTBOX_RELAY_CONFIG", global = true, value_name = "PATH")]
     config: Option<PathBuf>,
 
     /// Log filter, e.g. `info` or `outbox_relay=debug,rdkafka=warn`. Overrides RUST_LOG; without either, `info`.
@@ -121,11 +115,7 @@ async fn main() -> ExitCode {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
-            report_failure(
-                cli.log_format,
-                "configuration error",
-                &anyhow::Error::new(error),
-            );
+            report_failure(cli.log_format, "configuration error", &anyhow::Error::new(error));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -149,9 +139,7 @@ async fn main() -> ExitCode {
 
 fn init_tracing(level: Option<&str>, format: LogFormat) -> anyhow::Result<()> {
     let filter = match level {
-        Some(level) => {
-            EnvFilter::try_new(level).with_context(|| format!("invalid --log-level `{level}`"))?
-        }
+        Some(level) => EnvFilter::try_new(level).with_context(|| format!("invalid --log-level `{level}`"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     // Colour codes only for a person at a terminal, never into files or log collectors.
@@ -229,22 +217,11 @@ async fn wait_for_signal() {
 }
 
 async fn run_check(config: &Config, args: &CheckArgs) -> anyhow::Result<()> {
-    let options = CheckOptions {
-        timeout: Duration::from_millis(args.timeout_ms),
-    };
+    let options = CheckOptions { timeout: Duration::from_millis(args.timeout_ms) };
     let report = check::run(config, &options).await;
     print!("{report}");
-    let failed: Vec<String> = report
-        .services
-        .iter()
-        .filter(|r| !r.is_ok())
-        .map(|r| r.service.to_string())
-        .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!("check failed for {}", failed.join(", "))
-    }
+    let failed: Vec<String> = report.services.iter().filter(|r| !r.is_ok()).map(|r| r.service.to_string()).collect();
+    if failed.is_empty() { Ok(()) } else { anyhow::bail!("check failed for {}", failed.join(", ")) }
 }
 
 async fn run_tail(config: &Config, args: &TailArgs) -> anyhow::Result<()> {
@@ -260,11 +237,6 @@ async fn run_tail(config: &Config, args: &TailArgs) -> anyhow::Result<()> {
 }
 
 fn print_config(config: &Config) -> anyhow::Result<()> {
-    print!(
-        "{}",
-        config
-            .to_redacted_toml()
-            .context("serializing the configuration")?
-    );
+    print!("{}", config.to_redacted_toml().context("serializing the configuration")?);
     Ok(())
 }

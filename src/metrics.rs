@@ -84,7 +84,12 @@ pub fn render(stats: &Stats, up: bool) -> String {
     metric(HEARTBEATS, "counter", "Transactional heartbeats written while idle.", get(&stats.heartbeats) as f64);
     metric(RECEIVED_LSN, "gauge", "Highest WAL position received from PostgreSQL.", received as f64);
     metric(ACKED_LSN, "gauge", "WAL position acknowledged to PostgreSQL after its Kafka commit.", acked as f64);
-    metric(LAG_BYTES, "gauge", "WAL bytes received but not yet committed to Kafka.", received.saturating_sub(acked) as f64);
+    metric(
+        LAG_BYTES,
+        "gauge",
+        "WAL bytes received but not yet committed to Kafka.",
+        received.saturating_sub(acked) as f64,
+    );
     let lag = if source_commit == 0 { 0.0 } else { now_us.saturating_sub(source_commit) as f64 / 1e6 };
     metric(SOURCE_LAG, "gauge", "Age of the newest PostgreSQL commit that reached Kafka.", lag);
     metric(LAST_COMMIT, "gauge", "Unix time of the last Kafka commit.", get(&stats.last_commit_unix_ms) as f64 / 1e3);
@@ -144,7 +149,19 @@ mod tests {
         s.received_lsn.store(1000, Ordering::Relaxed);
         s.acked_lsn.store(400, Ordering::Relaxed);
         let text = render(&s, true);
-        for name in [EVENTS, KAFKA_TXNS, PG_TXNS, RESTARTS, HEARTBEATS, RECEIVED_LSN, ACKED_LSN, LAG_BYTES, SOURCE_LAG, LAST_COMMIT, UP] {
+        for name in [
+            EVENTS,
+            KAFKA_TXNS,
+            PG_TXNS,
+            RESTARTS,
+            HEARTBEATS,
+            RECEIVED_LSN,
+            ACKED_LSN,
+            LAG_BYTES,
+            SOURCE_LAG,
+            LAST_COMMIT,
+            UP,
+        ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
         assert!(text.contains("outbox_relay_events_total 42\n"));

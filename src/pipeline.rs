@@ -29,14 +29,14 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::avro::{EncodeError, EnvelopeEncoder, KeyEncoder, RegistrySettings, SchemaRegistry, ValueEncoder};
 use crate::config::Config;
-use crate::metrics::Stats;
 use crate::kafka::{Checkpoint, KafkaSettings, OutRecord, SinkError, TxnProducer};
+use crate::metrics::Stats;
 use crate::outbox::{EventMapping, MapError, MessageMapper, OutboxEvent, TableMapper};
 use crate::pg::lsn::{Lsn, PgTimestamp};
 use crate::pg::pgoutput::{DecodeError, Decoder, DecoderOptions, Oid, Relation};
 use crate::pg::replication::{
-    Backoff, ReplicationClient, ReplicationConfig, ReplicationError, ReplicationMessage, ReplicationOptions,
-    Streaming, XLogData,
+    Backoff, ReplicationClient, ReplicationConfig, ReplicationError, ReplicationMessage, ReplicationOptions, Streaming,
+    XLogData,
 };
 use crate::pg::slot::{self, SlotError, TableName};
 use crate::pg::txn::{Assembler, Output, SpillSettings, TxnError, TxnEvent};
@@ -224,9 +224,8 @@ pub async fn run(
     // One envelope schema for every table and the message outbox: a topic fed by two tables keeps one schema.
     let message_mapping = EventMapping::for_messages(&cfg.outbox);
     let extra = crate::outbox::envelope_fields(tables.iter().map(|(_, m)| m).chain(std::iter::once(&message_mapping)));
-    let value_encoder: Arc<dyn ValueEncoder> = Arc::new(
-        EnvelopeEncoder::new(Arc::clone(&registry), extra).map_err(|e| PipelineError::Config(e.to_string()))?,
-    );
+    let value_encoder: Arc<dyn ValueEncoder> =
+        Arc::new(EnvelopeEncoder::new(Arc::clone(&registry), extra).map_err(|e| PipelineError::Config(e.to_string()))?);
     let key_encoder = KeyEncoder::new(cfg.schema_registry.key_format, Arc::clone(&registry));
     let relay = Relay {
         kafka: kafka_settings(&cfg),
@@ -279,7 +278,8 @@ impl Relay {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), PipelineError> {
         let pg = &self.cfg.postgres;
-        let span = info_span!("relay", connector = %self.cfg.connector_name, slot = %pg.slot, publication = %pg.publication);
+        let span =
+            info_span!("relay", connector = %self.cfg.connector_name, slot = %pg.slot, publication = %pg.publication);
         async {
             let sql = self.sql().await?;
             let table_names: Vec<TableName> = self.tables.iter().map(|(t, _)| t.clone()).collect();
@@ -419,7 +419,10 @@ impl Relay {
             if slot_busy {
                 let since = *slot_busy_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < SLOT_BUSY_GRACE && !*shutdown.borrow() {
-                    info!(waited_ms = since.elapsed().as_millis() as u64, "slot still active for a previous connection; waiting");
+                    info!(
+                        waited_ms = since.elapsed().as_millis() as u64,
+                        "slot still active for a previous connection; waiting"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = shutdown.changed() => return Ok(()),
@@ -529,8 +532,8 @@ impl Relay {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<crate::pg::replication::ReplicationStream>, PipelineError> {
         let pg = &self.cfg.postgres;
-        let repl_cfg = ReplicationConfig::from_url(&self.cfg.postgres_url())
-            .map_err(|e| PipelineError::Config(e.to_string()))?;
+        let repl_cfg =
+            ReplicationConfig::from_url(&self.cfg.postgres_url()).map_err(|e| PipelineError::Config(e.to_string()))?;
         let client = ReplicationClient::connect(&repl_cfg).await?;
         let mut stream = client.start_replication(&self.replication_options(resume)).await?;
         let options = DecoderOptions::new(stream.proto_version()).map_err(|e| PipelineError::Config(e.to_string()))?;
@@ -540,12 +543,16 @@ impl Relay {
         let mut assembler = Assembler::new(
             options,
             resume,
-            SpillSettings { threshold_bytes: usize::try_from(pg.spill_threshold_bytes).unwrap_or(usize::MAX), dir: spill_dir },
+            SpillSettings {
+                threshold_bytes: usize::try_from(pg.spill_threshold_bytes).unwrap_or(usize::MAX),
+                dir: spill_dir,
+            },
         );
         let mut mappers: MapperCache = HashMap::new();
         let mut txn = TxnCtx::default();
         let heartbeat_every = Duration::from_millis(pg.heartbeat_interval_ms);
-        let mut heartbeat = tokio::time::interval(if heartbeat_every.is_zero() { Duration::from_secs(3600) } else { heartbeat_every });
+        let mut heartbeat =
+            tokio::time::interval(if heartbeat_every.is_zero() { Duration::from_secs(3600) } else { heartbeat_every });
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let mut txns_since_heartbeat = 0u64;
@@ -717,7 +724,14 @@ impl Relay {
         for (k, v) in ev.headers {
             headers.push((k, v.to_vec()));
         }
-        Ok(EncodedEvent { topic, partition: ev.partition, key, value, headers, timestamp_ms: ev.timestamp.unix_millis() })
+        Ok(EncodedEvent {
+            topic,
+            partition: ev.partition,
+            key,
+            value,
+            headers,
+            timestamp_ms: ev.timestamp.unix_millis(),
+        })
     }
 }
 
@@ -769,7 +783,8 @@ impl Sink {
                 Some(Item::Event(e)) => {
                     in_pg_txn = true;
                     batch_started.get_or_insert_with(Instant::now);
-                    let headers: Vec<(&str, &[u8])> = e.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+                    let headers: Vec<(&str, &[u8])> =
+                        e.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
                     self.producer
                         .send(&OutRecord {
                             topic: &e.topic,

@@ -94,7 +94,9 @@ pub async fn tail(cfg: &Config, opts: &TailOptions, mut out: impl FnMut(String))
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|hd| (hd.key.to_owned(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned()))
+                            .map(|hd| {
+                                (hd.key.to_owned(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned())
+                            })
                             .collect()
                     })
                     .unwrap_or_default();

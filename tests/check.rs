@@ -1,11 +1,6 @@
 //! `check` against the real services of `tests/infra/up.sh`: ok when everything is set up, and a named,
 //! actionable problem for each way a service can be missing or misconfigured.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[path = "common/services.rs"]
 mod services;
@@ -53,22 +48,15 @@ url = "{registry}"
 
 fn config(pg_url: &str, kafka: &str, registry: &str) -> Config {
     let connector = services::unique_name("check");
-    Config::from_toml_str(&config_toml(pg_url, kafka, registry, &connector), |_| None)
-        .expect("test config is valid")
+    Config::from_toml_str(&config_toml(pg_url, kafka, registry, &connector), |_| None).expect("test config is valid")
 }
 
 fn service(report: &CheckReport, service: Service) -> &ServiceReport {
-    report
-        .service(service)
-        .unwrap_or_else(|| panic!("no {service} report in {report:?}"))
+    report.service(service).unwrap_or_else(|| panic!("no {service} report in {report:?}"))
 }
 
 fn only_problem(report: &ServiceReport) -> &CheckError {
-    assert_eq!(
-        report.problems.len(),
-        1,
-        "expected exactly one problem: {report:#?}"
-    );
+    assert_eq!(report.problems.len(), 1, "expected exactly one problem: {report:#?}");
     &report.problems[0]
 }
 
@@ -82,34 +70,17 @@ async fn db_with_outbox(s: &Services) -> TestDb {
 async fn all_services_ok() {
     let s = services();
     let db = db_with_outbox(&s).await;
-    let report = check::run(
-        &config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url),
-        &options(),
-    )
-    .await;
+    let report = check::run(&config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     assert!(report.is_ok(), "{report}");
     let pg = service(&report, Service::Postgres);
-    for fact in [
-        "wal_level=logical",
-        "role outbox may replicate",
-        "outbox table public.outbox ok",
-    ] {
-        assert!(
-            pg.facts.iter().any(|f| f == fact),
-            "{fact} missing: {pg:#?}"
-        );
+    for fact in ["wal_level=logical", "role outbox may replicate", "outbox table public.outbox ok"] {
+        assert!(pg.facts.iter().any(|f| f == fact), "{fact} missing: {pg:#?}");
     }
     assert!(pg.facts[0].starts_with("PostgreSQL 1"), "{pg:#?}");
     let kafka = service(&report, Service::Kafka);
-    assert!(
-        kafka.facts.iter().any(|f| f == "transactions usable"),
-        "{kafka:#?}"
-    );
+    assert!(kafka.facts.iter().any(|f| f == "transactions usable"), "{kafka:#?}");
     let registry = service(&report, Service::SchemaRegistry);
-    assert!(
-        registry.facts.iter().any(|f| f.contains("subject(s)")),
-        "{registry:#?}"
-    );
+    assert!(registry.facts.iter().any(|f| f.contains("subject(s)")), "{registry:#?}");
     let text = report.to_string();
     assert!(text.starts_with("postgres  ok  (PostgreSQL "), "{text}");
 }
@@ -124,23 +95,13 @@ async fn binary_exit_code_and_output() {
     let run = |kafka: &str| {
         let path = dir.path().join("relay.toml");
         let connector = services::unique_name("check_bin");
-        std::fs::write(
-            &path,
-            config_toml(&db.url, kafka, &s.schema_registry_url, &connector),
-        )
-        .unwrap();
+        std::fs::write(&path, config_toml(&db.url, kafka, &s.schema_registry_url, &connector)).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
         for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("OUTBOX_RELAY_")) {
             command.env_remove(name);
         }
         let output = command
-            .args([
-                "--config",
-                path.to_str().unwrap(),
-                "check",
-                "--timeout-ms",
-                "4000",
-            ])
+            .args(["--config", path.to_str().unwrap(), "check", "--timeout-ms", "4000"])
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
@@ -155,14 +116,9 @@ async fn binary_exit_code_and_output() {
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("postgres  ok  (PostgreSQL 1"), "{stdout}");
     assert!(
-        lines[0].starts_with("postgres  ok  (PostgreSQL 1"),
-        "{stdout}"
-    );
-    assert!(
-        lines[0].contains(
-            "wal_level=logical, role outbox may replicate, outbox table public.outbox ok"
-        ),
+        lines[0].contains("wal_level=logical, role outbox may replicate, outbox table public.outbox ok"),
         "{stdout}"
     );
     assert!(lines[1].starts_with("kafka  ok  ("), "{stdout}");
@@ -174,9 +130,7 @@ async fn binary_exit_code_and_output() {
     assert!(stdout.contains("postgres  ok  ("), "{stdout}");
     assert!(stdout.contains("schema-registry  ok  ("), "{stdout}");
     assert!(
-        stdout.contains(&format!(
-            "kafka  FAILED  could not reach the Kafka bootstrap servers 127.0.0.1:{port}"
-        )),
+        stdout.contains(&format!("kafka  FAILED  could not reach the Kafka bootstrap servers 127.0.0.1:{port}")),
         "{stdout}"
     );
     assert!(stderr.contains("check failed for kafka"), "{stderr}");
@@ -187,26 +141,13 @@ async fn postgres_down() {
     let s = services();
     let port = closed_port();
     let url = format!("postgres://relay:pw-not-shown@127.0.0.1:{port}/app?sslmode=disable");
-    let report = check::check_postgres(
-        &config(&url, &s.kafka_bootstrap, &s.schema_registry_url),
-        &options(),
-    )
-    .await;
+    let report = check::check_postgres(&config(&url, &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
-    assert!(
-        matches!(problem, CheckError::PostgresUnreachable { .. }),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, CheckError::PostgresUnreachable { .. }), "{problem:?}");
     let message = problem.to_string();
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
-    assert!(
-        message.to_lowercase().contains("connection refused"),
-        "{message}"
-    );
-    assert!(
-        message.contains("check postgres.url") && message.contains("server is running"),
-        "{message}"
-    );
+    assert!(message.to_lowercase().contains("connection refused"), "{message}");
+    assert!(message.contains("check postgres.url") && message.contains("server is running"), "{message}");
     assert!(!message.contains("pw-not-shown"), "{message}");
 }
 
@@ -215,25 +156,13 @@ async fn postgres_rejects_login() {
     let s = services();
     let mut url = url::Url::parse(&s.pg_url).unwrap();
     url.set_password(Some("wrong-password")).unwrap();
-    let report = check::check_postgres(
-        &config(url.as_str(), &s.kafka_bootstrap, &s.schema_registry_url),
-        &options(),
-    )
-    .await;
+    let report =
+        check::check_postgres(&config(url.as_str(), &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
-    assert!(
-        matches!(problem, CheckError::PostgresRejected { .. }),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, CheckError::PostgresRejected { .. }), "{problem:?}");
     let message = problem.to_string();
-    assert!(
-        message.contains("password authentication failed"),
-        "{message}"
-    );
-    assert!(
-        message.contains("check the user, password and database in postgres.url"),
-        "{message}"
-    );
+    assert!(message.contains("password authentication failed"), "{message}");
+    assert!(message.contains("check the user, password and database in postgres.url"), "{message}");
 }
 
 #[tokio::test]
@@ -246,29 +175,17 @@ async fn wal_level_not_logical() {
     })
     .await
     .unwrap();
-    let setup = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let setup = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(setup.1);
     setup.0.batch_execute(OUTBOX_TABLE).await.unwrap();
 
-    let report = check::check_postgres(
-        &config(&cluster.url(), &s.kafka_bootstrap, &s.schema_registry_url),
-        &options(),
-    )
-    .await;
+    let report =
+        check::check_postgres(&config(&cluster.url(), &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
-    assert!(
-        matches!(problem, CheckError::WalLevel { actual } if actual == "replica"),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, CheckError::WalLevel { actual } if actual == "replica"), "{problem:?}");
     let message = problem.to_string();
     assert!(message.contains("wal_level is replica"), "{message}");
-    assert!(
-        message.contains("set wal_level = logical in postgresql.conf")
-            && message.contains("restart"),
-        "{message}"
-    );
+    assert!(message.contains("set wal_level = logical in postgresql.conf") && message.contains("restart"), "{message}");
     drop(cluster);
 }
 
@@ -276,25 +193,12 @@ async fn wal_level_not_logical() {
 async fn outbox_table_missing() {
     let s = services();
     let db = TestDb::create(&s, "check").await;
-    let report = check::check_postgres(
-        &config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url),
-        &options(),
-    )
-    .await;
+    let report = check::check_postgres(&config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
-    assert!(
-        matches!(problem, CheckError::OutboxTableMissing { index: 0, .. }),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, CheckError::OutboxTableMissing { index: 0, .. }), "{problem:?}");
     let message = problem.to_string();
-    assert!(
-        message.contains("outbox table public.outbox does not exist"),
-        "{message}"
-    );
-    assert!(
-        message.contains(&format!("database {}", db.name)),
-        "{message}"
-    );
+    assert!(message.contains("outbox table public.outbox does not exist"), "{message}");
+    assert!(message.contains(&format!("database {}", db.name)), "{message}");
     assert!(message.contains("outbox.tables[0].table"), "{message}");
 }
 
@@ -305,11 +209,7 @@ async fn outbox_columns_missing() {
     // Has id, type and payload; lacks aggregateid, aggregatetype and the additional field's tenant.
     db.execute("CREATE TABLE public.outbox (id uuid, type text, payload jsonb, dropped int); ALTER TABLE public.outbox DROP COLUMN dropped")
         .await;
-    let report = check::check_postgres(
-        &config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url),
-        &options(),
-    )
-    .await;
+    let report = check::check_postgres(&config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
     match problem {
         CheckError::OutboxColumnsMissing { table, missing, .. } => {
@@ -320,9 +220,7 @@ async fn outbox_columns_missing() {
     }
     let message = problem.to_string();
     assert!(
-        message.contains(
-            "outbox table public.outbox has no column aggregateid, aggregatetype, tenant"
-        ),
+        message.contains("outbox table public.outbox has no column aggregateid, aggregatetype, tenant"),
         "{message}"
     );
 }
@@ -342,43 +240,19 @@ async fn role_slot_and_publication_problems() {
     url.set_username(&role).unwrap();
     url.set_password(Some("pw")).unwrap();
     let connector = services::unique_name("check");
-    let text = config_toml(
-        url.as_str(),
-        &s.kafka_bootstrap,
-        &s.schema_registry_url,
-        &connector,
-    )
-    .replace(
-        "[postgres]\n",
-        "[postgres]\ncreate_slot = false\ncreate_publication = false\n",
-    );
+    let text = config_toml(url.as_str(), &s.kafka_bootstrap, &s.schema_registry_url, &connector)
+        .replace("[postgres]\n", "[postgres]\ncreate_slot = false\ncreate_publication = false\n");
     let config = Config::from_toml_str(&text, |_| None).unwrap();
     let report = check::check_postgres(&config, &options()).await;
-    db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
-        .await;
+    db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 
     let messages: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     assert_eq!(report.problems.len(), 3, "{messages:#?}");
-    assert!(
-        matches!(&report.problems[0], CheckError::NoReplication { role: r } if *r == role),
-        "{messages:#?}"
-    );
-    assert!(
-        messages[0].contains(&format!("ALTER ROLE {role} WITH REPLICATION")),
-        "{messages:#?}"
-    );
-    assert!(
-        matches!(&report.problems[1], CheckError::Slot { .. }),
-        "{messages:#?}"
-    );
-    assert!(
-        messages[1].contains("create_slot = false")
-            && messages[1].contains("pg_create_logical_replication_slot")
-    );
-    assert!(
-        matches!(&report.problems[2], CheckError::PublicationMissing { .. }),
-        "{messages:#?}"
-    );
+    assert!(matches!(&report.problems[0], CheckError::NoReplication { role: r } if *r == role), "{messages:#?}");
+    assert!(messages[0].contains(&format!("ALTER ROLE {role} WITH REPLICATION")), "{messages:#?}");
+    assert!(matches!(&report.problems[1], CheckError::Slot { .. }), "{messages:#?}");
+    assert!(messages[1].contains("create_slot = false") && messages[1].contains("pg_create_logical_replication_slot"));
+    assert!(matches!(&report.problems[2], CheckError::PublicationMissing { .. }), "{messages:#?}");
     assert!(messages[2].contains("CREATE PUBLICATION"), "{messages:#?}");
 }
 
@@ -386,40 +260,16 @@ async fn role_slot_and_publication_problems() {
 async fn kafka_down() {
     let s = services();
     let port = closed_port();
-    let config = config(
-        &s.pg_url,
-        &format!("127.0.0.1:{port}"),
-        &s.schema_registry_url,
-    );
+    let config = config(&s.pg_url, &format!("127.0.0.1:{port}"), &s.schema_registry_url);
     let started = Instant::now();
-    let report = check::check_kafka(
-        &config.kafka,
-        &CheckOptions {
-            timeout: Duration::from_secs(2),
-        },
-    )
-    .await;
+    let report = check::check_kafka(&config.kafka, &CheckOptions { timeout: Duration::from_secs(2) }).await;
     let elapsed = started.elapsed();
     let problem = only_problem(&report);
-    assert!(
-        matches!(problem, CheckError::KafkaUnreachable { .. }),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, CheckError::KafkaUnreachable { .. }), "{problem:?}");
     let message = problem.to_string();
-    assert!(
-        message.contains(&format!(
-            "could not reach the Kafka bootstrap servers 127.0.0.1:{port}"
-        )),
-        "{message}"
-    );
-    assert!(
-        message.contains("check kafka.bootstrap_servers"),
-        "{message}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(8),
-        "the probe took {elapsed:?} despite a 2 s limit"
-    );
+    assert!(message.contains(&format!("could not reach the Kafka bootstrap servers 127.0.0.1:{port}")), "{message}");
+    assert!(message.contains("check kafka.bootstrap_servers"), "{message}");
+    assert!(elapsed < Duration::from_secs(8), "the probe took {elapsed:?} despite a 2 s limit");
 }
 
 #[tokio::test]
@@ -430,21 +280,10 @@ async fn registry_down() {
     let config = config(&s.pg_url, &s.kafka_bootstrap, &url);
     let report = check::check_schema_registry(&config.schema_registry, &options()).await;
     let problem = only_problem(&report);
-    assert!(
-        matches!(problem, CheckError::RegistryUnreachable { .. }),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, CheckError::RegistryUnreachable { .. }), "{problem:?}");
     let message = problem.to_string();
-    assert!(
-        message.contains(&format!(
-            "cannot reach the schema registry at {url}/subjects"
-        )),
-        "{message}"
-    );
-    assert!(
-        message.to_lowercase().contains("connection refused"),
-        "{message}"
-    );
+    assert!(message.contains(&format!("cannot reach the schema registry at {url}/subjects")), "{message}");
+    assert!(message.to_lowercase().contains("connection refused"), "{message}");
 }
 
 /// A registry URL without the API base path: HTTP 404 and a hint about the base URL.
@@ -461,9 +300,6 @@ async fn registry_wrong_path() {
     let config = config(&s.pg_url, &s.kafka_bootstrap, &url);
     let report = check::check_schema_registry(&config.schema_registry, &options()).await;
     let problem = only_problem(&report);
-    assert!(
-        matches!(problem, CheckError::RegistryStatus { status: 404, .. }),
-        "{problem:?}"
-    );
+    assert!(matches!(problem, CheckError::RegistryStatus { status: 404, .. }), "{problem:?}");
     assert!(problem.to_string().contains("base URL"), "{problem}");
 }

@@ -1,11 +1,6 @@
 //! Configuration: the example file, the README reference, error messages, environment overrides, redaction (through
 //! the library and the binary), and `connect_sql`'s TLS modes against the real PostgreSQL of `tests/infra/up.sh`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[path = "common/services.rs"]
 mod services;
@@ -25,11 +20,7 @@ fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
     match value {
         toml::Value::Table(table) if prefix != "kafka.properties" => {
             for (key, value) in table {
-                let path = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                 key_paths(value, &path, out);
             }
         }
@@ -53,13 +44,10 @@ fn example_keys() -> BTreeSet<String> {
 
 /// The first column of the table under `## Configuration reference` in README.md, without backticks.
 fn readme_keys() -> BTreeSet<String> {
-    let readme =
-        std::fs::read_to_string(services::repo_root().join("README.md")).expect("README.md exists");
+    let readme = std::fs::read_to_string(services::repo_root().join("README.md")).expect("README.md exists");
     let section = readme
         .split("\n## ")
-        .find(|s| {
-            s.starts_with("Configuration reference") || s.starts_with("## Configuration reference")
-        })
+        .find(|s| s.starts_with("Configuration reference") || s.starts_with("## Configuration reference"))
         .expect("README.md has a `## Configuration reference` section");
     section
         .lines()
@@ -82,11 +70,7 @@ fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("OUTBOX_RELAY_")) {
         command.env_remove(name);
     }
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    command.args(args).envs(env.iter().copied()).output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -118,10 +102,7 @@ fn example_file_parses_with_documented_defaults() {
     assert_eq!(config.postgres.slot, "outbox_relay");
     assert_eq!(config.kafka.transactional_id, "outbox-relay-outbox-relay");
     assert_eq!(config.outbox.tables.len(), 1);
-    assert_eq!(
-        config.outbox.tables[0].additional_fields[0].placement,
-        Placement::Header
-    );
+    assert_eq!(config.outbox.tables[0].additional_fields[0].placement, Placement::Header);
     // Apart from the example values, the file states the defaults: an empty file with the same connection
     // settings and additional field gives the same configuration.
     let minimal = format!(
@@ -130,10 +111,7 @@ fn example_file_parses_with_documented_defaults() {
         config.postgres.url, config.kafka.bootstrap_servers, config.schema_registry.url
     );
     let defaults = Config::from_toml_str(&minimal, |_| None).unwrap();
-    assert_eq!(
-        config.to_redacted_toml().unwrap(),
-        defaults.to_redacted_toml().unwrap()
-    );
+    assert_eq!(config.to_redacted_toml().unwrap(), defaults.to_redacted_toml().unwrap());
 }
 
 /// The example file shows every configuration key (compared with the serialized effective configuration), and the
@@ -144,99 +122,58 @@ fn readme_reference_and_example_cover_every_key() {
     let config = Config::from_file(&example_path(), |_| None).unwrap();
     let mut effective = BTreeSet::new();
     key_paths(&toml::Value::try_from(&config).unwrap(), "", &mut effective);
-    assert_eq!(
-        example, effective,
-        "config/outbox-relay.example.toml must show every key of Config"
-    );
+    assert_eq!(example, effective, "config/outbox-relay.example.toml must show every key of Config");
 
     let readme = readme_keys();
     let undocumented: Vec<_> = example.difference(&readme).collect();
     let stale: Vec<_> = readme.difference(&example).collect();
-    assert!(
-        undocumented.is_empty(),
-        "keys missing from README.md's configuration reference: {undocumented:?}"
-    );
-    assert!(
-        stale.is_empty(),
-        "README.md documents keys the example file lacks: {stale:?}"
-    );
+    assert!(undocumented.is_empty(), "keys missing from README.md's configuration reference: {undocumented:?}");
+    assert!(stale.is_empty(), "README.md documents keys the example file lacks: {stale:?}");
     // Every environment override is documented next to its key.
     let readme_text = std::fs::read_to_string(services::repo_root().join("README.md")).unwrap();
     for (var, key) in ENV_OVERRIDES {
-        let row = readme_text
-            .lines()
-            .find(|l| l.starts_with(&format!("| `{key}` |")))
-            .unwrap();
-        assert!(
-            row.contains(var),
-            "README row of {key} does not mention {var}"
-        );
+        let row = readme_text.lines().find(|l| l.starts_with(&format!("| `{key}` |"))).unwrap();
+        assert!(row.contains(var), "README row of {key} does not mention {var}");
     }
 }
 
 #[test]
 fn unknown_key_is_named_with_its_section() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        &VALID.replace("[kafka]\n", "[kafka]\nmax_batch_evnets = 5\n"),
-    );
+    let path = write(dir.path(), &VALID.replace("[kafka]\n", "[kafka]\nmax_batch_evnets = 5\n"));
     let err = Config::from_file(&path, |_| None).unwrap_err();
-    assert!(
-        matches!(&err, ConfigError::Parse { section, .. } if section == "section [kafka]"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, ConfigError::Parse { section, .. } if section == "section [kafka]"), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("max_batch_evnets"), "{message}");
-    assert!(
-        message.contains("max_batch_events"),
-        "the allowed keys are listed: {message}"
-    );
+    assert!(message.contains("max_batch_events"), "the allowed keys are listed: {message}");
     assert!(message.contains(&path.display().to_string()), "{message}");
 
     let output = relay(&["--config", path.to_str().unwrap(), "print-config"], &[]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let err = stderr(&output);
-    assert!(
-        err.contains("max_batch_evnets") && err.contains("section [kafka]"),
-        "{err}"
-    );
+    assert!(err.contains("max_batch_evnets") && err.contains("section [kafka]"), "{err}");
     assert!(stdout(&output).is_empty());
 }
 
 #[test]
 fn invalid_value_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let text = VALID
-        .replace("[kafka]\n", "[kafka]\nmax_batch_events = 0\n")
-        .replace("app?", "app?sslmode=verify-sometimes&");
+    let text =
+        VALID.replace("[kafka]\n", "[kafka]\nmax_batch_events = 0\n").replace("app?", "app?sslmode=verify-sometimes&");
     let path = write(dir.path(), &text);
     let output = relay(&["--config", path.to_str().unwrap(), "run"], &[]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let err = stderr(&output);
-    assert!(
-        err.contains("kafka.max_batch_events: must be at least 1"),
-        "{err}"
-    );
-    assert!(
-        err.contains("postgres.url: sslmode `verify-sometimes`"),
-        "{err}"
-    );
+    assert!(err.contains("kafka.max_batch_events: must be at least 1"), "{err}");
+    assert!(err.contains("postgres.url: sslmode `verify-sometimes`"), "{err}");
     assert!(!err.contains("file-pg-secret"), "{err}");
 }
 
 #[test]
 fn missing_file_exits_2() {
-    let output = relay(
-        &["--config", "/nonexistent/relay.toml", "print-config"],
-        &[],
-    );
+    let output = relay(&["--config", "/nonexistent/relay.toml", "print-config"], &[]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("cannot read configuration file /nonexistent/relay.toml"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("cannot read configuration file /nonexistent/relay.toml"), "{}", stderr(&output));
 }
 
 #[test]
@@ -244,26 +181,16 @@ fn environment_overrides_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), VALID);
     let env = [
-        (
-            "OUTBOX_RELAY_POSTGRES_URL",
-            "postgres://envuser:env-pg-secret@envhost:6543/envdb",
-        ),
+        ("OUTBOX_RELAY_POSTGRES_URL", "postgres://envuser:env-pg-secret@envhost:6543/envdb"),
         ("OUTBOX_RELAY_CONNECTOR_NAME", "env-connector"),
         ("OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS", "envkafka:9092"),
         ("OUTBOX_RELAY_METRICS_LISTEN", "0.0.0.0:9999"),
     ];
-    let lookup = |name: &str| {
-        env.iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| (*v).to_owned())
-    };
+    let lookup = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned());
     let config = Config::from_file(&path, lookup).unwrap();
     assert_eq!(config.postgres.url, env[0].1);
     assert_eq!(config.connector_name, "env-connector");
-    assert_eq!(
-        config.postgres.slot, "env_connector",
-        "derived defaults follow the overridden name"
-    );
+    assert_eq!(config.postgres.slot, "env_connector", "derived defaults follow the overridden name");
     assert_eq!(config.kafka.bootstrap_servers, "envkafka:9092");
 
     // Through the binary and the real process environment, with OUTBOX_RELAY_CONFIG naming the file.
@@ -273,16 +200,10 @@ fn environment_overrides_the_file() {
     let output = relay(&["print-config"], &with_file);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let printed: toml::Value = toml::from_str(&stdout(&output)).unwrap();
-    assert_eq!(
-        printed["postgres"]["url"].as_str(),
-        Some("postgres://envuser:***@envhost:6543/envdb")
-    );
+    assert_eq!(printed["postgres"]["url"].as_str(), Some("postgres://envuser:***@envhost:6543/envdb"));
     assert_eq!(printed["connector_name"].as_str(), Some("env-connector"));
     assert_eq!(printed["metrics"]["listen"].as_str(), Some("0.0.0.0:9999"));
-    assert_eq!(
-        printed["kafka"]["transactional_id"].as_str(),
-        Some("outbox-relay-env-connector")
-    );
+    assert_eq!(printed["kafka"]["transactional_id"].as_str(), Some("outbox-relay-env-connector"));
 }
 
 #[test]
@@ -290,80 +211,37 @@ fn secrets_are_redacted_in_debug_and_print_config() {
     let config = Config::from_toml_str(VALID, |_| None).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("secret\""), "{debug}");
-    for secret in [
-        "file-pg-secret",
-        "file-kafka-secret",
-        "file-jaas-secret",
-        "file-sr-secret",
-    ] {
+    for secret in ["file-pg-secret", "file-kafka-secret", "file-jaas-secret", "file-sr-secret"] {
         assert!(!debug.contains(secret), "{secret} in Debug output: {debug}");
     }
-    assert!(
-        debug.contains("sasl.username") && debug.contains("relay"),
-        "non-secrets stay visible: {debug}"
-    );
+    assert!(debug.contains("sasl.username") && debug.contains("relay"), "non-secrets stay visible: {debug}");
 
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), VALID);
     let env = [
-        (
-            "OUTBOX_RELAY_SCHEMA_REGISTRY_URL",
-            "https://registry.example",
-        ),
+        ("OUTBOX_RELAY_SCHEMA_REGISTRY_URL", "https://registry.example"),
         ("OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME", "u"),
         ("OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD", "env-sr-secret"),
     ];
     let output = relay(&["--config", path.to_str().unwrap(), "print-config"], &env);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let printed = stdout(&output);
-    for secret in [
-        "file-pg-secret",
-        "file-kafka-secret",
-        "file-jaas-secret",
-        "env-sr-secret",
-    ] {
-        assert!(
-            !printed.contains(secret),
-            "{secret} in print-config output:\n{printed}"
-        );
+    for secret in ["file-pg-secret", "file-kafka-secret", "file-jaas-secret", "env-sr-secret"] {
+        assert!(!printed.contains(secret), "{secret} in print-config output:\n{printed}");
     }
-    assert!(
-        printed.contains("postgres://relay:***@db.example:5432/app"),
-        "{printed}"
-    );
+    assert!(printed.contains("postgres://relay:***@db.example:5432/app"), "{printed}");
     assert!(printed.contains("\"sasl.password\" = \"***\""), "{printed}");
     assert!(printed.contains("password = \"***\""), "{printed}");
     // `run` logs the configuration: no secret in its log lines either (it then fails to reach a closed port).
-    let closed = VALID.replace(
-        "db.example:5432",
-        &format!("127.0.0.1:{}", services::closed_port()),
-    );
+    let closed = VALID.replace("db.example:5432", &format!("127.0.0.1:{}", services::closed_port()));
     let path = write(dir.path(), &closed);
-    let output = relay(
-        &[
-            "--config",
-            path.to_str().unwrap(),
-            "--log-format",
-            "json",
-            "run",
-        ],
-        &[("RUST_LOG", "info")],
-    );
+    let output = relay(&["--config", path.to_str().unwrap(), "--log-format", "json", "run"], &[("RUST_LOG", "info")]);
     let log = stderr(&output);
     assert!(log.contains("\"message\":\"starting\""), "{log}");
-    for secret in [
-        "file-pg-secret",
-        "file-kafka-secret",
-        "file-jaas-secret",
-        "file-sr-secret",
-    ] {
+    for secret in ["file-pg-secret", "file-kafka-secret", "file-jaas-secret", "file-sr-secret"] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "an unreachable PostgreSQL is a runtime failure: {log}"
-    );
+    assert_eq!(output.status.code(), Some(1), "an unreachable PostgreSQL is a runtime failure: {log}");
 }
 
 #[test]
@@ -371,23 +249,13 @@ fn help_explains_every_subcommand_and_flag() {
     let output = relay(&["--help"], &[]);
     assert_eq!(output.status.code(), Some(0));
     let help = stdout(&output);
-    for word in [
-        "run",
-        "check",
-        "print-config",
-        "--config",
-        "--log-level",
-        "--log-format",
-        "OUTBOX_RELAY_CONFIG",
-        "Exit codes",
-    ] {
+    for word in
+        ["run", "check", "print-config", "--config", "--log-level", "--log-format", "OUTBOX_RELAY_CONFIG", "Exit codes"]
+    {
         assert!(help.contains(word), "{word} missing from --help:\n{help}");
     }
     let run_help = stdout(&relay(&["run", "--help"], &[]));
-    assert!(
-        run_help.contains("--accept-gap") && run_help.contains("--start-lsn"),
-        "{run_help}"
-    );
+    assert!(run_help.contains("--accept-gap") && run_help.contains("--start-lsn"), "{run_help}");
     let usage = relay(&["frobnicate"], &[]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 }
@@ -408,39 +276,21 @@ async fn connect_sql_honours_every_sslmode() {
         panic!("PG_SSL_CERT is not set or missing: the test PostgreSQL must run with TLS (tests/infra/up.sh)")
     });
     let base = url::Url::parse(&s.pg_url).unwrap();
-    let (user, password, port) = (
-        base.username().to_owned(),
-        base.password().unwrap_or("").to_owned(),
-        base.port().unwrap(),
-    );
+    let (user, password, port) =
+        (base.username().to_owned(), base.password().unwrap_or("").to_owned(), base.port().unwrap());
     let database = base.path().trim_start_matches('/').to_owned();
     let cert = cert.display().to_string();
     // A CA that did not sign the server certificate: a fresh self-signed one.
     let dir = tempfile::tempdir().unwrap();
     let other_ca = dir.path().join("other-ca.pem");
     let generated = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other-ca",
-            "-keyout",
-        ])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other-ca", "-keyout"])
         .arg(dir.path().join("other-ca.key"))
         .arg("-out")
         .arg(&other_ca)
         .output()
         .unwrap();
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
     let other_ca = other_ca.display().to_string();
 
     let connect = |host: &str, query: &str| {
@@ -458,48 +308,22 @@ async fn connect_sql_honours_every_sslmode() {
         ("127.0.0.1", "sslmode=prefer".to_owned()),
         ("127.0.0.1", "sslmode=require".to_owned()),
         ("127.0.0.1", format!("sslmode=verify-ca&sslrootcert={cert}")),
-        (
-            "127.0.0.1",
-            format!("sslmode=verify-full&sslrootcert={cert}"),
-        ),
-        (
-            "localhost",
-            format!("sslmode=verify-full&sslrootcert={cert}"),
-        ),
-        (
-            "wrong.example",
-            format!("hostaddr=127.0.0.1&sslmode=verify-ca&sslrootcert={cert}"),
-        ),
+        ("127.0.0.1", format!("sslmode=verify-full&sslrootcert={cert}")),
+        ("localhost", format!("sslmode=verify-full&sslrootcert={cert}")),
+        ("wrong.example", format!("hostaddr=127.0.0.1&sslmode=verify-ca&sslrootcert={cert}")),
     ] {
-        let version = connect(host, &query)
-            .await
-            .unwrap_or_else(|e| panic!("{host} {query}: {e:?}"));
+        let version = connect(host, &query).await.unwrap_or_else(|e| panic!("{host} {query}: {e:?}"));
         assert!(version.starts_with("PostgreSQL"), "{version}");
     }
     for (host, query, expected) in [
-        (
-            "wrong.example",
-            format!("hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={cert}"),
-            "hostname mismatch",
-        ),
-        (
-            "127.0.0.1",
-            format!("sslmode=verify-ca&sslrootcert={other_ca}"),
-            "certificate verify failed",
-        ),
-        (
-            "127.0.0.1",
-            format!("sslmode=require&sslrootcert={other_ca}"),
-            "certificate verify failed",
-        ),
+        ("wrong.example", format!("hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={cert}"), "hostname mismatch"),
+        ("127.0.0.1", format!("sslmode=verify-ca&sslrootcert={other_ca}"), "certificate verify failed"),
+        ("127.0.0.1", format!("sslmode=require&sslrootcert={other_ca}"), "certificate verify failed"),
     ] {
         let err = connect(host, &query).await.expect_err(&query);
         let chain = error_chain(&err);
         assert!(matches!(err, ConnectError::Connect { .. }), "{chain}");
-        assert!(
-            chain.contains(expected),
-            "{query}: expected `{expected}` in `{chain}`"
-        );
+        assert!(chain.contains(expected), "{query}: expected `{expected}` in `{chain}`");
     }
 }
 

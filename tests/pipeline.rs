@@ -47,7 +47,11 @@ fn assert_exactly_once(records: &[Record], committed: &HashSet<String>) {
     let missing: Vec<_> = committed.difference(&seen).take(5).collect();
     let extra: Vec<_> = seen.difference(committed).take(5).collect();
     assert!(dups.is_empty(), "{} duplicates, e.g. {:?}", dups.len(), &dups[..dups.len().min(5)]);
-    assert!(missing.is_empty(), "{} committed rows missing, e.g. {missing:?}", committed.len() - (seen.len() - extra.len()));
+    assert!(
+        missing.is_empty(),
+        "{} committed rows missing, e.g. {missing:?}",
+        committed.len() - (seen.len() - extra.len())
+    );
     assert!(extra.is_empty(), "rows that were never committed: {extra:?}");
 }
 
@@ -66,12 +70,15 @@ async fn committed_rows_arrive_once_on_the_right_topics_with_keys_and_headers() 
         let rows: Vec<(&str, String, &str, i64)> = (0..(t % 3 + 1))
             .map(|i| {
                 n += 1;
-                let (at, ty) = if (t + i) % 2 == 0 { ("order", "OrderPlaced") } else { ("customer", "CustomerCreated") };
+                let (at, ty) =
+                    if (t + i) % 2 == 0 { ("order", "OrderPlaced") } else { ("customer", "CustomerCreated") };
                 (at, format!("{at}-{}", (t + i) % 4), ty, n)
             })
             .collect();
-        let args: Vec<(&str, &str, &str, String)> =
-            rows.iter().map(|(at, aid, ty, n)| (*at, aid.as_str(), *ty, format!(r#"{{"n": {n}, "items": []}}"#))).collect();
+        let args: Vec<(&str, &str, &str, String)> = rows
+            .iter()
+            .map(|(at, aid, ty, n)| (*at, aid.as_str(), *ty, format!(r#"{{"n": {n}, "items": []}}"#)))
+            .collect();
         let ids = h.insert_txn(&mut c, &args).await;
         for (id, (at, aid, ty, n)) in ids.iter().zip(&rows) {
             committed.insert(id.clone());
@@ -136,7 +143,8 @@ async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) 
     relay.wait_log(STARTED, Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     // Replayable: OUTBOX_RELAY_TEST_SEED=<n> repeats a run's load and kill instants.
-    let seed: u64 = std::env::var("OUTBOX_RELAY_TEST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 =
+        std::env::var("OUTBOX_RELAY_TEST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("{prefix}: seed {seed} (set OUTBOX_RELAY_TEST_SEED to replay)");
     let writer = {
         let h = Arc::clone(&h);
@@ -197,7 +205,11 @@ async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) 
     assert_exactly_once(&records, &committed);
     let values = h.decode_values(&records).await;
     assert_per_key_order(&records, &values);
-    eprintln!("{prefix}: {} rows committed, {} kills, all delivered exactly once in per-key order", committed.len(), kills);
+    eprintln!(
+        "{prefix}: {} rows committed, {} kills, all delivered exactly once in per-key order",
+        committed.len(),
+        kills
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,8 +295,20 @@ async fn a_slot_advanced_behind_the_relays_back_is_a_named_gap_error() {
     h.wait_for_records_of(Some(&accepted), &[h.topic("order")], 2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let records = h.read_committed(&[h.topic("order")]);
-    let ns: Vec<i64> = h.decode_values(&records).await.iter().map(|v| serde_json::from_str::<serde_json::Value>(v["payload"].as_str().unwrap()).unwrap()["n"].as_i64().unwrap()).collect();
-    assert_eq!(ns, vec![1, 3], "row 2 was skipped by the operator's choice, row 3 arrives; log:\n{}", accepted.log_text());
+    let ns: Vec<i64> = h
+        .decode_values(&records)
+        .await
+        .iter()
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(v["payload"].as_str().unwrap()).unwrap()["n"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ns,
+        vec![1, 3],
+        "row 2 was skipped by the operator's choice, row 3 arrives; log:\n{}",
+        accepted.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +330,11 @@ async fn an_idle_outbox_still_advances_the_slot() {
                 observed.push(flushed);
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "slot stuck at {flushed} while WAL is at {written}; log:\n{}", relay.log_text());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slot stuck at {flushed} while WAL is at {written}; log:\n{}",
+                relay.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

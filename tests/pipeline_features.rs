@@ -41,14 +41,13 @@ enabled = true
 prefix = "outbox"
 "#;
     let h = Harness::new("features", Options { outbox_toml: Some(outbox.into()), ..Options::default() }).await;
-    h.db
-        .execute(
-            "ALTER TABLE outbox ADD COLUMN tenant text, ADD COLUMN region text, ADD COLUMN part int;
+    h.db.execute(
+        "ALTER TABLE outbox ADD COLUMN tenant text, ADD COLUMN region text, ADD COLUMN part int;
              CREATE SCHEMA billing;
              CREATE TABLE billing.events (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), kind text NOT NULL,
                  account text NOT NULL, type text NOT NULL, payload jsonb);",
-        )
-        .await;
+    )
+    .await;
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let c = h.db.client().await;
@@ -152,13 +151,20 @@ async fn a_large_streamed_transaction_spills_and_arrives_whole_and_a_rolled_back
     // The small transaction committed first, so on its partition it comes before the big one's rows there.
     let log = relay.log_text();
     assert!(log.contains("proto_version="), "{log}");
-    assert!(log.contains("streamed transaction spilled to disk"), "the big transaction must have been streamed and spilled:\n{log}");
+    assert!(
+        log.contains("streamed transaction spilled to disk"),
+        "the big transaction must have been streamed and spilled:\n{log}"
+    );
     // Per key, insert order is kept.
     let mut last = std::collections::HashMap::new();
     for (r, v) in records.iter().zip(&values) {
         let n = payload_n(v);
         if let Some(prev) = last.insert(r.key.clone(), n) {
-            assert!(n > prev || r.key == b"small", "order within key {:?}: {n} after {prev}", String::from_utf8_lossy(&r.key));
+            assert!(
+                n > prev || r.key == b"small",
+                "order within key {:?}: {n} after {prev}",
+                String::from_utf8_lossy(&r.key)
+            );
         }
     }
 }
@@ -194,7 +200,8 @@ additional_fields = [{ column = "tenant", placement = "header" }]
     let topics = vec![h.topic("order")];
     let records = h.wait_for_records_of(Some(&relay), &topics, 4, Duration::from_secs(60));
     let values = h.decode_values(&records).await;
-    let got: Vec<(i64, String)> = records.iter().zip(&values).map(|(r, v)| (payload_n(v), r.header("tenant").unwrap())).collect();
+    let got: Vec<(i64, String)> =
+        records.iter().zip(&values).map(|(r, v)| (payload_n(v), r.header("tenant").unwrap())).collect();
     assert_eq!(got, vec![(1, "t1".into()), (2, "t2".into()), (3, "t3".into()), (4, "t4".into())]);
     assert!(relay.is_running());
 }
@@ -283,7 +290,8 @@ impl Cut {
 async fn a_registry_outage_is_retried_without_loss_or_early_acknowledgement() {
     let services = services::services();
     let registry = url::Url::parse(&services.schema_registry_url).unwrap();
-    let mut cut = Cut::start(&format!("{}:{}", registry.host_str().unwrap(), registry.port_or_known_default().unwrap())).await;
+    let mut cut =
+        Cut::start(&format!("{}:{}", registry.host_str().unwrap(), registry.port_or_known_default().unwrap())).await;
     let proxied = format!("http://127.0.0.1:{}{}", cut.port, registry.path());
     let h = Harness::new("regdown", Options { extra_toml: String::new(), ..Options::default() }).await;
     // Point the relay at the forwarder.

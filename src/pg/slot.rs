@@ -296,7 +296,10 @@ pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<
             .await
     } else {
         client
-            .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false)", &[&slot])
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false)",
+                &[&slot],
+            )
             .await
     }
     .map_err(sql("creating the replication slot"))?;
@@ -335,19 +338,17 @@ pub async fn ensure_publication(
     let pubinsert: bool = row.try_get(0).map_err(sql("reading pg_publication"))?;
     let all_tables: bool = row.try_get(1).map_err(sql("reading pg_publication"))?;
     let rows = client
-        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(sql("reading pg_publication_tables"))?;
-    let covered: Vec<TableName> = rows
-        .iter()
-        .filter_map(|r| Some(TableName { schema: r.try_get(0).ok()?, name: r.try_get(1).ok()? }))
-        .collect();
+    let covered: Vec<TableName> =
+        rows.iter().filter_map(|r| Some(TableName { schema: r.try_get(0).ok()?, name: r.try_get(1).ok()? })).collect();
     for t in tables {
         if !pubinsert || (!all_tables && !covered.contains(t)) {
-            return Err(SlotError::PublicationIncomplete {
-                publication: publication.to_owned(),
-                table: t.quoted(),
-            });
+            return Err(SlotError::PublicationIncomplete { publication: publication.to_owned(), table: t.quoted() });
         }
     }
     Ok(false)
@@ -369,7 +370,10 @@ mod tests {
         let t = |s: &str| TableName::parse(s);
         assert_eq!(t("outbox"), Some(TableName { schema: "public".into(), name: "outbox".into() }));
         assert_eq!(t("App.Outbox"), Some(TableName { schema: "app".into(), name: "outbox".into() }));
-        assert_eq!(t("\"My.Schema\".\"Out\"\"box\""), Some(TableName { schema: "My.Schema".into(), name: "Out\"box".into() }));
+        assert_eq!(
+            t("\"My.Schema\".\"Out\"\"box\""),
+            Some(TableName { schema: "My.Schema".into(), name: "Out\"box".into() })
+        );
         for bad in ["", ".", "a.", ".a", "a.b.c", "\"unterminated", "\"a\"b"] {
             assert_eq!(t(bad), None, "{bad}");
         }

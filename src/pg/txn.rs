@@ -153,7 +153,13 @@ struct StreamBuf {
 
 impl StreamBuf {
     fn new() -> StreamBuf {
-        StreamBuf { mem: VecDeque::new(), mem_bytes: 0, file: None, spilled_messages: 0, aborted_subxids: HashSet::new() }
+        StreamBuf {
+            mem: VecDeque::new(),
+            mem_bytes: 0,
+            file: None,
+            spilled_messages: 0,
+            aborted_subxids: HashSet::new(),
+        }
     }
 }
 
@@ -246,14 +252,22 @@ impl Assembler {
                 if skip {
                     return Ok(Output::None);
                 }
-                Ok(Output::Event(TxnEvent::Begin { xid: b.xid, final_lsn: b.final_lsn, commit_time: b.commit_timestamp }))
+                Ok(Output::Event(TxnEvent::Begin {
+                    xid: b.xid,
+                    final_lsn: b.final_lsn,
+                    commit_time: b.commit_timestamp,
+                }))
             }
             LogicalMessage::Commit(c) => {
                 let Some(open) = self.open.take() else {
                     return Err(TxnError::Unexpected { what: "Commit", context: "outside a transaction" });
                 };
                 if c.commit_lsn != open.final_lsn {
-                    return Err(TxnError::CommitMismatch { xid: open.xid, final_lsn: open.final_lsn, commit_lsn: c.commit_lsn });
+                    return Err(TxnError::CommitMismatch {
+                        xid: open.xid,
+                        final_lsn: open.final_lsn,
+                        commit_lsn: c.commit_lsn,
+                    });
                 }
                 if open.skip || c.end_lsn <= self.resume_lsn {
                     self.skipped_txns += 1;
@@ -288,8 +302,12 @@ impl Assembler {
                 }
                 match &self.open {
                     Some(open) if open.skip => Ok(Output::None),
-                    Some(_) => Ok(Output::Event(TxnEvent::Message { lsn: m.lsn, prefix: m.prefix, content: m.content })),
-                    None => Err(TxnError::Unexpected { what: "transactional Message", context: "outside a transaction" }),
+                    Some(_) => {
+                        Ok(Output::Event(TxnEvent::Message { lsn: m.lsn, prefix: m.prefix, content: m.content }))
+                    }
+                    None => {
+                        Err(TxnError::Unexpected { what: "transactional Message", context: "outside a transaction" })
+                    }
                 }
             }
             LogicalMessage::StreamStart(s) => {
@@ -300,7 +318,9 @@ impl Assembler {
                 self.streams.entry(s.xid.0).or_insert_with(StreamBuf::new);
                 Ok(Output::None)
             }
-            LogicalMessage::StreamStop => Err(TxnError::Unexpected { what: "Stream Stop", context: "outside a stream" }),
+            LogicalMessage::StreamStop => {
+                Err(TxnError::Unexpected { what: "Stream Stop", context: "outside a stream" })
+            }
             LogicalMessage::StreamCommit(c) => {
                 let buf = self.streams.remove(&c.xid.0);
                 let Some(mut buf) = buf else {
@@ -331,7 +351,11 @@ impl Assembler {
                     xid: c.xid,
                     options: self.options,
                     relations: self.relations.clone(),
-                    begin: Some(TxnEvent::Begin { xid: c.xid, final_lsn: c.commit_lsn, commit_time: c.commit_timestamp }),
+                    begin: Some(TxnEvent::Begin {
+                        xid: c.xid,
+                        final_lsn: c.commit_lsn,
+                        commit_time: c.commit_timestamp,
+                    }),
                     file,
                     mem: std::mem::take(&mut buf.mem),
                     aborted: std::mem::take(&mut buf.aborted_subxids),
@@ -565,7 +589,22 @@ mod tests {
     #[test]
     fn plain_transactions_pass_and_old_ones_are_skipped() {
         let mut a = Assembler::new(opts(), Lsn(208), SpillSettings::default());
-        let ev = feed(&mut a, vec![rel(None), begin(1, 100), ins(None, 1), commit(100), begin(2, 200), ins(None, 2), commit(200), begin(3, 300), ins(None, 3), ins(None, 4), commit(300)]);
+        let ev = feed(
+            &mut a,
+            vec![
+                rel(None),
+                begin(1, 100),
+                ins(None, 1),
+                commit(100),
+                begin(2, 200),
+                ins(None, 2),
+                commit(200),
+                begin(3, 300),
+                ins(None, 3),
+                ins(None, 4),
+                commit(300),
+            ],
+        );
         // Txn 2 ends at 208 == resume: delivered already.
         assert_eq!(kinds(&ev), "BIIC");
         assert_eq!(a.skipped_transactions(), 2);
@@ -591,12 +630,20 @@ mod tests {
 
     fn streamed_case(threshold: usize) {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Assembler::new(opts(), Lsn::ZERO, SpillSettings { threshold_bytes: threshold, dir: dir.path().into() });
+        let mut a =
+            Assembler::new(opts(), Lsn::ZERO, SpillSettings { threshold_bytes: threshold, dir: dir.path().into() });
         let ss = |xid: u32, first| LogicalMessage::StreamStart(StreamStart { xid: Xid(xid), first_segment: first });
         let sc = |xid: u32, lsn: u64| {
-            LogicalMessage::StreamCommit(StreamCommit { xid: Xid(xid), commit_lsn: Lsn(lsn), end_lsn: Lsn(lsn + 8), commit_timestamp: PgTimestamp(1) })
+            LogicalMessage::StreamCommit(StreamCommit {
+                xid: Xid(xid),
+                commit_lsn: Lsn(lsn),
+                end_lsn: Lsn(lsn + 8),
+                commit_timestamp: PgTimestamp(1),
+            })
         };
-        let abort = |xid: u32, sub: u32| LogicalMessage::StreamAbort(StreamAbort { xid: Xid(xid), subxid: Xid(sub), info: None });
+        let abort = |xid: u32, sub: u32| {
+            LogicalMessage::StreamAbort(StreamAbort { xid: Xid(xid), subxid: Xid(sub), info: None })
+        };
         let mut msgs = vec![ss(10, true), rel(Some(10))];
         for n in 0..50 {
             msgs.push(ins(Some(10), n));
@@ -618,10 +665,12 @@ mod tests {
                 _ => panic!(),
             })
             .collect();
-        let expect: Vec<String> = (0..=50).map(|n| match outbox_insert(16384, n).new_tuple.get(0).unwrap().as_text() {
-            Some(Ok(s)) => s.to_owned(),
-            _ => panic!(),
-        }).collect();
+        let expect: Vec<String> = (0..=50)
+            .map(|n| match outbox_insert(16384, n).new_tuple.get(0).unwrap().as_text() {
+                Some(Ok(s)) => s.to_owned(),
+                _ => panic!(),
+            })
+            .collect();
         assert_eq!(ids, expect);
     }
 

@@ -74,7 +74,11 @@ impl KafkaNode {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "test broker did not start:\n{}", std::fs::read_to_string(self.log()).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "test broker did not start:\n{}",
+                std::fs::read_to_string(self.log()).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -162,7 +162,11 @@ listen = ""
     }
 
     /// Inserts one transaction of outbox rows `(aggregatetype, aggregateid, type, payload)`; returns their ids.
-    pub async fn insert_txn(&self, client: &mut tokio_postgres::Client, rows: &[(&str, &str, &str, String)]) -> Vec<String> {
+    pub async fn insert_txn(
+        &self,
+        client: &mut tokio_postgres::Client,
+        rows: &[(&str, &str, &str, String)],
+    ) -> Vec<String> {
         let tx = client.transaction().await.unwrap();
         let mut ids = Vec::with_capacity(rows.len());
         for (at, aid, ty, payload) in rows {

@@ -61,12 +61,7 @@ pub fn infra_var(name: &str) -> Option<String> {
 /// The services, from the environment or else `.infra/env`; panics with instructions when they are not running.
 pub fn services() -> Services {
     let file = infra_env();
-    let get = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .or_else(|| file.get(name).cloned())
-    };
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).or_else(|| file.get(name).cloned());
     let require = |name: &str| {
         get(name).unwrap_or_else(|| {
             panic!(
@@ -80,34 +75,16 @@ pub fn services() -> Services {
         kafka_bootstrap: require("KAFKA_BOOTSTRAP"),
         schema_registry_url: require("SCHEMA_REGISTRY_URL"),
         pg_bin_dir: get("PG_BIN_DIR").map(PathBuf::from),
-        pg_ssl_cert: get("PG_SSL_CERT")
-            .filter(|p| Path::new(p).is_file())
-            .map(PathBuf::from),
+        pg_ssl_cert: get("PG_SSL_CERT").filter(|p| Path::new(p).is_file()).map(PathBuf::from),
     };
     let pg = url::Url::parse(&services.pg_url).expect("PG_URL is a URL");
-    let pg_addr = format!(
-        "{}:{}",
-        pg.host_str().unwrap_or("127.0.0.1"),
-        pg.port().unwrap_or(5432)
-    );
-    let registry =
-        url::Url::parse(&services.schema_registry_url).expect("SCHEMA_REGISTRY_URL is a URL");
-    let registry_addr = format!(
-        "{}:{}",
-        registry.host_str().unwrap_or("127.0.0.1"),
-        registry.port_or_known_default().unwrap_or(80)
-    );
+    let pg_addr = format!("{}:{}", pg.host_str().unwrap_or("127.0.0.1"), pg.port().unwrap_or(5432));
+    let registry = url::Url::parse(&services.schema_registry_url).expect("SCHEMA_REGISTRY_URL is a URL");
+    let registry_addr =
+        format!("{}:{}", registry.host_str().unwrap_or("127.0.0.1"), registry.port_or_known_default().unwrap_or(80));
     for (what, addr) in [
         ("PostgreSQL (PG_URL)", pg_addr),
-        (
-            "Kafka (KAFKA_BOOTSTRAP)",
-            services
-                .kafka_bootstrap
-                .split(',')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
+        ("Kafka (KAFKA_BOOTSTRAP)", services.kafka_bootstrap.split(',').next().unwrap_or_default().to_owned()),
         ("the schema registry (SCHEMA_REGISTRY_URL)", registry_addr),
     ] {
         assert!(
@@ -134,14 +111,8 @@ pub fn closed_port() -> u16 {
 /// A name unique to this process and call, usable as a PostgreSQL identifier.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `url` with its database (path) replaced by `database`.
@@ -178,11 +149,7 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        TestDb {
-            admin_url: services.pg_url.clone(),
-            url: with_database(&services.pg_url, &name),
-            name,
-        }
+        TestDb { admin_url: services.pg_url.clone(), url: with_database(&services.pg_url, &name), name }
     }
 
     /// A superuser connection to this database.
@@ -192,11 +159,7 @@ impl TestDb {
 
     /// Runs SQL statements in this database.
     pub async fn execute(&self, sql: &str) {
-        self.client()
-            .await
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        self.client().await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
 
@@ -206,10 +169,7 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime, which cannot block on its own futures: use a fresh thread + runtime.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let client = admin_client(&admin_url).await;
                 // Slots pin the database; drop the ones a test left behind first.
@@ -220,10 +180,7 @@ impl Drop for TestDb {
                         &[&name],
                     )
                     .await;
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .ok()
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
             })
         })
         .join();
@@ -235,10 +192,7 @@ impl Drop for TestDb {
 
 /// Whether this process runs as root (then PostgreSQL commands run as the `postgres` OS user).
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A command that runs `program` as the PostgreSQL OS user when we are root.
@@ -255,9 +209,7 @@ fn pg_command(program: &Path) -> Command {
 }
 
 fn run_checked(mut command: Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
     assert!(
         output.status.success(),
         "{what} failed ({}):\n{}\n{}",
@@ -283,10 +235,7 @@ impl ThrowawayCluster {
         let bin_dir = services.pg_bin_dir.clone().unwrap_or_else(|| {
             panic!("PG_BIN_DIR is not set and .infra/env does not define it: run `bash tests/infra/up.sh`")
         });
-        let dir = tempfile::Builder::new()
-            .prefix("outbox-relay-pg-")
-            .tempdir()
-            .expect("temporary directory");
+        let dir = tempfile::Builder::new().prefix("outbox-relay-pg-").tempdir().expect("temporary directory");
         if is_root() {
             let mut chown = Command::new("chown");
             chown.arg("-R").arg("postgres:").arg(dir.path());
@@ -294,21 +243,11 @@ impl ThrowawayCluster {
         }
         let data = dir.path().join("data");
         let mut initdb = pg_command(&bin_dir.join("initdb"));
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
+        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
         run_checked(initdb, "initdb");
         let port = closed_port();
-        let mut options = format!(
-            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-            dir.path().display()
-        );
+        let mut options =
+            format!("-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}", dir.path().display());
         for setting in settings {
             options.push_str(" -c ");
             options.push_str(setting);
@@ -326,24 +265,16 @@ impl ThrowawayCluster {
 
     /// Superuser URL of its `postgres` database.
     pub fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
-        )
+        format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", self.port)
     }
 }
 
 impl Drop for ThrowawayCluster {
     fn drop(&mut self) {
         let mut stop = pg_command(&self.bin_dir.join("pg_ctl"));
-        stop.arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-w", "-m", "immediate", "stop"]);
+        stop.arg("-D").arg(self.dir.path().join("data")).args(["-w", "-m", "immediate", "stop"]);
         if !stop.output().is_ok_and(|o| o.status.success()) {
-            eprintln!(
-                "warning: could not stop the throwaway cluster in {}",
-                self.dir.path().display()
-            );
+            eprintln!("warning: could not stop the throwaway cluster in {}", self.dir.path().display());
         }
     }
 }
