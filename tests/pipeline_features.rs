@@ -390,3 +390,57 @@ async fn a_broker_outage_is_retried_without_loss_duplicates_or_early_acknowledge
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), committed);
     assert!(h.confirmed_flush().await > acked_before);
 }
+
+/// Protocol version 4, streaming and a failover slot for real, on the newer PostgreSQL that
+/// `tests/infra/up.sh --with-pg-latest` starts (`PG_LATEST_URL`). Without it the test says so and passes only when
+/// `OUTBOX_RELAY_REQUIRE_PG_LATEST` is unset (CI sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_postgres_protocol_4_streaming_and_a_failover_slot() {
+    let Some(latest) = services::infra_var("PG_LATEST_URL") else {
+        assert!(
+            std::env::var("OUTBOX_RELAY_REQUIRE_PG_LATEST").is_err(),
+            "PG_LATEST_URL missing: run `bash tests/infra/up.sh --with-pg-latest`"
+        );
+        eprintln!("PG_LATEST_URL not set: newest-PostgreSQL test not run (start it with up.sh --with-pg-latest)");
+        return;
+    };
+    let mut services = services::services();
+    services.pg_url = latest;
+    let h = Harness::new_on(
+        services,
+        "pg18",
+        Options {
+            url_params: "options=-c%20logical_decoding_work_mem%3D64kB".into(),
+            extra_postgres: "streaming = true\nfailover_slot = true\nspill_threshold_bytes = 65536\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    assert!(relay.log_text().contains("proto_version=4"), "{}", relay.log_text());
+    let c = h.db.client().await;
+    let failover: bool = c
+        .query_one("SELECT failover FROM pg_replication_slots WHERE slot_name = $1", &[&h.slot()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(failover, "postgres.failover_slot = true must create a failover slot");
+    c.batch_execute(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+         SELECT 'order', 'k' || (g % 5), 'OrderPlaced', json_build_object('n', g, 'pad', repeat('x', 200))::jsonb
+         FROM generate_series(1, 3000) g;
+         INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'solo', 'T', '{\"n\": 9999}');",
+    )
+    .await
+    .unwrap();
+    let topics = vec![h.topic("order")];
+    h.wait_for_records_of(Some(&relay), &topics, 3001, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+    let records = h.read_committed(&topics);
+    assert_eq!(records.len(), 3001);
+    let values = h.decode_values(&records).await;
+    let ns: HashSet<i64> = values.iter().map(payload_n).collect();
+    assert_eq!(ns.len(), 3001);
+    assert!(relay.log_text().contains("streamed transaction spilled to disk"), "{}", relay.log_text());
+}

@@ -75,7 +75,11 @@ impl Default for Options {
 impl Harness {
     /// A fresh database with [`SCHEMA`] and a configuration for a uniquely named connector.
     pub async fn new(prefix: &str, options: Options) -> Harness {
-        let services = crate::services::services();
+        Harness::new_on(crate::services::services(), prefix, options).await
+    }
+
+    /// Like [`Harness::new`] on the PostgreSQL of `services.pg_url`.
+    pub async fn new_on(services: Services, prefix: &str, options: Options) -> Harness {
         let db = TestDb::create(&services, prefix).await;
         db.execute(SCHEMA).await;
         let connector = unique_name(prefix);
