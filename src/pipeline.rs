@@ -82,6 +82,9 @@ pub enum PipelineError {
         /// Checkpoint end LSN.
         checkpoint: Lsn,
     },
+    /// Nothing arrived on the replication connection for much longer than heartbeats allow: a dead peer.
+    #[error("no data from PostgreSQL for {0} s although heartbeats are due every few seconds; reconnecting")]
+    Stalled(u64),
     /// `--start-lsn` cannot be honoured.
     #[error("--start-lsn {requested}: {reason}")]
     StartLsn {
@@ -139,7 +142,7 @@ impl PipelineError {
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Encode(e) => e.is_transient(),
             PipelineError::Slot(e) => e.is_transient(),
-            PipelineError::Sql(_) => true,
+            PipelineError::Sql(_) | PipelineError::Stalled(_) => true,
             _ => false,
         }
     }
@@ -559,6 +562,10 @@ impl Relay {
         let mut progress = tokio::time::interval(Duration::from_secs(10));
         progress.tick().await;
         let mut last_events = 0u64;
+        // With heartbeats on, the server sends something at least every heartbeat interval; silence far beyond that
+        // means a dead connection that TCP may take many minutes to report.
+        let stall_limit = (heartbeat_every * 6).max(Duration::from_secs(60));
+        let mut last_rx = Instant::now();
 
         loop {
             tokio::select! {
@@ -583,6 +590,9 @@ impl Relay {
                     txns_since_heartbeat = 0;
                 }
                 _ = progress.tick() => {
+                    if !heartbeat_every.is_zero() && last_rx.elapsed() > stall_limit {
+                        return Err(PipelineError::Stalled(last_rx.elapsed().as_secs()));
+                    }
                     let ev = self.stats.events_committed.load(Ordering::Relaxed);
                     info!(
                         received = %Lsn(self.stats.received_lsn.load(Ordering::Relaxed)),
@@ -596,6 +606,7 @@ impl Relay {
                     let Some(msg) = msg? else {
                         return Err(PipelineError::Replication(ReplicationError::ConnectionClosed));
                     };
+                    last_rx = Instant::now();
                     let ReplicationMessage::XLogData(XLogData { wal_start, data, .. }) = msg else { continue };
                     self.stats.received_lsn.fetch_max(wal_start.as_u64(), Ordering::Relaxed);
                     let decoded = decoder.decode(&data).map_err(|source| PipelineError::Decode { lsn: wal_start, source })?;

@@ -249,7 +249,10 @@ impl ReplicationClient {
             ("user", &config.user),
             ("database", &config.dbname),
             ("replication", "database"),
+            // pgoutput's text values are the types' output functions under these settings: pin the ones the
+            // outbox mapper parses (UTF-8 text, ISO timestamps) whatever the role's or database's defaults are.
             ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
         ];
         if let Some(app) = &config.application_name {
             params.push(("application_name", app));
