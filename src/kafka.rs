@@ -350,6 +350,13 @@ impl TxnProducer {
         })
         .await?;
         crate::failpoint::hit("after_produce_before_commit");
+        // rdkafka's commit_transaction first flushes, and its flush serves delivery reports with a poll that
+        // always sleeps a full 100 ms: every commit would take 100 ms. Wait for the deliveries here instead (the
+        // producer's own thread serves them as they arrive); the flush inside commit then returns at once.
+        let deadline = std::time::Instant::now() + self.settings.operation_timeout;
+        while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let p = Arc::clone(&self.producer);
         let timeout = self.settings.operation_timeout;
         let result = blocking(move || p.commit_transaction(timeout)).await?;

@@ -40,6 +40,8 @@ pub const LAG_BYTES: &str = "outbox_relay_lag_bytes";
 pub const SOURCE_LAG: &str = "outbox_relay_source_lag_seconds";
 /// Time of the last Kafka commit.
 pub const LAST_COMMIT: &str = "outbox_relay_last_kafka_commit_timestamp_seconds";
+/// Time spent committing Kafka transactions.
+pub const COMMIT_SECONDS: &str = "outbox_relay_kafka_commit_seconds_total";
 /// 1 while the pipeline runs.
 pub const UP: &str = "outbox_relay_up";
 
@@ -64,6 +66,8 @@ pub struct Stats {
     pub restarts: AtomicU64,
     /// Heartbeats written.
     pub heartbeats: AtomicU64,
+    /// Time spent in `commit_transaction` (including the checkpoint record's delivery), microseconds.
+    pub kafka_commit_micros_total: AtomicU64,
 }
 
 /// Renders the Prometheus text exposition of `stats`.
@@ -93,6 +97,12 @@ pub fn render(stats: &Stats, up: bool) -> String {
     let lag = if source_commit == 0 { 0.0 } else { now_us.saturating_sub(source_commit) as f64 / 1e6 };
     metric(SOURCE_LAG, "gauge", "Age of the newest PostgreSQL commit that reached Kafka.", lag);
     metric(LAST_COMMIT, "gauge", "Unix time of the last Kafka commit.", get(&stats.last_commit_unix_ms) as f64 / 1e3);
+    metric(
+        COMMIT_SECONDS,
+        "counter",
+        "Time spent committing Kafka transactions (divide by the transactions counter for the mean).",
+        get(&stats.kafka_commit_micros_total) as f64 / 1e6,
+    );
     metric(UP, "gauge", "1 while the relay pipeline runs.", if up { 1.0 } else { 0.0 });
     out
 }

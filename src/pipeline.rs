@@ -813,7 +813,10 @@ impl Sink {
                     pending = Some((commit_lsn, end_lsn, commit_time));
                     self.stats.pg_transactions.fetch_add(1, Ordering::Relaxed);
                     let started = *batch_started.get_or_insert_with(Instant::now);
-                    if batch_events >= self.max_events || started.elapsed() >= self.max_wait {
+                    // Group commit: close the batch at its limits, or as soon as nothing more is queued. Under load
+                    // the queue refills while a commit runs, so batches grow by themselves; when traffic is light
+                    // an event waits for one commit instead of for max_batch_ms.
+                    if batch_events >= self.max_events || started.elapsed() >= self.max_wait || rx.is_empty() {
                         self.commit(&mut pending, &mut batch_events, &mut batch_started).await?;
                     }
                 }
@@ -840,9 +843,12 @@ impl Sink {
         let Some((commit_lsn, end_lsn, commit_time)) = pending.take() else { return Ok(()) };
         let cp = Checkpoint::new(&self.connector, commit_lsn, end_lsn);
         let span = info_span!("kafka_txn", commit_lsn = %commit_lsn, event_count = *batch_events);
+        let commit_started = Instant::now();
         self.producer.commit(&cp).instrument(span).await?;
         crate::failpoint::hit("after_commit_before_ack");
-        debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events = *batch_events, "kafka transaction committed");
+        let commit_us = u64::try_from(commit_started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.kafka_commit_micros_total.fetch_add(commit_us, Ordering::Relaxed);
+        debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events = *batch_events, commit_us, "kafka transaction committed");
         self.stats.events_committed.fetch_add(*batch_events, Ordering::Relaxed);
         self.stats.kafka_commits.fetch_add(1, Ordering::Relaxed);
         self.stats.acked_lsn.store(end_lsn.as_u64(), Ordering::Relaxed);
