@@ -226,13 +226,18 @@ fn clock_ticks() -> f64 {
 
 /// User + system CPU seconds of a process (`"self"` or a pid), from `/proc/<pid>/stat`.
 pub fn proc_cpu_secs(pid: &str) -> Option<f64> {
+    proc_cpu_user_sys(pid).map(|(u, s)| u + s)
+}
+
+/// (user, system) CPU seconds of a process, all threads, from `/proc/<pid>/stat` (clock-tick resolution).
+pub fn proc_cpu_user_sys(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state(0) ppid(1) ... utime(11) stime(12).
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    Some((utime / clock_ticks(), stime / clock_ticks()))
 }
 
 /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
@@ -317,9 +322,8 @@ impl BenchDb {
 async fn drop_database(admin: &tokio_postgres::Client, name: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let rows = admin
-            .query("SELECT slot_name, active FROM pg_replication_slots WHERE database = $1", &[&name])
-            .await?;
+        let rows =
+            admin.query("SELECT slot_name, active FROM pg_replication_slots WHERE database = $1", &[&name]).await?;
         if rows.is_empty() {
             break;
         }
@@ -346,7 +350,7 @@ pub async fn cleanup_stale(env: &Env) -> Result<()> {
     for r in rows {
         let name: String = r.get(0);
         // obbench_<kind>_<pid>_<n>
-        let pid = name.rsplitn(3, '_').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let pid = name.rsplit('_').nth(1).and_then(|p| p.parse::<u32>().ok());
         let Some(pid) = pid else { continue };
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;

@@ -1,7 +1,8 @@
 //! Replication throughput: our client (`ReplicationClient` + `ReplicationStream` + pgoutput `Decoder` + txn
 //! `Assembler`) against `pg_recvlogical` (PostgreSQL's own client, output to /dev/null) on the very same WAL.
 //!
-//! `cargo bench --bench replication -- [--rows N] [--rounds R] [--shape single|bulk|both] [--proto V] [--quick]`
+//! `cargo bench --bench replication -- [--rows N] [--rounds R] [--shape single|bulk|both] [--proto V]
+//!  [--runtime multi|current] [--quick]`
 //!
 //! For each shape (N single-row transactions; one N-row transaction) it creates a fresh database with the outbox
 //! table and a publication, creates 2R pgoutput slots *before* writing (so every consumer reads exactly the same
@@ -22,7 +23,9 @@ use anyhow::{Context, Result, bail};
 use common::{Args, BenchDb, Env, Generated, record};
 use outbox_relay::pg::lsn::Lsn;
 use outbox_relay::pg::pgoutput::{Decoder, DecoderOptions};
-use outbox_relay::pg::replication::{ReplicationClient, ReplicationConfig, ReplicationMessage, ReplicationOptions, Streaming};
+use outbox_relay::pg::replication::{
+    ReplicationClient, ReplicationConfig, ReplicationMessage, ReplicationOptions, Streaming,
+};
 use outbox_relay::pg::txn::{Assembler, Output, SpillSettings, TxnEvent};
 
 const PUBLICATION: &str = "obbench_pub";
@@ -38,7 +41,16 @@ struct OursRun {
 }
 
 fn main() -> ExitCode {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    // `--runtime multi` (default) is what the relay binary uses: `#[tokio::main]`, two workers on two cores, the
+    // pipeline running in `block_on` on the main thread. `--runtime current` runs everything on one thread.
+    let current = std::env::args().any(|a| a == "--runtime=current")
+        || std::env::args().collect::<Vec<_>>().windows(2).any(|w| w[0] == "--runtime" && w[1] == "current");
+    let rt = if current {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    }
+    .expect("runtime");
     match rt.block_on(run()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(3),
@@ -50,10 +62,17 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> Result<bool> {
-    let args = Args::parse(&["rows", "rounds", "shape", "proto"])?;
+    let args = Args::parse(&["rows", "rounds", "shape", "proto", "runtime"])?;
+    let runtime = args.value("runtime").unwrap_or("multi");
+    if !["multi", "current"].contains(&runtime) {
+        bail!("--runtime multi|current");
+    }
     args.unknown_flags(&["quick", "help"])?;
     if args.flag("help") {
-        println!("cargo bench --bench replication -- [--rows N] [--rounds R] [--shape single|bulk|both] [--proto 1..4] [--quick]");
+        println!(
+            "cargo bench --bench replication -- [--rows N] [--rounds R] [--shape single|bulk|both] [--proto 1..4] \
+             [--runtime multi|current] [--quick]"
+        );
         return Ok(true);
     }
     let quick = args.flag("quick");
@@ -71,7 +90,10 @@ async fn run() -> Result<bool> {
     }
     let env = Env::load()?;
     common::cleanup_stale(&env).await?;
-    println!("replication throughput: {rows} rows, {rounds} round(s) per consumer, pgoutput proto_version {proto}");
+    println!(
+        "replication throughput: {rows} rows, {rounds} round(s) per consumer, pgoutput proto_version {proto}, tokio \
+         runtime {runtime}"
+    );
     let mut all_ok = true;
     for single in shapes {
         let db = BenchDb::create(&env, "r").await?;
@@ -99,14 +121,14 @@ async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, si
     for s in ours_slots.iter().chain(&theirs_slots) {
         points.push(common::create_slot(&sql, s).await?);
     }
-    let gen = common::generate(db, rows, single, 1).await?;
+    let wal = common::generate(db, rows, single, 1).await?;
     println!(
         "\n{label}: {rows} rows written in {:.1} s; WAL {} .. {} ({:.1} MiB, includes other databases' WAL); slots \
          created at {} .. {}",
-        gen.seconds,
-        gen.start,
-        gen.end,
-        gen.wal_mib(),
+        wal.seconds,
+        wal.start,
+        wal.end,
+        wal.wal_mib(),
         points.iter().min().copied().unwrap_or_default(),
         points.iter().max().copied().unwrap_or_default()
     );
@@ -117,9 +139,13 @@ async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, si
         let ours_first = i % 2 == 0;
         for step in 0..2 {
             if (step == 0) == ours_first {
-                let r = read_ours(db, &ours_slots[i], proto, expected_commits, &gen).await?;
+                let r = read_ours(db, &ours_slots[i], proto, expected_commits, &wal).await?;
                 if r.inserts != rows || r.commits != expected_commits {
-                    bail!("our client read {} inserts in {} commits, expected {rows} in {expected_commits}", r.inserts, r.commits);
+                    bail!(
+                        "our client read {} inserts in {} commits, expected {rows} in {expected_commits}",
+                        r.inserts,
+                        r.commits
+                    );
                 }
                 println!(
                     "  round {}: ours           {:>8.0} rows/s  ({:.3} s, {:.2} us CPU/row, walsender {:.2} us/row)",
@@ -131,8 +157,16 @@ async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, si
                 );
                 ours.push(r);
             } else {
-                let r = common::run_pg_recvlogical(env, db, &theirs_slots[i], PUBLICATION, proto, gen.end, Duration::from_secs(600))
-                    .await?;
+                let r = common::run_pg_recvlogical(
+                    env,
+                    db,
+                    &theirs_slots[i],
+                    PUBLICATION,
+                    proto,
+                    wal.end,
+                    Duration::from_secs(600),
+                )
+                .await?;
                 println!(
                     "  round {}: pg_recvlogical {:>8.0} rows/s  ({:.3} s, {:.2} us CPU/row, walsender {:.2} us/row, max RSS {} kB)",
                     i + 1,
@@ -177,7 +211,7 @@ async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, si
 }
 
 /// Reads `slot` with our client until `expected_commits` transactions were assembled.
-async fn read_ours(db: &BenchDb, slot: &str, proto: u32, expected_commits: u64, gen: &Generated) -> Result<OursRun> {
+async fn read_ours(db: &BenchDb, slot: &str, proto: u32, expected_commits: u64, wal: &Generated) -> Result<OursRun> {
     let cfg = ReplicationConfig::from_url(&db.url).context("replication config")?;
     let mut options = ReplicationOptions::new(slot, [PUBLICATION]);
     options.proto_version = Some(proto);
@@ -211,8 +245,8 @@ async fn read_ours(db: &BenchDb, slot: &str, proto: u32, expected_commits: u64, 
             }
             Output::Event(TxnEvent::Commit { end_lsn, .. }) => {
                 commits += 1;
-                if end_lsn > gen.end {
-                    bail!("commit at {end_lsn} beyond the generated end {}", gen.end);
+                if end_lsn > wal.end {
+                    bail!("commit at {end_lsn} beyond the generated end {}", wal.end);
                 }
                 // Acknowledge as the relay does after a Kafka commit: periodically, not per transaction.
                 if last_ack.elapsed() >= Duration::from_millis(100) {
