@@ -174,7 +174,7 @@ pub struct SpillSettings {
 
 impl Default for SpillSettings {
     fn default() -> Self {
-        SpillSettings { threshold_bytes: 64 << 20, dir: std::env::temp_dir() }
+        SpillSettings { threshold_bytes: 16 << 20, dir: std::env::temp_dir() }
     }
 }
 
