@@ -499,6 +499,7 @@ pub async fn run_pg_recvlogical(
     slot: &str,
     publication: &str,
     proto: u32,
+    extra_options: &[String],
     end: Lsn,
     timeout: Duration,
 ) -> Result<RecvRun> {
@@ -517,6 +518,7 @@ pub async fn run_pg_recvlogical(
         .args(["-d", &conninfo, "-S", slot, "--start", "--no-loop", "-f", "/dev/null"])
         .arg(format!("--endpos={end}"))
         .args(["-o", &format!("proto_version={proto}"), "-o", &format!("publication_names={publication}")])
+        .args(extra_options.iter().flat_map(|o| ["-o", o.as_str()]))
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
     let probe = db.client().await?;

@@ -75,9 +75,13 @@ if [ "$infra" = 1 ]; then
     echo "== services (tests/infra/up.sh)"
     bash tests/infra/up.sh || { echo "tests/infra/up.sh failed" >&2; exit 1; }
 fi
-[ -f .infra/env ] || { echo ".infra/env missing: run bash tests/infra/up.sh" >&2; exit 1; }
-# shellcheck disable=SC1091
-. .infra/env
+if [ -f .infra/env ]; then
+    # shellcheck disable=SC1091
+    . .infra/env
+elif [ -z "${PG_URL:-}" ] || [ -z "${KAFKA_BOOTSTRAP:-}" ] || [ -z "${SCHEMA_REGISTRY_URL:-}" ] || [ -z "${PG_BIN_DIR:-}" ]; then
+    echo ".infra/env missing and PG_URL/PG_BIN_DIR/KAFKA_BOOTSTRAP/SCHEMA_REGISTRY_URL not set: run bash tests/infra/up.sh" >&2
+    exit 1
+fi
 
 if [ "$build" = 1 ]; then
     echo "== build (release profile: lto=thin, debug=1)"

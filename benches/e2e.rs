@@ -1,24 +1,29 @@
 //! End to end: the release `outbox-relay` binary against the real PostgreSQL, Kafka broker and schema registry.
 //!
-//! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn] [--rows N] [--rate R] [--seconds S]
-//!  [--big-rows N] [--kafka key=value]... [--prop librdkafka.key=value]... [--pg key=value]... [--quick]`
+//! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn] [--shape single|bulk|both] [--rows N]
+//!  [--repeat R] [--rate R] [--seconds S] [--conns C] [--big-rows N] [--kafka key=value]...
+//!  [--prop librdkafka.key=value]... [--pg key=value]... [--perf DIR] [--keep-logs] [--quick]`
 //!
 //! - `throughput` (single-row and bulk shape): a fresh database and connector; the relay is started once (it
 //!   creates publication, slot and genesis checkpoint) and stopped with SIGTERM; a second slot for
 //!   `pg_recvlogical` is created at that point; N rows are written (N single-row transactions, or one N-row
-//!   transaction); `pg_recvlogical` reads its slot to the end position (its rate on the same WAL); then the relay
-//!   is started and timed until a `read_committed` consumer has seen all N events and until the slot's
-//!   `confirmed_flush_lsn` has passed the last transaction. Targets: >= 60 % (single-row) and >= 80 % (bulk) of
-//!   pg_recvlogical.
-//! - `latency`: with the relay running, a paced generator (several connections, one row per transaction) offers R
-//!   events/s for S seconds; a `read_committed` consumer computes receive time - commit time per event from the
-//!   envelope's `timestamp` (commit time, microseconds). p50/p99/max; target p99 <= 50 ms. The relay's VmRSS is
-//!   sampled every 100 ms meanwhile (target <= 64 MB steady).
+//!   transaction); in alternating order `pg_recvlogical` reads its slot to the end position (its rate on the same
+//!   WAL), and the relay is started and timed until a `read_committed` consumer has seen all N events and until the
+//!   slot's `confirmed_flush_lsn` has passed the last transaction. Median of `--repeat` runs. Targets: >= 60 %
+//!   (single-row) and >= 80 % (bulk) of pg_recvlogical.
+//! - `latency`: with the relay running, a paced generator (several connections, one row per transaction,
+//!   `synchronous_commit = on`) offers R events/s for S seconds; a `read_committed` consumer computes receive time
+//!   - commit time per event from the envelope's `timestamp` (commit time, microseconds). p50/p99/max; target p99 <=
+//!   50 ms. The relay's VmRSS is sampled every 100 ms meanwhile (target <= 64 MiB steady).
 //! - `bigtxn`: a fresh relay relays one transaction of `--big-rows` rows (default 1M) written while it runs; peak
-//!   VmRSS / VmHWM (target <= 128 MB).
+//!   VmRSS / VmHWM (target <= 128 MiB), max over `--repeat` runs.
 //!
-//! The relay binary is `target/release/outbox-relay` (`OUTBOX_RELAY_BIN` overrides): build it first with
-//! `cargo build --release`. Needs `bash tests/infra/up.sh`. Everything it creates is named `obbench_*` and removed.
+//! `--kafka`, `--prop` and `--pg` add keys to the relay's `[kafka]`, `[kafka.properties]` and `[postgres]` tables
+//! (`--kafka`/`--pg` values are TOML, `--prop` values strings). `--perf DIR` records `perf record` of the relay's
+//! measured phase. Environment: `OUTBOX_RELAY_BIN` (relay binary, default `target/release/outbox-relay`: build it
+//! first with `cargo build --release`), `BENCH_RELAY_LOG` (the relay's `RUST_LOG`), `BENCH_FETCH_WAIT_MS` (the
+//! consumer's `fetch.wait.max.ms`, default 100), `BENCH_RESULTS` (append result rows to this TSV file). Needs
+//! `bash tests/infra/up.sh`. Everything it creates is named `obbench_*` and removed. Exit status 3: a target missed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[path = "../bench/common.rs"]
@@ -787,7 +792,7 @@ async fn throughput_once(
     let wal: Generated = common::generate(&c.db, rows, single, 1).await?;
     let (db, publication) = (c.db.clone(), c.slot.clone());
     let recv_run =
-        || common::run_pg_recvlogical(env, &db, &recv_slot, &publication, 1, wal.end, Duration::from_secs(900));
+        || common::run_pg_recvlogical(env, &db, &recv_slot, &publication, 1, &[], wal.end, Duration::from_secs(900));
     // Alternate which reader goes first (page cache, other load), like the replication benchmark.
     let mut recv = if recv_first { Some(recv_run().await?) } else { None };
 

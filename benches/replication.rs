@@ -2,7 +2,7 @@
 //! `Assembler`) against `pg_recvlogical` (PostgreSQL's own client, output to /dev/null) on the very same WAL.
 //!
 //! `cargo bench --bench replication -- [--rows N] [--rounds R] [--shape single|bulk|both] [--proto V]
-//!  [--runtime multi|current] [--quick]`
+//!  [--streaming on] [--messages on] [--runtime multi|current] [--quick]`
 //!
 //! For each shape (N single-row transactions; one N-row transaction) it creates a fresh database with the outbox
 //! table and a publication, creates 2R pgoutput slots *before* writing (so every consumer reads exactly the same
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> Result<bool> {
-    let args = Args::parse(&["rows", "rounds", "shape", "proto", "runtime"])?;
+    let args = Args::parse(&["rows", "rounds", "shape", "proto", "runtime", "streaming", "messages"])?;
     let runtime = args.value("runtime").unwrap_or("multi");
     if !["multi", "current"].contains(&runtime) {
         bail!("--runtime multi|current");
@@ -71,6 +71,7 @@ async fn run() -> Result<bool> {
     if args.flag("help") {
         println!(
             "cargo bench --bench replication -- [--rows N] [--rounds R] [--shape single|bulk|both] [--proto 1..4] \
+             [--streaming on] [--messages on] \
              [--runtime multi|current] [--quick]"
         );
         return Ok(true);
@@ -78,7 +79,15 @@ async fn run() -> Result<bool> {
     let quick = args.flag("quick");
     let rows: u64 = args.num("rows", if quick { 20_000 } else { 200_000 })?;
     let rounds: usize = args.num("rounds", if quick { 1 } else { 3 })?;
-    let proto: u32 = args.num("proto", 1)?;
+    let plugin = Plugin {
+        proto: args.num("proto", 1)?,
+        streaming: args.value("streaming") == Some("on"),
+        messages: args.value("messages") == Some("on"),
+    };
+    let proto = plugin.proto;
+    if (plugin.streaming || plugin.messages) && proto < 2 {
+        bail!("--streaming on / --messages on need --proto 2 or higher");
+    }
     let shapes: Vec<bool> = match args.value("shape").unwrap_or("both") {
         "single" => vec![true],
         "bulk" => vec![false],
@@ -91,13 +100,14 @@ async fn run() -> Result<bool> {
     let env = Env::load()?;
     common::cleanup_stale(&env).await?;
     println!(
-        "replication throughput: {rows} rows, {rounds} round(s) per consumer, pgoutput proto_version {proto}, tokio \
-         runtime {runtime}"
+        "replication throughput: {rows} rows, {rounds} round(s) per consumer, pgoutput proto_version {proto} streaming {} messages {}, \
+         tokio runtime {runtime}",
+        plugin.streaming, plugin.messages
     );
     let mut all_ok = true;
     for single in shapes {
         let db = BenchDb::create(&env, "r").await?;
-        let result = shape(&env, &db, rows, rounds, proto, single).await;
+        let result = shape(&env, &db, rows, rounds, plugin, single).await;
         if let Err(e) = db.drop_all().await {
             eprintln!("cleanup of {}: {e:#}", db.name);
         }
@@ -106,7 +116,28 @@ async fn run() -> Result<bool> {
     Ok(all_ok)
 }
 
-async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, single: bool) -> Result<bool> {
+/// pgoutput options, the same for both readers.
+#[derive(Clone, Copy, Debug)]
+struct Plugin {
+    proto: u32,
+    streaming: bool,
+    messages: bool,
+}
+
+impl Plugin {
+    fn recvlogical_options(self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.streaming {
+            v.push("streaming=on".to_owned());
+        }
+        if self.messages {
+            v.push("messages=true".to_owned());
+        }
+        v
+    }
+}
+
+async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, plugin: Plugin, single: bool) -> Result<bool> {
     let label = if single { "single-row txns" } else { "one bulk txn" };
     let section = if single { "replication.single" } else { "replication.bulk" };
     let sql = db.client().await?;
@@ -139,7 +170,7 @@ async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, si
         let ours_first = i % 2 == 0;
         for step in 0..2 {
             if (step == 0) == ours_first {
-                let r = read_ours(db, &ours_slots[i], proto, expected_commits, &wal).await?;
+                let r = read_ours(db, &ours_slots[i], plugin, expected_commits, &wal).await?;
                 if r.inserts != rows || r.commits != expected_commits {
                     bail!(
                         "our client read {} inserts in {} commits, expected {rows} in {expected_commits}",
@@ -162,7 +193,8 @@ async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, si
                     db,
                     &theirs_slots[i],
                     PUBLICATION,
-                    proto,
+                    plugin.proto,
+                    &plugin.recvlogical_options(),
                     wal.end,
                     Duration::from_secs(600),
                 )
@@ -211,12 +243,20 @@ async fn shape(env: &Env, db: &BenchDb, rows: u64, rounds: usize, proto: u32, si
 }
 
 /// Reads `slot` with our client until `expected_commits` transactions were assembled.
-async fn read_ours(db: &BenchDb, slot: &str, proto: u32, expected_commits: u64, wal: &Generated) -> Result<OursRun> {
+async fn read_ours(
+    db: &BenchDb,
+    slot: &str,
+    plugin: Plugin,
+    expected_commits: u64,
+    wal: &Generated,
+) -> Result<OursRun> {
+    let proto = plugin.proto;
     let cfg = ReplicationConfig::from_url(&db.url).context("replication config")?;
     let mut options = ReplicationOptions::new(slot, [PUBLICATION]);
     options.proto_version = Some(proto);
-    options.streaming = Streaming::Off;
-    options.messages = false; // as pg_recvlogical without `-o messages=true`
+    // The same plugin options as pg_recvlogical gets (its default: streaming off, messages off).
+    options.streaming = if plugin.streaming { Streaming::On } else { Streaming::Off };
+    options.messages = plugin.messages;
     let decoder_options = DecoderOptions::new(proto)?;
     let deadline = Instant::now() + Duration::from_secs(600);
 
