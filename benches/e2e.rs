@@ -13,7 +13,7 @@
 //!   (single-row) and >= 80 % (bulk) of pg_recvlogical.
 //! - `latency`: with the relay running, a paced generator (several connections, one row per transaction,
 //!   `synchronous_commit = on`) offers R events/s for S seconds; a `read_committed` consumer computes receive time
-//!   - commit time per event from the envelope's `timestamp` (commit time, microseconds). p50/p99/max; target p99 <=
+//!   minus commit time per event from the envelope's `timestamp` (commit time, microseconds). p50/p99/max; target p99 <=
 //!   50 ms. The relay's VmRSS is sampled every 100 ms meanwhile (target <= 64 MiB steady).
 //! - `bigtxn`: a fresh relay relays one transaction of `--big-rows` rows (default 1M) written while it runs; peak
 //!   VmRSS / VmHWM (target <= 128 MiB), max over `--repeat` runs.
