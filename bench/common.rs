@@ -20,17 +20,8 @@ use tokio_postgres::NoTls;
 pub const PREFIX: &str = "obbench";
 
 /// The outbox table (the same columns as the test harness, `tests/common/relay.rs`).
-pub const SCHEMA: &str = "
-    CREATE TABLE outbox (
-        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-        aggregatetype text NOT NULL,
-        aggregateid text NOT NULL,
-        type text NOT NULL,
-        payload jsonb,
-        created_at timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE TABLE other (id bigserial PRIMARY KEY, note text);
-";
+pub const SCHEMA: &str =
+    concat!(include_str!("../config/outbox-table.sql"), "CREATE TABLE other (id bigserial PRIMARY KEY, note text);");
 
 /// Column list and values of one generated outbox row, as a function of the integer `i`. The JSON payload is
 /// 150 bytes as jsonb prints it (e.g. `{"items": [{"qty": 2, "sku": "SKU-3480", "price": 617.28}], "status": ...}`).

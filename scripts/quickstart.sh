@@ -10,16 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tests/infra/up.sh
 # shellcheck source=/dev/null
 . .infra/env
-psql "$PG_URL" -v ON_ERROR_STOP=1 -q <<'SQL'
-CREATE TABLE IF NOT EXISTS public.outbox (
-    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    aggregatetype text        NOT NULL,
-    aggregateid   text        NOT NULL,
-    type          text        NOT NULL,
-    payload       jsonb,
-    created_at    timestamptz NOT NULL DEFAULT now()
-);
-SQL
+psql "$PG_URL" -v ON_ERROR_STOP=1 -q -f config/outbox-table.sql
 cargo build --release --locked --bin outbox-relay
 # The env file exports OUTBOX_RELAY_* overrides pointing at the same services; the config file says it all.
 exec target/release/outbox-relay --config config/quickstart.toml run

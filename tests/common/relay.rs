@@ -19,17 +19,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::services::{Services, TestDb, unique_name};
 
 /// The outbox table every harness database has (Debezium's column names), plus an unrelated table.
-pub const SCHEMA: &str = "
-    CREATE TABLE outbox (
-        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-        aggregatetype text NOT NULL,
-        aggregateid text NOT NULL,
-        type text NOT NULL,
-        payload jsonb,
-        created_at timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE TABLE other (id bigserial PRIMARY KEY, note text);
-";
+pub const SCHEMA: &str =
+    concat!(include_str!("../../config/outbox-table.sql"), "CREATE TABLE other (id bigserial PRIMARY KEY, note text);");
 
 /// One relay under test: its database, configuration and names.
 pub struct Harness {
