@@ -165,7 +165,12 @@ struct EncodedEvent {
     partition: Option<i32>,
     key: Vec<u8>,
     value: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
+    /// Header `id`.
+    id: String,
+    /// Header `type`.
+    event_type: String,
+    /// Additional headers, after `id` and `type`.
+    headers: Vec<(String, bytes::Bytes)>,
     timestamp_ms: i64,
 }
 
@@ -729,18 +734,14 @@ impl Relay {
                 t
             }
         };
-        let mut headers = Vec::with_capacity(2 + ev.headers.len());
-        headers.push(("id".to_owned(), ev.id.into_bytes()));
-        headers.push(("type".to_owned(), ev.event_type.into_bytes()));
-        for (k, v) in ev.headers {
-            headers.push((k, v.to_vec()));
-        }
         Ok(EncodedEvent {
             topic,
             partition: ev.partition,
             key,
             value,
-            headers,
+            id: ev.id,
+            event_type: ev.event_type,
+            headers: ev.headers,
             timestamp_ms: ev.timestamp.unix_millis(),
         })
     }
@@ -794,8 +795,10 @@ impl Sink {
                 Some(Item::Event(e)) => {
                     in_pg_txn = true;
                     batch_started.get_or_insert_with(Instant::now);
-                    let headers: Vec<(&str, &[u8])> =
-                        e.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+                    let headers: Vec<(&str, &[u8])> = [("id", e.id.as_bytes()), ("type", e.event_type.as_bytes())]
+                        .into_iter()
+                        .chain(e.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())))
+                        .collect();
                     self.producer
                         .send(&OutRecord {
                             topic: &e.topic,

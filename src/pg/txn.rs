@@ -388,7 +388,7 @@ impl Assembler {
     }
 
     fn spill_err(&self, xid: Xid, source: std::io::Error) -> TxnError {
-        TxnError::Spill { xid, dir: self.spill.dir.display().to_string(), source }
+        spill_error(xid, &self.spill.dir, source)
     }
 
     fn push_streamed(&mut self, xid: Xid, msg: LogicalMessage, raw: &Bytes) -> Result<Output, TxnError> {
@@ -420,7 +420,7 @@ impl Assembler {
         let Some(buf) = self.streams.get_mut(&xid.0) else {
             return Err(TxnError::Unexpected { what: "streamed change", context: "without Stream Start" });
         };
-        let spill_err = |source| TxnError::Spill { xid, dir: dir.display().to_string(), source };
+        let spill_err = |source| spill_error(xid, &dir, source);
         if buf.file.is_none() && over {
             let tmp = tempfile::Builder::new()
                 .prefix(&format!("outbox-relay-xid{}-", xid.0))
@@ -449,6 +449,10 @@ impl Assembler {
         }
         Ok(Output::None)
     }
+}
+
+fn spill_error(xid: Xid, dir: &std::path::Path, source: std::io::Error) -> TxnError {
+    TxnError::Spill { xid, dir: dir.display().to_string(), source }
 }
 
 fn write_frame(w: &mut impl Write, m: &[u8]) -> std::io::Result<()> {
