@@ -85,6 +85,7 @@ fi
 
 if [ "$build" = 1 ]; then
     echo "== build (release profile: lto=thin, debug=1)"
+    bash scripts/prerequisites.sh || exit 1
     cargo build --release --bin outbox-relay || exit 1
     cargo bench --no-run --bench decode --bench replication --bench e2e || exit 1
 fi

@@ -7,6 +7,7 @@
 #   target/release/outbox-relay --config config/quickstart.toml tail outbox.event.order
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/prerequisites.sh
 bash tests/infra/up.sh
 # shellcheck source=/dev/null
 . .infra/env

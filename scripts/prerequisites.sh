@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build prerequisites of outbox-relay on Debian 12, installed when missing. Every entry point that builds the relay
+# sources or runs this first (scripts/quickstart.sh, tests/run.sh, .ci/run, bench/run.sh), so each of them works on a
+# fresh machine on its own.
+#
+#   bash scripts/prerequisites.sh [--ci]
+#     --ci   also the rustfmt and clippy components (CI's lint step)
+#
+# librdkafka is built from source by rdkafka-sys (cmake) against OpenSSL, libcurl (OIDC) and zlib headers.
+# Needs root for apt-get; as another user it only reports what is missing.
+set -euo pipefail
+
+ci=0
+for arg in "$@"; do
+    case $arg in
+        --ci) ci=1 ;;
+        *) echo "prerequisites.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+
+packages=(build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev)
+need=()
+for pkg in "${packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    if [[ $(id -u) != 0 ]]; then
+        echo "prerequisites.sh: missing Debian packages: ${need[*]}; install them as root (apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+    echo "[prerequisites] installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "prerequisites.sh: cargo not found; install Rust with rustup (https://rustup.rs), edition 2024 needs 1.85+" >&2
+    exit 1
+fi
+if ((ci)); then
+    for component in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+    done
+fi
