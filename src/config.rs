@@ -71,6 +71,7 @@ const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("transaction.timeout.ms", "set kafka.transaction_timeout_ms instead"),
     ("enable.idempotence", "the relay always enables idempotence (transactions require it)"),
     ("isolation.level", "the relay always reads its checkpoints with read_committed"),
+    ("allow.auto.create.topics", "set kafka.topic_creation instead: the relay creates missing topics itself"),
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -98,6 +99,9 @@ fn default_heartbeat_prefix() -> String {
 const fn default_spill_threshold_bytes() -> u64 {
     // 16 MiB keeps the relay well inside 128 MiB of memory through a transaction of any size (bench/README.md).
     16 << 20
+}
+const fn default_stall_timeout_ms() -> u64 {
+    30_000
 }
 const fn default_reconnect_backoff_initial_ms() -> u64 {
     500
@@ -136,7 +140,18 @@ fn default_checkpoint_topic() -> String {
     "outbox-relay.checkpoints".to_owned()
 }
 const fn default_transaction_timeout_ms() -> u64 {
-    60_000
+    // Bounds the largest PostgreSQL transaction the relay can deliver (about this many seconds of producing, see
+    // README "Limits"), and how long a relay that died without a successor holds read_committed consumers.
+    300_000
+}
+const fn default_max_buffered_bytes() -> u64 {
+    8 << 20
+}
+const fn default_topic_partitions() -> i32 {
+    -1
+}
+const fn default_topic_replication_factor() -> i32 {
+    -1
 }
 const fn default_max_batch_events() -> u64 {
     10_000
@@ -149,6 +164,9 @@ const fn default_request_timeout_ms() -> u64 {
 }
 fn default_metrics_listen() -> String {
     "127.0.0.1:9187".to_owned()
+}
+const fn default_unhealthy_after_ms() -> u64 {
+    300_000
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -176,6 +194,9 @@ pub struct Config {
     /// Confluent-compatible schema registry.
     #[serde(default)]
     pub schema_registry: SchemaRegistryConfig,
+    /// What happens to an event that cannot be mapped, encoded or produced.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
     /// Prometheus metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -189,6 +210,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             kafka: KafkaConfig::default(),
             schema_registry: SchemaRegistryConfig::default(),
+            errors: ErrorsConfig::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -242,6 +264,12 @@ pub struct PostgresConfig {
     /// Create the slot with `FAILOVER` so it is synchronized to standbys (PostgreSQL 17 and later).
     #[serde(default)]
     pub failover_slot: bool,
+    /// How long a PostgreSQL connection may stay silent while the relay waits for it, in milliseconds: the
+    /// replication connection asks the server for a reply with every status update and counts as dead after this
+    /// long without any message; every SQL statement (setup, heartbeats) is abandoned after it. A connection cut
+    /// without a FIN is noticed within this time.
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
     /// First delay before reconnecting after a lost connection, in milliseconds; doubles up to the maximum.
     #[serde(default = "default_reconnect_backoff_initial_ms")]
     pub reconnect_backoff_initial_ms: u64,
@@ -266,6 +294,7 @@ impl Default for PostgresConfig {
             spill_threshold_bytes: default_spill_threshold_bytes(),
             spill_dir: PathBuf::new(),
             failover_slot: false,
+            stall_timeout_ms: default_stall_timeout_ms(),
             reconnect_backoff_initial_ms: default_reconnect_backoff_initial_ms(),
             reconnect_backoff_max_ms: default_reconnect_backoff_max_ms(),
         }
@@ -288,6 +317,7 @@ impl fmt::Debug for PostgresConfig {
             .field("spill_threshold_bytes", &self.spill_threshold_bytes)
             .field("spill_dir", &self.spill_dir)
             .field("failover_slot", &self.failover_slot)
+            .field("stall_timeout_ms", &self.stall_timeout_ms)
             .field("reconnect_backoff_initial_ms", &self.reconnect_backoff_initial_ms)
             .field("reconnect_backoff_max_ms", &self.reconnect_backoff_max_ms)
             .finish()
@@ -305,12 +335,33 @@ pub struct OutboxConfig {
     /// The tableless outbox: events written with `pg_logical_emit_message(true, prefix, json)`.
     #[serde(default)]
     pub messages: OutboxMessagesConfig,
+    /// A row of a published table that no `[[outbox.tables]]` block maps (an operator's publication covering more
+    /// tables, or one publishing a partitioned table's partitions under their own names): `error` stops the relay
+    /// with the checkpoint untouched, naming the table; `ignore` skips such rows (counted in
+    /// `outbox_relay_unmapped_rows_total`).
+    #[serde(default)]
+    pub unmapped_relations: UnmappedRelations,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig { tables: default_tables(), messages: OutboxMessagesConfig::default() }
+        OutboxConfig {
+            tables: default_tables(),
+            messages: OutboxMessagesConfig::default(),
+            unmapped_relations: UnmappedRelations::default(),
+        }
     }
+}
+
+/// What to do with rows of a published table that no mapping claims.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmappedRelations {
+    /// Stop with a named error: a row the relay was sent but does not relay is never dropped silently.
+    #[default]
+    Error,
+    /// Skip them, counting each.
+    Ignore,
 }
 
 /// One outbox table and how its rows map to Kafka records (Debezium Outbox Event Router compatible).
@@ -473,6 +524,14 @@ pub struct KafkaConfig {
     /// Longest time a Kafka transaction collects PostgreSQL transactions before it commits, in milliseconds.
     #[serde(default = "default_max_batch_ms")]
     pub max_batch_ms: u64,
+    /// Bytes of encoded events (keys, values, headers) the pipeline may hold between reading the WAL and handing
+    /// them to the producer; reading pauses beyond it. With the producer's own queue
+    /// (`queue.buffering.max.kbytes`) and `postgres.spill_threshold_bytes` it bounds the relay's memory.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: u64,
+    /// Creation of missing event and dead-letter topics.
+    #[serde(default)]
+    pub topic_creation: TopicCreationConfig,
     /// librdkafka settings passed through to every Kafka client, e.g. `"security.protocol" = "SASL_SSL"`. Values
     /// may be strings, numbers or booleans. Values of keys containing `password`, `secret`, `sasl.jaas`,
     /// `sasl.oauthbearer.config` or `ssl.key` are redacted in output.
@@ -489,6 +548,8 @@ impl Default for KafkaConfig {
             transaction_timeout_ms: default_transaction_timeout_ms(),
             max_batch_events: default_max_batch_events(),
             max_batch_ms: default_max_batch_ms(),
+            max_buffered_bytes: default_max_buffered_bytes(),
+            topic_creation: TopicCreationConfig::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -503,6 +564,8 @@ impl fmt::Debug for KafkaConfig {
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
             .field("max_batch_events", &self.max_batch_events)
             .field("max_batch_ms", &self.max_batch_ms)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("topic_creation", &self.topic_creation)
             .field("properties", &self.redacted_properties())
             .finish()
     }
@@ -540,6 +603,62 @@ impl KafkaConfig {
     pub const fn max_batch_duration(&self) -> Duration {
         Duration::from_millis(self.max_batch_ms)
     }
+}
+
+/// How the relay creates the event and dead-letter topics it writes to when they do not exist.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicCreationConfig {
+    /// Create a missing topic before its first record. When `false`, a missing topic is a named error (or a dead
+    /// letter); the producer never lets the broker auto-create topics either way.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Partitions of a created topic; -1 = the broker's `num.partitions`.
+    #[serde(default = "default_topic_partitions")]
+    pub partitions: i32,
+    /// Replication factor of a created topic; -1 = the broker's `default.replication.factor`.
+    #[serde(default = "default_topic_replication_factor")]
+    pub replication_factor: i32,
+    /// Topic configuration of a created topic, e.g. `"max.message.bytes" = 2097152`.
+    #[serde(default, deserialize_with = "deserialize_properties")]
+    pub configs: BTreeMap<String, String>,
+}
+
+impl Default for TopicCreationConfig {
+    fn default() -> Self {
+        TopicCreationConfig {
+            enabled: true,
+            partitions: default_topic_partitions(),
+            replication_factor: default_topic_replication_factor(),
+            configs: BTreeMap::new(),
+        }
+    }
+}
+
+/// What happens to an event that cannot be mapped, encoded or produced.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `stop`: the relay stops with a named error and the checkpoint untouched (restarting it fails the same way
+    /// until the cause is fixed). `dead_letter`: the event goes to `dead_letter_topic` instead, inside the same
+    /// Kafka transaction as the rest of its PostgreSQL transaction and the checkpoint, so it too appears exactly
+    /// once.
+    #[serde(default)]
+    pub mode: ErrorMode,
+    /// Dead-letter topic. Default: `<connector_name>.dead-letter`.
+    #[serde(default)]
+    pub dead_letter_topic: String,
+}
+
+/// See [`ErrorsConfig::mode`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorMode {
+    /// Stop the relay.
+    #[default]
+    Stop,
+    /// Send the event to the dead-letter topic.
+    DeadLetter,
 }
 
 /// Schema registry settings.
@@ -658,11 +777,16 @@ pub struct MetricsConfig {
     /// Env: `OUTBOX_RELAY_METRICS_LISTEN`.
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
+    /// `/health` answers 503 once the relay has been unable to deliver for this long, in milliseconds: no
+    /// replication session streaming, or records waiting for a Kafka commit that does not come (a stuck producer,
+    /// a restart loop, an unreachable service). `/ready` turns 503 as soon as that starts.
+    #[serde(default = "default_unhealthy_after_ms")]
+    pub unhealthy_after_ms: u64,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { listen: default_metrics_listen() }
+        MetricsConfig { listen: default_metrics_listen(), unhealthy_after_ms: default_unhealthy_after_ms() }
     }
 }
 
@@ -776,9 +900,12 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Whether retrying later may help (the server may come up); setup errors are definite.
+    /// Whether retrying later may help (the server may come up); setup errors and refused logins are definite.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ConnectError::Connect { .. })
+        match self {
+            ConnectError::Connect { source, .. } => crate::pg::is_transient_sql_error(source),
+            _ => false,
+        }
     }
 }
 
@@ -871,6 +998,9 @@ impl Config {
         if self.kafka.transactional_id.is_empty() {
             self.kafka.transactional_id = format!("outbox-relay-{}", self.connector_name);
         }
+        if self.errors.dead_letter_topic.is_empty() {
+            self.errors.dead_letter_topic = format!("{}.dead-letter", self.connector_name);
+        }
         for table in &mut self.outbox.tables {
             if !table.table.is_empty() && !table.table.contains('.') {
                 table.table = format!("public.{}", table.table);
@@ -890,6 +1020,13 @@ impl Config {
         self.validate_outbox(&mut report);
         self.kafka.validate(&mut report);
         self.schema_registry.validate(&mut report);
+        validate_topic(&self.errors.dead_letter_topic, "errors.dead_letter_topic", &mut report);
+        if self.errors.dead_letter_topic == self.kafka.checkpoint_topic {
+            report("errors.dead_letter_topic", "must differ from kafka.checkpoint_topic".to_owned());
+        }
+        if self.metrics.unhealthy_after_ms == 0 {
+            report("metrics.unhealthy_after_ms", "must be at least 1".to_owned());
+        }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             report(
                 "metrics.listen",
@@ -1168,6 +1305,16 @@ impl PostgresConfig {
         }
         if self.spill_threshold_bytes == 0 {
             report("postgres.spill_threshold_bytes", "must be at least 1".to_owned());
+        }
+        if self.stall_timeout_ms < 2 * self.status_interval_ms {
+            report(
+                "postgres.stall_timeout_ms",
+                format!(
+                    "{} is below twice status_interval_ms ({}): the server's replies to the status updates must have \
+                     time to arrive",
+                    self.stall_timeout_ms, self.status_interval_ms
+                ),
+            );
         }
         if self.reconnect_backoff_initial_ms == 0 {
             report("postgres.reconnect_backoff_initial_ms", "must be at least 1".to_owned());
@@ -1484,6 +1631,22 @@ impl KafkaConfig {
                     "{} is not below kafka.transaction_timeout_ms ({}); the broker would abort the batch",
                     self.max_batch_ms, self.transaction_timeout_ms
                 ),
+            );
+        }
+        if self.max_buffered_bytes < 1 << 16 || self.max_buffered_bytes > u64::from(u32::MAX) {
+            report(
+                "kafka.max_buffered_bytes",
+                format!("{} is outside 65536..=4294967295 bytes", self.max_buffered_bytes),
+            );
+        }
+        let creation = &self.topic_creation;
+        if creation.partitions == 0 || creation.partitions < -1 {
+            report("kafka.topic_creation.partitions", "must be at least 1, or -1 for the broker's default".to_owned());
+        }
+        if creation.replication_factor == 0 || creation.replication_factor < -1 {
+            report(
+                "kafka.topic_creation.replication_factor",
+                "must be at least 1, or -1 for the broker's default".to_owned(),
             );
         }
         for (key, hint) in RESERVED_KAFKA_PROPERTIES {

@@ -1,4 +1,4 @@
-//! The Kafka side: one transactional producer and the checkpoint topic.
+//! The Kafka side: one transactional producer, the topics it writes to, and the checkpoint topic.
 //!
 //! Invariant: a checkpoint record is only ever written inside the same Kafka transaction as the events it covers,
 //! so a `read_committed` reader sees a checkpoint if and only if it sees every event up to it. [`TxnProducer::commit`]
@@ -6,28 +6,49 @@
 //! PostgreSQL only after that, never before.
 //!
 //! ```text
-//!   begin ─▶ send(event)* ─▶ commit(checkpoint) ─▶ Ok  ──▶ caller may acknowledge checkpoint.end_lsn
-//!                                           └────▶ Err ──▶ abort (when still possible); caller replays from the
-//!                                                          last committed checkpoint
+//!   send(event)* ─▶ commit(checkpoint) ─▶ Ok  ──▶ caller may acknowledge checkpoint.end_lsn
+//!        │                      └────────▶ Err ─▶ outcome unknown: the producer is spent (is_usable() = false); a
+//!        │                                        new one (init_transactions) settles the transaction, and the
+//!        │                                        checkpoint is read again to learn what was committed
+//!        └─ a record refused ─▶ Err(Refused) ─▶ abort() ─▶ Ok: producer reusable, replay from the last checkpoint
+//!                                                   └────▶ Err: producer spent, as above
 //! ```
+//!
+//! A producer whose commit or abort failed is never used again: librdkafka keeps such a call pending and answers
+//! every later transactional call with a conflict, and whether the broker committed is unknown. Only a fresh
+//! producer's `init_transactions` (which completes or aborts what the old one left) followed by a fresh checkpoint
+//! read gives certainty.
+//!
+//! Errors are classified where they arise, from librdkafka's error code: a record Kafka will refuse however often it
+//! is retried (too large, timestamp out of range, not authorized, no such partition or topic) is a
+//! [`SinkError::Refused`] naming the event; fencing is definite; the rest (broker unreachable, timeouts) is
+//! transient. A transaction kept open longer than `transaction.timeout.ms` is aborted by the broker, which then
+//! looks like fencing: it is reported as [`SinkError::TransactionTooLong`] with what to change.
+//!
+//! Reading the checkpoint ([`read_checkpoint`]) waits until the checkpoint partition's last stable offset has
+//! passed its high watermark as seen after fencing: a `read_committed` reader stops at the first open transaction,
+//! and another connector sharing the topic may hold one, hiding this connector's newest checkpoint behind it.
 //!
 //! librdkafka's transactional calls block; they run on tokio's blocking pool so the runtime keeps serving the
 //! replication stream (keepalives) while a commit waits for the broker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use crate::config::TopicCreationConfig;
+use crate::pg::identity::SourceIdentity;
 use crate::pg::lsn::Lsn;
 
 /// Kafka connection and transaction settings, built from the configuration.
@@ -37,14 +58,16 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// Stable `transactional.id`; fences older instances of the same connector.
     pub transactional_id: String,
-    /// `transaction.timeout.ms`: how long the broker keeps an open transaction of a dead relay before aborting it.
-    pub transaction_timeout_ms: u32,
+    /// `transaction.timeout.ms`: how long the broker keeps an open transaction before aborting it.
+    pub transaction_timeout: Duration,
     /// Compacted topic holding one checkpoint per connector.
     pub checkpoint_topic: String,
     /// Replication factor for the checkpoint topic when the relay creates it; -1 = broker default.
     pub checkpoint_replication_factor: i32,
-    /// Timeout of one blocking transactional call (init, commit, abort).
+    /// Timeout of one blocking call (init, commit, abort, metadata, admin requests).
     pub operation_timeout: Duration,
+    /// Creation of missing event and dead-letter topics.
+    pub topic_creation: TopicCreationConfig,
     /// Raw librdkafka settings passed through (security, SASL, tuning).
     pub properties: BTreeMap<String, String>,
 }
@@ -70,6 +93,98 @@ impl KafkaSettings {
         }
         c
     }
+
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>, SinkError> {
+        self.base_config().create().map_err(|e| SinkError::Client { op: "admin client creation", source: e })
+    }
+}
+
+/// Where an event sits in the WAL: the commit LSN of its PostgreSQL transaction and its index among the
+/// transaction's events. Stable across replays, so a refused record is recognised when it comes again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EventPos {
+    /// Commit LSN of the PostgreSQL transaction.
+    pub commit_lsn: Lsn,
+    /// Index of the event in that transaction (0-based, in WAL order).
+    pub index: u32,
+}
+
+impl std::fmt::Display for EventPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{} of the transaction committed at {}", self.index, self.commit_lsn)
+    }
+}
+
+/// A record Kafka refuses, whatever the number of retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Destination topic.
+    pub topic: String,
+    /// The event's id (header `id`), empty when unknown.
+    pub event_id: String,
+    /// The event's WAL position, when known.
+    pub pos: Option<EventPos>,
+    /// librdkafka's or the broker's error code.
+    pub code: RDKafkaErrorCode,
+    /// The error text.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        refusal_hint(self.code).unwrap_or("see the broker's log for why it refused the record")
+    }
+
+    /// A short, stable name of the refusal kind, for the dead-letter header and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self.code {
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => "record_too_large",
+            RDKafkaErrorCode::InvalidTimestamp => "invalid_timestamp",
+            RDKafkaErrorCode::TopicAuthorizationFailed => "not_authorized",
+            RDKafkaErrorCode::UnknownPartition => "unknown_partition",
+            RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition => "unknown_topic",
+            _ => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = if self.event_id.is_empty() { "?" } else { self.event_id.as_str() };
+        write!(f, "kafka refused event {id} for topic {:?}", self.topic)?;
+        if let Some(pos) = self.pos {
+            write!(f, " ({pos})")?;
+        }
+        write!(f, ": {} ({:?}); {}", self.reason, self.code, self.hint())
+    }
+}
+
+/// Why a record is refused for good, or `None` when the code is not a per-record refusal.
+fn refusal_hint(code: RDKafkaErrorCode) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    Some(match code {
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge => {
+            "the record is larger than the topic's max.message.bytes or the producer's message.max.bytes: raise \
+             them (kafka.properties.\"message.max.bytes\", kafka.topic_creation.configs.\"max.message.bytes\") or \
+             shrink the event"
+        }
+        C::InvalidTimestamp => {
+            "the record timestamp is outside what the topic accepts (message.timestamp.before.max.ms / \
+             after.max.ms): check the event timestamp column"
+        }
+        C::TopicAuthorizationFailed => "the relay's principal may not write to the topic: grant it WRITE and DESCRIBE",
+        C::UnknownPartition => {
+            "the partition does not exist: the topic has fewer partitions than the event's partition column asks for"
+        }
+        C::UnknownTopic | C::UnknownTopicOrPartition => {
+            "the topic does not exist and kafka.topic_creation.enabled = false: create it, or enable topic creation"
+        }
+        C::InvalidRecord | C::InvalidMessage | C::InvalidMessageSize | C::PolicyViolation => {
+            "the broker rejected the record (a broker-side record validation or policy)"
+        }
+        _ => return None,
+    })
 }
 
 /// Errors of the Kafka side.
@@ -84,24 +199,31 @@ pub enum SinkError {
         /// The contested id.
         transactional_id: String,
     },
-    /// A record could not be delivered within the transaction.
+    /// A single PostgreSQL transaction took longer to produce than the Kafka transaction may stay open.
+    #[error(
+        "a PostgreSQL transaction of {events}+ events could not be produced within kafka.transaction_timeout_ms \
+         ({timeout_ms} ms; {elapsed_ms} ms elapsed): the broker aborts Kafka transactions open that long, and a \
+         PostgreSQL transaction is never split. Raise kafka.transaction_timeout_ms (at most the broker's \
+         transaction.max.timeout.ms, default 900000) or write smaller transactions to the outbox"
+    )]
+    TransactionTooLong {
+        /// Events produced in the open Kafka transaction so far.
+        events: u64,
+        /// How long it was open.
+        elapsed_ms: u64,
+        /// The limit.
+        timeout_ms: u64,
+    },
+    /// Kafka refuses a record for good.
+    #[error("{0}")]
+    Refused(Box<Refusal>),
+    /// Records were not delivered within the transaction for a reason worth retrying (broker unreachable).
     #[error("kafka delivery failed for topic {topic:?}: {reason}")]
     Delivery {
         /// Topic of the first failed record.
         topic: String,
         /// librdkafka's reason.
         reason: String,
-    },
-    /// A record exceeds the broker's or producer's size limit.
-    #[error(
-        "record for topic {topic:?} is {size} bytes, larger than the producer allows; raise \
-         kafka.properties.\"message.max.bytes\" (and the topic's max.message.bytes) or shrink the event"
-    )]
-    TooLarge {
-        /// Destination topic.
-        topic: String,
-        /// Encoded size (key + value).
-        size: usize,
     },
     /// Any other Kafka client error during `op`.
     #[error("kafka {op} failed: {source}")]
@@ -122,6 +244,30 @@ pub enum SinkError {
         /// Why.
         reason: String,
     },
+    /// The checkpoint topic is configured so that a checkpoint could be lost.
+    #[error("checkpoint topic {topic:?} {problem}")]
+    CheckpointTopic {
+        /// Checkpoint topic.
+        topic: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// Another producer's transaction kept the checkpoint partition's last stable offset from reaching its end.
+    #[error(
+        "checkpoint topic {topic:?}: an open transaction of another producer (another connector sharing the topic) \
+         kept its last stable offset at {lso} below the end {end} for {waited_s} s; the newest checkpoint may be \
+         behind it. It ends when that producer commits or its transaction times out; retrying"
+    )]
+    CheckpointHidden {
+        /// Checkpoint topic.
+        topic: String,
+        /// Last stable offset.
+        lso: i64,
+        /// High watermark after fencing.
+        end: i64,
+        /// How long the relay waited.
+        waited_s: u64,
+    },
     /// The blocking task running a librdkafka call died.
     #[error("kafka worker task failed: {0}")]
     Join(String),
@@ -131,9 +277,13 @@ impl SinkError {
     /// `true` when a restart of the Kafka session (new transaction, replay from the checkpoint) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Fenced { .. } | SinkError::TooLarge { .. } | SinkError::BadCheckpoint { .. } => false,
-            SinkError::Client { source, .. } => !is_fatal(source),
-            SinkError::Delivery { .. } | SinkError::Join(_) => true,
+            SinkError::Fenced { .. }
+            | SinkError::TransactionTooLong { .. }
+            | SinkError::Refused(_)
+            | SinkError::BadCheckpoint { .. }
+            | SinkError::CheckpointTopic { .. } => false,
+            SinkError::Client { source, .. } => !is_fatal(source) && !is_authorization(source),
+            SinkError::Delivery { .. } | SinkError::CheckpointHidden { .. } | SinkError::Join(_) => true,
         }
     }
 
@@ -160,6 +310,18 @@ fn is_fatal(e: &KafkaError) -> bool {
     }
 }
 
+fn is_authorization(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+        )
+    )
+}
+
 /// The checkpoint: where the relay resumes. Stored as JSON under the connector name as key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
@@ -173,11 +335,14 @@ pub struct Checkpoint {
     pub time_ms: i64,
     /// Version of the relay that wrote it.
     pub relay_version: String,
+    /// The server the LSNs belong to; absent in checkpoints of relays before 0.2 (then not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceIdentity>,
 }
 
 impl Checkpoint {
-    /// A checkpoint for `connector` at the given transaction, stamped now.
-    pub fn new(connector: &str, commit_lsn: Lsn, end_lsn: Lsn) -> Checkpoint {
+    /// A checkpoint for `connector` at the given transaction of `source`, stamped now.
+    pub fn new(connector: &str, commit_lsn: Lsn, end_lsn: Lsn, source: Option<SourceIdentity>) -> Checkpoint {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -187,6 +352,7 @@ impl Checkpoint {
             end_lsn,
             time_ms,
             relay_version: env!("CARGO_PKG_VERSION").to_owned(),
+            source,
         }
     }
 }
@@ -200,50 +366,107 @@ pub struct OutRecord<'a> {
     pub partition: Option<i32>,
     /// Record key.
     pub key: &'a [u8],
-    /// Record value.
-    pub value: &'a [u8],
+    /// Record value; `None` for a record without value.
+    pub value: Option<&'a [u8]>,
     /// Headers in order.
     pub headers: &'a [(&'a str, &'a [u8])],
-    /// Record timestamp, ms since the Unix epoch.
+    /// Record timestamp, ms since the Unix epoch; `None`: the producer's clock.
     pub timestamp_ms: Option<i64>,
+    /// The event's WAL position (`None` for the checkpoint record).
+    pub pos: Option<EventPos>,
 }
 
-/// Remembers the first delivery failure of the open transaction; librdkafka would fail the commit anyway, this
-/// keeps the reason so the error names the topic.
-#[derive(Default)]
+/// The first failed delivery of the open transaction, as the delivery report told it.
+#[derive(Debug, Clone)]
+struct DeliveryFailure {
+    seq: u64,
+    topic: String,
+    code: Option<RDKafkaErrorCode>,
+    reason: String,
+    event_id: String,
+}
+
+/// Keeps the first delivery failure of the open transaction; librdkafka would fail the commit anyway, this keeps
+/// the reason and which record it was, so the error names the event.
 struct SinkContext {
-    first_error: Mutex<Option<(String, String)>>,
+    first_error: Mutex<Option<DeliveryFailure>>,
+    /// Records the broker acknowledged, for the relay's progress (readiness).
+    delivered: Arc<AtomicU64>,
 }
 
 impl ClientContext for SinkContext {}
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = ();
+    /// The record's sequence number ([`TxnProducer`] maps it back to the event).
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, msg)) = result {
-            if let Ok(mut slot) = self.first_error.lock() {
-                if slot.is_none() {
-                    *slot = Some((msg.topic().to_owned(), e.to_string()));
-                }
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let Err((e, msg)) = result else {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let code = e.rdkafka_error_code();
+        // Purged records are the consequence of an abort, not a cause.
+        if matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) {
+            return;
+        }
+        let event_id = msg
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "id").and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        if let Ok(mut slot) = self.first_error.lock() {
+            if slot.is_none() {
+                *slot = Some(DeliveryFailure {
+                    seq: seq as u64,
+                    topic: msg.topic().to_owned(),
+                    code,
+                    reason: e.to_string(),
+                    event_id,
+                });
             }
         }
     }
+}
+
+/// The open Kafka transaction.
+#[derive(Debug)]
+struct OpenTxn {
+    started: Instant,
+    /// Sequence number of its first record.
+    first_seq: u64,
+    /// Positions of its records, indexed by `seq - first_seq` (`None` for the checkpoint record).
+    positions: Vec<Option<EventPos>>,
 }
 
 /// A transactional producer. At most one Kafka transaction is open at a time.
 pub struct TxnProducer {
     producer: Arc<ThreadedProducer<SinkContext>>,
     settings: KafkaSettings,
-    open: bool,
+    open: Option<OpenTxn>,
+    /// A transactional call failed with an unknown outcome: this producer must be replaced.
+    spent: bool,
+    next_seq: u64,
 }
 
 impl std::fmt::Debug for TxnProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TxnProducer")
             .field("transactional_id", &self.settings.transactional_id)
-            .field("open", &self.open)
+            .field("open", &self.open.is_some())
+            .field("spent", &self.spent)
             .finish()
+    }
+}
+
+impl Drop for TxnProducer {
+    fn drop(&mut self) {
+        // Destroying a librdkafka handle waits for its threads, which may be blocked on an unreachable broker:
+        // never on a runtime worker.
+        let producer = Arc::clone(&self.producer);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(tokio::task::spawn_blocking(move || drop(producer)));
+        }
     }
 }
 
@@ -253,14 +476,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl TxnProducer {
     /// Creates the producer and calls `init_transactions`, which fences every older instance with the same
-    /// `transactional.id` and aborts whatever transaction it left open.
-    pub async fn connect(settings: &KafkaSettings) -> Result<TxnProducer, SinkError> {
+    /// `transactional.id` and completes or aborts whatever transaction it left open. `delivered` counts the records
+    /// the broker acknowledges.
+    pub async fn connect(settings: &KafkaSettings, delivered: Arc<AtomicU64>) -> Result<TxnProducer, SinkError> {
         let mut c = settings.base_config();
         // Set after the pass-through map: these are what exactly-once rests on and must not be overridden.
         c.set("transactional.id", &settings.transactional_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("transaction.timeout.ms", settings.transaction_timeout_ms.to_string());
+            .set("transaction.timeout.ms", settings.transaction_timeout.as_millis().to_string())
+            // Topics are created by the relay (kafka.topic_creation) with the configured shape, or are an error.
+            .set("allow.auto.create.topics", "false");
         // Defaults measured in bench/: lz4 costs a fraction of zstd's CPU per event; a 16 MiB producer queue (instead
         // of librdkafka's 1 GiB) bounds memory while a large transaction streams through. All overridable.
         for (k, v) in [
@@ -274,46 +500,59 @@ impl TxnProducer {
             }
         }
         let producer: ThreadedProducer<SinkContext> = c
-            .create_with_context(SinkContext::default())
+            .create_with_context(SinkContext { first_error: Mutex::new(None), delivered })
             .map_err(|e| SinkError::Client { op: "producer creation", source: e })?;
         let producer = Arc::new(producer);
         let p = Arc::clone(&producer);
         let timeout = settings.operation_timeout;
+        let mut this = TxnProducer { producer, settings: settings.clone(), open: None, spent: true, next_seq: 0 };
         blocking(move || p.init_transactions(timeout))
             .await?
             .map_err(|e| SinkError::from_kafka("init_transactions", e, &settings.transactional_id))?;
+        this.spent = false;
         info!(transactional_id = %settings.transactional_id, "kafka transactions initialised; older instances fenced");
-        Ok(TxnProducer { producer, settings: settings.clone(), open: false })
+        Ok(this)
+    }
+
+    /// `false` once a transactional call failed with an unknown outcome: drop it and connect a new one.
+    pub fn is_usable(&self) -> bool {
+        !self.spent
     }
 
     /// `true` while a transaction is open.
     pub fn is_open(&self) -> bool {
-        self.open
+        self.open.is_some()
     }
 
-    /// Opens a transaction if none is open.
-    pub fn begin(&mut self) -> Result<(), SinkError> {
-        if self.open {
-            return Ok(());
+    fn begin(&mut self) -> Result<&mut OpenTxn, SinkError> {
+        if self.open.is_none() {
+            if let Ok(mut slot) = self.producer.context().first_error.lock() {
+                *slot = None;
+            }
+            self.producer
+                .begin_transaction()
+                .map_err(|e| SinkError::from_kafka("begin_transaction", e, &self.settings.transactional_id))?;
+            self.open = Some(OpenTxn { started: Instant::now(), first_seq: self.next_seq, positions: Vec::new() });
         }
-        if let Ok(mut slot) = self.producer.context().first_error.lock() {
-            *slot = None;
-        }
-        self.producer
-            .begin_transaction()
-            .map_err(|e| SinkError::from_kafka("begin_transaction", e, &self.settings.transactional_id))?;
-        self.open = true;
-        Ok(())
+        // Just set when it was None.
+        self.open.as_mut().ok_or_else(|| SinkError::Join("no open transaction".into()))
     }
 
-    /// Queues one record in the open transaction, waiting while librdkafka's queue is full.
+    /// Queues one record in the open transaction (opening one if needed), waiting while librdkafka's queue is full.
+    /// A record librdkafka refuses before sending (larger than `message.max.bytes`, a partition it knows does not
+    /// exist) is a [`SinkError::Refused`]; the transaction stays usable and the record is simply not in it.
     pub async fn send(&mut self, rec: &OutRecord<'_>) -> Result<(), SinkError> {
         self.begin()?;
+        let seq = self.next_seq;
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (k, v) in rec.headers {
             headers = headers.insert(Header { key: k, value: Some(*v) });
         }
-        let mut record = BaseRecord::to(rec.topic).key(rec.key).payload(rec.value).headers(headers);
+        let mut record =
+            BaseRecord::with_opaque_to(rec.topic, usize::try_from(seq).unwrap_or(usize::MAX)).key(rec.key).headers(headers);
+        if let Some(value) = rec.value {
+            record = record.payload(value);
+        }
         if let Some(p) = rec.partition {
             record = record.partition(p);
         }
@@ -323,27 +562,95 @@ impl TxnProducer {
         let mut waits = 0u32;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     waits += 1;
                     if waits % 1000 == 0 {
                         debug!(waits, "kafka producer queue full, waiting for deliveries");
+                        self.check_age()?;
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                    return Err(SinkError::TooLarge {
-                        topic: rec.topic.to_owned(),
-                        size: rec.key.len() + rec.value.len(),
-                    });
+                Err((e, _)) => {
+                    let code = e.rdkafka_error_code();
+                    if let Some(code) = code.filter(|c| refusal_hint(*c).is_some()) {
+                        return Err(SinkError::Refused(Box::new(Refusal {
+                            topic: rec.topic.to_owned(),
+                            event_id: header_id(rec.headers),
+                            pos: rec.pos,
+                            code,
+                            reason: e.to_string(),
+                        })));
+                    }
+                    return Err(self.txn_error("produce", e));
                 }
-                Err((e, _)) => return Err(SinkError::from_kafka("produce", e, &self.settings.transactional_id)),
             }
+        }
+        self.next_seq += 1;
+        if let Some(open) = self.open.as_mut() {
+            open.positions.push(rec.pos);
+        }
+        Ok(())
+    }
+
+    /// Fails when the open transaction has been open for the whole transaction timeout: the broker aborts it (or
+    /// already did), and it can never commit.
+    pub fn check_age(&self) -> Result<(), SinkError> {
+        match &self.open {
+            Some(open) if open.started.elapsed() >= self.settings.transaction_timeout => Err(self.too_long(open)),
+            _ => Ok(()),
         }
     }
 
-    /// Adds `checkpoint` to the open transaction and commits it. `Ok` means the broker holds everything.
+    fn too_long(&self, open: &OpenTxn) -> SinkError {
+        SinkError::TransactionTooLong {
+            events: open.positions.len() as u64,
+            elapsed_ms: u64::try_from(open.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(self.settings.transaction_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// An error of a transactional call, with a broker-side abort of an over-long transaction named as such.
+    fn txn_error(&self, op: &'static str, e: KafkaError) -> SinkError {
+        match &self.open {
+            Some(open) if is_fenced(&e) && open.started.elapsed() >= self.settings.transaction_timeout => {
+                self.too_long(open)
+            }
+            _ => SinkError::from_kafka(op, e, &self.settings.transactional_id),
+        }
+    }
+
+    /// The first delivery failure of the open transaction, as a refusal naming its event when Kafka will never
+    /// take that record, else as a transient delivery error.
+    fn delivery_failure(&self) -> Option<SinkError> {
+        let failure = self.producer.context().first_error.lock().ok()?.clone()?;
+        let open = self.open.as_ref()?;
+        // A late report of an earlier (aborted) transaction's record is not this transaction's problem.
+        let index = failure.seq.checked_sub(open.first_seq)?;
+        let pos = open.positions.get(usize::try_from(index).ok()?).copied().flatten();
+        Some(match failure.code {
+            Some(code) if refusal_hint(code).is_some() => SinkError::Refused(Box::new(Refusal {
+                topic: failure.topic,
+                event_id: failure.event_id,
+                pos,
+                code,
+                reason: failure.reason,
+            })),
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) => {
+                if open.started.elapsed() >= self.settings.transaction_timeout {
+                    self.too_long(open)
+                } else {
+                    SinkError::Fenced { transactional_id: self.settings.transactional_id.clone() }
+                }
+            }
+            _ => SinkError::Delivery { topic: failure.topic, reason: failure.reason },
+        })
+    }
+
+    /// Adds `checkpoint` to the open transaction and commits it. `Ok` means the broker holds everything. On a
+    /// refused or undelivered record the transaction is left open for [`Self::abort`]; if `commit_transaction`
+    /// itself fails the producer is spent.
     pub async fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
         let value = serde_json::to_vec(checkpoint).map_err(|e| SinkError::Join(e.to_string()))?;
         let topic = self.settings.checkpoint_topic.clone();
@@ -351,114 +658,368 @@ impl TxnProducer {
             topic: &topic,
             partition: Some(0),
             key: checkpoint.connector.as_bytes(),
-            value: &value,
+            value: Some(&value),
             headers: &[],
             timestamp_ms: Some(checkpoint.time_ms),
+            pos: None,
         })
         .await?;
         crate::failpoint::hit("after_produce_before_commit");
         // rdkafka's commit_transaction first flushes, and its flush serves delivery reports with a poll that
         // always sleeps a full 100 ms: every commit would take 100 ms. Wait for the deliveries here instead (the
         // producer's own thread serves them as they arrive); the flush inside commit then returns at once.
-        let deadline = std::time::Instant::now() + self.settings.operation_timeout;
-        while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + self.settings.operation_timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Some(failure) = self.delivery_failure() {
+            return Err(failure);
+        }
+        self.check_age()?;
+        if self.producer.in_flight_count() > 0 {
+            return Err(SinkError::Delivery {
+                topic: topic.clone(),
+                reason: format!(
+                    "records still undelivered after {} ms (broker unreachable or slow)",
+                    self.settings.operation_timeout.as_millis()
+                ),
+            });
         }
         let p = Arc::clone(&self.producer);
         let timeout = self.settings.operation_timeout;
-        let result = blocking(move || p.commit_transaction(timeout)).await?;
-        match result {
-            Ok(()) => {
-                self.open = false;
+        match blocking(move || p.commit_transaction(timeout)).await {
+            Ok(Ok(())) => {
+                self.open = None;
                 Ok(())
             }
-            Err(e) => {
-                let delivery = self.producer.context().first_error.lock().ok().and_then(|mut s| s.take());
-                let err = match delivery {
-                    Some((topic, reason)) if !is_fenced(&e) => SinkError::Delivery { topic, reason },
-                    _ => SinkError::from_kafka("commit_transaction", e, &self.settings.transactional_id),
-                };
-                Err(err)
+            Ok(Err(e)) => {
+                self.spent = true;
+                Err(self.delivery_failure().unwrap_or_else(|| self.txn_error("commit_transaction", e)))
+            }
+            Err(join) => {
+                self.spent = true;
+                Err(join)
             }
         }
     }
 
-    /// Aborts the open transaction, if any. Errors are logged: the caller is already recovering from something.
+    /// Aborts the open transaction, if any. On failure the producer is spent (the caller replaces it).
     pub async fn abort(&mut self) -> Result<(), SinkError> {
-        if !self.open {
+        if self.open.is_none() {
             return Ok(());
         }
         let p = Arc::clone(&self.producer);
         let timeout = self.settings.operation_timeout;
-        let r = blocking(move || p.abort_transaction(timeout)).await?;
-        self.open = false;
-        r.map_err(|e| SinkError::from_kafka("abort_transaction", e, &self.settings.transactional_id))
+        let r = blocking(move || p.abort_transaction(timeout)).await;
+        match r {
+            Ok(Ok(())) => {
+                self.open = None;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.spent = true;
+                Err(self.txn_error("abort_transaction", e))
+            }
+            Err(join) => {
+                self.spent = true;
+                Err(join)
+            }
+        }
     }
 
     /// Records queued or in flight.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
     }
+
+    /// Events in the open transaction (0 when none is open).
+    pub fn open_events(&self) -> u64 {
+        self.open.as_ref().map_or(0, |o| o.positions.len() as u64)
+    }
+
+    /// Topic metadata as this producer sees it: `Ok(partitions)` or the topic-level error code.
+    async fn topic_metadata(&self, topic: &str) -> Result<Result<i32, RDKafkaErrorCode>, SinkError> {
+        let p = Arc::clone(&self.producer);
+        let t = topic.to_owned();
+        let timeout = self.settings.operation_timeout;
+        let md = blocking(move || p.client().fetch_metadata(Some(&t), timeout))
+            .await?
+            .map_err(|e| SinkError::Client { op: "topic metadata", source: e })?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(Err(RDKafkaErrorCode::UnknownTopicOrPartition));
+        };
+        if let Some(err) = t.error() {
+            return Ok(Err(err.into()));
+        }
+        if t.partitions().is_empty() || t.partitions().iter().any(|p| p.leader() < 0) {
+            // Just created: leaders not elected yet. Reported as retriable by the caller.
+            return Ok(Err(RDKafkaErrorCode::LeaderNotAvailable));
+        }
+        Ok(Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+    }
 }
 
-/// Creates the checkpoint topic (one partition, compacted) when it does not exist.
+fn header_id(headers: &[(&str, &[u8])]) -> String {
+    headers.iter().find(|(k, _)| *k == "id").map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+}
+
+/// What the relay knows about a topic it writes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicState {
+    /// It exists with this many partitions.
+    Ready {
+        /// Partition count.
+        partitions: i32,
+    },
+    /// Records to it are refused (missing with creation off, not authorized).
+    Refused {
+        /// Why.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// How long a refused topic is believed refused before it is looked up again (the operator may have fixed it).
+const REFUSED_TOPIC_TTL: Duration = Duration::from_secs(30);
+
+/// The topics a session writes to: looked up once each, created when missing and creation is on.
+pub struct Topics {
+    settings: KafkaSettings,
+    known: HashMap<String, (TopicState, Instant)>,
+    admin: Option<AdminClient<DefaultClientContext>>,
+}
+
+impl std::fmt::Debug for Topics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topics").field("known", &self.known.len()).finish_non_exhaustive()
+    }
+}
+
+impl Topics {
+    /// No topic known yet.
+    pub fn new(settings: &KafkaSettings) -> Topics {
+        Topics { settings: settings.clone(), known: HashMap::new(), admin: None }
+    }
+
+    /// The state of `topic`, looking it up (and creating it) on first use. Cheap after the first call.
+    pub async fn state(&mut self, producer: &TxnProducer, topic: &str) -> Result<TopicState, SinkError> {
+        if let Some((state, since)) = self.known.get(topic) {
+            if matches!(state, TopicState::Ready { .. }) || since.elapsed() < REFUSED_TOPIC_TTL {
+                return Ok(state.clone());
+            }
+        }
+        let state = self.look_up(producer, topic).await?;
+        self.known.insert(topic.to_owned(), (state.clone(), Instant::now()));
+        Ok(state)
+    }
+
+    async fn look_up(&mut self, producer: &TxnProducer, topic: &str) -> Result<TopicState, SinkError> {
+        let deadline = Instant::now() + self.settings.operation_timeout;
+        let mut created = false;
+        loop {
+            match producer.topic_metadata(topic).await? {
+                Ok(partitions) => return Ok(TopicState::Ready { partitions }),
+                Err(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+                    if self.settings.topic_creation.enabled && !created =>
+                {
+                    self.create(topic).await?;
+                    created = true;
+                }
+                Err(code @ (RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic))
+                    if !created =>
+                {
+                    return Ok(TopicState::Refused { code });
+                }
+                Err(code @ RDKafkaErrorCode::TopicAuthorizationFailed) => return Ok(TopicState::Refused { code }),
+                Err(code) if Instant::now() < deadline => {
+                    debug!(topic, ?code, "topic not ready yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(code) => {
+                    return Err(SinkError::Client {
+                        op: "topic metadata",
+                        source: KafkaError::MetadataFetch(code),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn create(&mut self, topic: &str) -> Result<(), SinkError> {
+        if self.admin.is_none() {
+            self.admin = Some(self.settings.admin()?);
+        }
+        let Some(admin) = self.admin.as_ref() else { return Ok(()) };
+        let creation = &self.settings.topic_creation;
+        let mut new = NewTopic::new(topic, creation.partitions, TopicReplication::Fixed(creation.replication_factor));
+        for (k, v) in &creation.configs {
+            new = new.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.settings.operation_timeout));
+        let results = match admin.create_topics([&new], &opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A broken admin client is recreated on the next call.
+                self.admin = None;
+                return Err(SinkError::Client { op: "create topic", source: e });
+            }
+        };
+        for r in results {
+            match r {
+                Ok(_) => info!(topic, partitions = creation.partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(SinkError::Client { op: "create topic", source: KafkaError::AdminOp(code) });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates the checkpoint topic (one partition, compacted) when it does not exist, and verifies that an existing
+/// one cannot lose a checkpoint: compacted only (no deletion by time or size), and replicated like the cluster
+/// allows (at least min(3, brokers) replicas).
 pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), SinkError> {
-    let admin: AdminClient<DefaultClientContext> =
-        settings.base_config().create().map_err(|e| SinkError::Client { op: "admin client creation", source: e })?;
-    let topic =
-        NewTopic::new(&settings.checkpoint_topic, 1, TopicReplication::Fixed(settings.checkpoint_replication_factor))
-            .set("cleanup.policy", "compact");
+    let admin = settings.admin()?;
+    let topic = settings.checkpoint_topic.as_str();
+    let new =
+        NewTopic::new(topic, 1, TopicReplication::Fixed(settings.checkpoint_replication_factor)).set("cleanup.policy", "compact");
     let opts = AdminOptions::new().operation_timeout(Some(settings.operation_timeout));
-    let results = admin
-        .create_topics([&topic], &opts)
-        .await
-        .map_err(|e| SinkError::Client { op: "create checkpoint topic", source: e })?;
+    let results =
+        admin.create_topics([&new], &opts).await.map_err(|e| SinkError::Client { op: "create checkpoint topic", source: e })?;
     for r in results {
         match r {
-            Ok(_) => info!(topic = %settings.checkpoint_topic, "created checkpoint topic"),
+            Ok(_) => info!(topic, "created checkpoint topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
-                return Err(SinkError::Client { op: "create checkpoint topic", source: KafkaError::AdminOp(code) })
-                    .inspect_err(|_| warn!(topic = %t, ?code, "checkpoint topic creation failed"));
+                warn!(topic = %t, ?code, "checkpoint topic creation failed");
+                return Err(SinkError::Client { op: "create checkpoint topic", source: KafkaError::AdminOp(code) });
             }
+        }
+    }
+    let bad = |problem: String| SinkError::CheckpointTopic { topic: topic.to_owned(), problem };
+    let configs = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await
+        .map_err(|e| SinkError::Client { op: "describe checkpoint topic", source: e })?;
+    for resource in configs {
+        let resource = resource.map_err(|code| SinkError::Client {
+            op: "describe checkpoint topic",
+            source: KafkaError::AdminOp(code),
+        })?;
+        let policy = resource.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
+        if policy != "compact" {
+            return Err(bad(format!(
+                "has cleanup.policy={policy:?}: with deletion the broker removes a checkpoint once it is older than \
+                 retention.ms or the partition exceeds retention.bytes, and the relay then cannot tell where to \
+                 resume. Set cleanup.policy=compact (kafka-configs.sh --alter --entity-type topics --entity-name \
+                 {topic} --add-config cleanup.policy=compact)"
+            )));
+        }
+    }
+    let admin = Arc::new(admin);
+    let (a, t, timeout) = (Arc::clone(&admin), topic.to_owned(), settings.operation_timeout);
+    let md = blocking(move || a.inner().fetch_metadata(Some(&t), timeout))
+        .await?
+        .map_err(|e| SinkError::Client { op: "checkpoint topic metadata", source: e })?;
+    let brokers = md.brokers().len();
+    if let Some(partition) = md.topics().iter().find(|t| t.name() == topic).and_then(|t| t.partitions().first()) {
+        let replicas = partition.replicas().len();
+        let wanted = brokers.min(3);
+        if replicas < wanted {
+            return Err(bad(format!(
+                "has {replicas} replica(s) on a cluster of {brokers} brokers: losing one broker would lose the \
+                 checkpoint. Recreate it with a replication factor of at least {wanted} (or set kafka.checkpoint_topic \
+                 to a new topic, which the relay creates with the broker's default.replication.factor)"
+            )));
         }
     }
     Ok(())
 }
 
+/// A client context that keeps librdkafka's per-partition end-of-data events out of the error log: reaching the
+/// end is the normal way a checkpoint read finishes.
+struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            debug!(%reason, "end of partition");
+        } else {
+            warn!(%error, %reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 /// Reads the checkpoint topic to its end with `read_committed` and returns this connector's latest checkpoint.
 ///
-/// Call it after [`TxnProducer::connect`]: fencing aborts a dead instance's open transaction, so the last stable
-/// offset is the end of the partition and nothing committed can still be hidden behind it.
+/// Call it after [`TxnProducer::connect`]: fencing settles this connector's own open transaction. Another
+/// connector sharing the topic may still hold one, which stops every `read_committed` reader at its first offset
+/// (the last stable offset), possibly before this connector's newest checkpoint: so the read starts only once the
+/// last stable offset has reached the high watermark seen now, waiting at most the transaction timeout.
 pub async fn read_checkpoint(settings: &KafkaSettings, connector: &str) -> Result<Option<Checkpoint>, SinkError> {
     let settings = settings.clone();
     let connector = connector.to_owned();
     blocking(move || read_checkpoint_blocking(&settings, &connector)).await?
 }
 
-fn read_checkpoint_blocking(settings: &KafkaSettings, connector: &str) -> Result<Option<Checkpoint>, SinkError> {
+fn checkpoint_consumer(settings: &KafkaSettings, isolation: &str) -> Result<BaseConsumer<QuietContext>, SinkError> {
     let mut c = settings.base_config();
     c.set("group.id", format!("{}-checkpoint-reader", settings.transactional_id))
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.partition.eof", "true")
+        .set("allow.auto.create.topics", "false")
         .set("auto.offset.reset", "earliest");
-    let consumer: BaseConsumer = c.create().map_err(|e| SinkError::Client { op: "consumer creation", source: e })?;
+    c.create_with_context(QuietContext).map_err(|e| SinkError::Client { op: "consumer creation", source: e })
+}
+
+fn read_checkpoint_blocking(settings: &KafkaSettings, connector: &str) -> Result<Option<Checkpoint>, SinkError> {
     let topic = settings.checkpoint_topic.as_str();
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, settings.operation_timeout)
-        .map_err(|e| SinkError::Client { op: "read checkpoint watermarks", source: e })?;
-    if high <= low {
+    let watermarks = |consumer: &BaseConsumer<QuietContext>| {
+        consumer
+            .fetch_watermarks(topic, 0, settings.operation_timeout)
+            .map_err(|e| SinkError::Client { op: "read checkpoint watermarks", source: e })
+    };
+    // librdkafka lists offsets with the client's isolation level: read_uncommitted gives the high watermark,
+    // read_committed the last stable offset.
+    let (low, end) = watermarks(&checkpoint_consumer(settings, "read_uncommitted")?)?;
+    if end <= low {
         return Ok(None);
+    }
+    let consumer = checkpoint_consumer(settings, "read_committed")?;
+    let started = Instant::now();
+    let wait_limit = settings.transaction_timeout + settings.operation_timeout;
+    let mut logged = false;
+    loop {
+        let (_, lso) = watermarks(&consumer)?;
+        if lso >= end {
+            break;
+        }
+        if started.elapsed() > wait_limit {
+            return Err(SinkError::CheckpointHidden {
+                topic: topic.to_owned(),
+                lso,
+                end,
+                waited_s: started.elapsed().as_secs(),
+            });
+        }
+        if !logged {
+            info!(topic, lso, end, "waiting for another producer's open transaction on the checkpoint topic to end");
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .map_err(|e| SinkError::Client { op: "assign checkpoint partition", source: e })?;
     consumer.assign(&tpl).map_err(|e| SinkError::Client { op: "assign checkpoint partition", source: e })?;
-    let deadline = std::time::Instant::now() + settings.operation_timeout;
+    let deadline = Instant::now() + settings.operation_timeout;
     let mut latest: Option<Checkpoint> = None;
     loop {
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             return Err(SinkError::Client {
                 op: "read checkpoint topic to its end",
                 source: KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
@@ -487,4 +1048,56 @@ fn read_checkpoint_blocking(settings: &KafkaSettings, connector: &str) -> Result
         }
     }
     Ok(latest)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_classified_from_the_code() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidTimestamp,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownPartition,
+            RDKafkaErrorCode::UnknownTopic,
+        ] {
+            assert!(refusal_hint(code).is_some(), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert!(refusal_hint(code).is_none(), "{code:?} must stay transient");
+        }
+        let r = Refusal {
+            topic: "t".into(),
+            event_id: "e-1".into(),
+            pos: Some(EventPos { commit_lsn: Lsn(0x10), index: 3 }),
+            code: RDKafkaErrorCode::InvalidTimestamp,
+            reason: "Broker: Invalid timestamp".into(),
+        };
+        let text = r.to_string();
+        assert!(text.contains("e-1") && text.contains("\"t\"") && text.contains("timestamp column"), "{text}");
+        assert!(!SinkError::Refused(Box::new(r)).is_transient());
+    }
+
+    #[test]
+    fn checkpoints_without_a_source_still_parse() {
+        let old = r#"{"connector":"c","commit_lsn":"0/10","end_lsn":"0/20","time_ms":1,"relay_version":"0.1.0"}"#;
+        let cp: Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(cp.source, None);
+        let new = Checkpoint::new(
+            "c",
+            Lsn(1),
+            Lsn(2),
+            Some(SourceIdentity { system_id: "7".into(), timeline: 1, database: "d".into() }),
+        );
+        let back: Checkpoint = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
+    }
 }

@@ -162,23 +162,33 @@ fn report_failure(format: LogFormat, what: &str, error: &anyhow::Error) {
     }
 }
 
-/// The relay. For now: load, log the redacted configuration, connect to PostgreSQL, exit.
+/// The relay: metrics endpoint, signal handling with a bounded drain, and the pipeline until it stops.
 async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
     let start_lsn = match args.start_lsn.as_deref() {
         Some(s) => Some(s.parse::<outbox_relay::pg::lsn::Lsn>().context("--start-lsn")?),
         None => None,
     };
+    // One line that says what this relay is, with nothing secret in it.
+    let tables: Vec<&str> = config.outbox.tables.iter().map(|t| t.table.as_str()).collect();
     tracing::info!(
         connector = %config.connector_name,
+        postgres = %outbox_relay::config::redact_url(&config.postgres.url),
+        slot = %config.postgres.slot,
+        publication = %config.postgres.publication,
+        tables = ?tables,
+        messages = config.outbox.messages.enabled,
+        kafka = %config.kafka.bootstrap_servers,
+        checkpoint_topic = %config.kafka.checkpoint_topic,
+        value_mode = ?config.schema_registry.value_mode,
+        errors = ?config.errors.mode,
         accept_gap = args.accept_gap,
         start_lsn = args.start_lsn.as_deref(),
-        config = ?config,
         "starting"
     );
-    let stats = Arc::new(outbox_relay::metrics::Stats::default());
+    let stats = Arc::new(outbox_relay::metrics::Stats::new());
     let up = Arc::new(AtomicBool::new(true));
     if let Some(addr) = config.metrics.listen_addr() {
-        outbox_relay::metrics::serve(addr, Arc::clone(&stats), Arc::clone(&up))
+        outbox_relay::metrics::serve(addr, Arc::clone(&stats), Arc::clone(&up), config.metrics.unhealthy_after_ms)
             .await
             .with_context(|| format!("binding the metrics endpoint to {addr} (metrics.listen)"))?;
     }

@@ -1,8 +1,14 @@
-//! Prometheus metrics and the health endpoint, served over plain HTTP/1.1 on `metrics.listen`.
+//! Prometheus metrics and the health endpoints, served over plain HTTP/1.1 on `metrics.listen`.
 //!
-//! Invariant: reading metrics never blocks or slows the relay: the pipeline only bumps atomics in
-//! [`crate::pipeline::Stats`]; this module reads them when scraped. Metric names are constants, described once,
-//! `outbox_relay_<noun>_<unit>`.
+//! Invariant: reading metrics never blocks or slows the relay: the pipeline only bumps atomics in [`Stats`]; this
+//! module reads them when scraped. Metric names are constants, described once, `outbox_relay_<noun>_<unit>`.
+//!
+//! Health is derived from the same atomics ([`Stats::health`]):
+//! - **ready** (`/ready`, `outbox_relay_ready`): a replication session is streaming and nothing waits for a Kafka
+//!   commit that does not come (records pending with no progress for [`STALL_BEFORE_NOT_READY`]);
+//! - **healthy** (`/health`): the relay was ready at some moment within `metrics.unhealthy_after_ms`. A stuck
+//!   producer, a restart loop or a service that stays unreachable turns it 503, so a liveness probe restarts a
+//!   relay that cannot deliver, while a short outage does not.
 //!
 //! Lag is the operational signal: `outbox_relay_lag_bytes` (WAL received but not yet committed to Kafka and
 //! acknowledged) and `outbox_relay_source_lag_seconds` (age of the newest PostgreSQL commit that reached Kafka;
@@ -11,14 +17,13 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use std::sync::atomic::AtomicU64;
 
 /// Events committed to Kafka.
 pub const EVENTS: &str = "outbox_relay_events_total";
@@ -44,6 +49,19 @@ pub const LAST_COMMIT: &str = "outbox_relay_last_kafka_commit_timestamp_seconds"
 pub const COMMIT_SECONDS: &str = "outbox_relay_kafka_commit_seconds_total";
 /// 1 while the pipeline runs.
 pub const UP: &str = "outbox_relay_up";
+/// 1 while the relay is delivering (see the module doc).
+pub const READY: &str = "outbox_relay_ready";
+/// Events sent to the dead-letter topic.
+pub const DEAD_LETTERS: &str = "outbox_relay_dead_letters_total";
+/// Rows of unmapped published tables skipped (`outbox.unmapped_relations = "ignore"`).
+pub const UNMAPPED_ROWS: &str = "outbox_relay_unmapped_rows_total";
+/// Heartbeats that failed (the SQL connection is then replaced).
+pub const HEARTBEAT_FAILURES: &str = "outbox_relay_heartbeat_failures_total";
+/// Kafka producers replaced after a transactional call with an unknown outcome.
+pub const PRODUCER_RESTARTS: &str = "outbox_relay_kafka_producer_restarts_total";
+
+/// How long records may wait for the producer without any progress before the relay counts as not ready.
+pub const STALL_BEFORE_NOT_READY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Counters the pipeline bumps and the metrics endpoint reads.
 #[derive(Debug, Default)]
@@ -68,10 +86,76 @@ pub struct Stats {
     pub heartbeats: AtomicU64,
     /// Time spent in `commit_transaction` (including the checkpoint record's delivery), microseconds.
     pub kafka_commit_micros_total: AtomicU64,
+    /// Events sent to the dead-letter topic.
+    pub dead_letters: AtomicU64,
+    /// Rows of unmapped published tables skipped.
+    pub unmapped_rows: AtomicU64,
+    /// Heartbeats that failed.
+    pub heartbeat_failures: AtomicU64,
+    /// Kafka producers replaced.
+    pub producer_restarts: AtomicU64,
+    /// A replication session is streaming.
+    pub streaming: AtomicBool,
+    /// The sink holds records not yet committed.
+    pub pending: AtomicBool,
+    /// Unix ms of the sink's last progress (a batch started, records acknowledged by the broker, a commit).
+    pub last_progress_unix_ms: AtomicU64,
+    /// Unix ms of the last moment the relay was observed ready.
+    pub last_ready_unix_ms: AtomicU64,
+    /// Records the broker acknowledged (shared with the producer's delivery callback).
+    pub delivered: Arc<AtomicU64>,
+    /// `delivered` when last looked at: a change is progress.
+    delivered_seen: AtomicU64,
+}
+
+/// Whether the relay delivers, from [`Stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Streaming, and nothing stuck before the producer.
+    pub ready: bool,
+    /// Ready at some moment within the unhealthy threshold.
+    pub healthy: bool,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Stats {
+    /// Fresh counters; the relay counts as ready-at-start, so `/health` stays 200 while it starts.
+    pub fn new() -> Stats {
+        let stats = Stats::default();
+        stats.last_ready_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+        stats
+    }
+
+    /// The sink made progress (handed records to the producer, or committed).
+    pub fn note_progress(&self) {
+        self.last_progress_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Readiness now, remembering when the relay was last ready.
+    pub fn health(&self, unhealthy_after_ms: u64) -> Health {
+        let now = now_unix_ms();
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        if self.delivered_seen.swap(delivered, Ordering::Relaxed) != delivered {
+            self.last_progress_unix_ms.store(now, Ordering::Relaxed);
+        }
+        let stalled = self.pending.load(Ordering::Relaxed)
+            && now.saturating_sub(self.last_progress_unix_ms.load(Ordering::Relaxed))
+                > STALL_BEFORE_NOT_READY.as_millis() as u64;
+        let ready = self.streaming.load(Ordering::Relaxed) && !stalled;
+        if ready {
+            self.last_ready_unix_ms.store(now, Ordering::Relaxed);
+        }
+        let healthy = now.saturating_sub(self.last_ready_unix_ms.load(Ordering::Relaxed)) < unhealthy_after_ms;
+        Health { ready, healthy }
+    }
 }
 
 /// Renders the Prometheus text exposition of `stats`.
-pub fn render(stats: &Stats, up: bool) -> String {
+pub fn render(stats: &Stats, up: bool, ready: bool) -> String {
     let mut out = String::with_capacity(2048);
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -104,11 +188,26 @@ pub fn render(stats: &Stats, up: bool) -> String {
         get(&stats.kafka_commit_micros_total) as f64 / 1e6,
     );
     metric(UP, "gauge", "1 while the relay pipeline runs.", if up { 1.0 } else { 0.0 });
+    metric(READY, "gauge", "1 while a replication session streams and the producer makes progress.", f64::from(u8::from(ready)));
+    metric(DEAD_LETTERS, "counter", "Events sent to the dead-letter topic.", get(&stats.dead_letters) as f64);
+    metric(UNMAPPED_ROWS, "counter", "Rows of unmapped published tables skipped.", get(&stats.unmapped_rows) as f64);
+    metric(HEARTBEAT_FAILURES, "counter", "Heartbeats that failed.", get(&stats.heartbeat_failures) as f64);
+    metric(
+        PRODUCER_RESTARTS,
+        "counter",
+        "Kafka producers replaced after a commit or abort with an unknown outcome.",
+        get(&stats.producer_restarts) as f64,
+    );
     out
 }
 
-/// Serves `/metrics` and `/health` until the process ends.
-pub async fn serve(addr: SocketAddr, stats: Arc<Stats>, up: Arc<AtomicBool>) -> std::io::Result<()> {
+/// Serves `/metrics`, `/health` and `/ready` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    up: Arc<AtomicBool>,
+    unhealthy_after_ms: u64,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     info!(%addr, "metrics endpoint listening");
     tokio::spawn(async move {
@@ -125,11 +224,16 @@ pub async fn serve(addr: SocketAddr, stats: Arc<Stats>, up: Arc<AtomicBool>) -> 
                 let req = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
                 let path = req.split_whitespace().nth(1).unwrap_or("/");
                 let running = up.load(Ordering::Relaxed);
+                let health = stats.health(unhealthy_after_ms);
                 let (status, body) = match path {
-                    "/metrics" => ("200 OK", render(&stats, running)),
-                    "/health" if running => ("200 OK", "ok\n".to_owned()),
-                    "/health" => ("503 Service Unavailable", "not running\n".to_owned()),
-                    _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
+                    "/metrics" => ("200 OK", render(&stats, running, health.ready)),
+                    "/health" if running && health.healthy => ("200 OK", "ok\n".to_owned()),
+                    "/health" if running => {
+                        ("503 Service Unavailable", "not delivering for longer than metrics.unhealthy_after_ms\n".to_owned())
+                    }
+                    "/ready" if running && health.ready => ("200 OK", "ready\n".to_owned()),
+                    "/health" | "/ready" => ("503 Service Unavailable", "not ready\n".to_owned()),
+                    _ => ("404 Not Found", "try /metrics, /health or /ready\n".to_owned()),
                 };
                 let resp = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -158,7 +262,7 @@ mod tests {
         s.events_committed.store(42, Ordering::Relaxed);
         s.received_lsn.store(1000, Ordering::Relaxed);
         s.acked_lsn.store(400, Ordering::Relaxed);
-        let text = render(&s, true);
+        let text = render(&s, true, true);
         for name in [
             EVENTS,
             KAFKA_TXNS,
@@ -171,11 +275,35 @@ mod tests {
             SOURCE_LAG,
             LAST_COMMIT,
             UP,
+            READY,
+            DEAD_LETTERS,
+            UNMAPPED_ROWS,
+            HEARTBEAT_FAILURES,
+            PRODUCER_RESTARTS,
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
         assert!(text.contains("outbox_relay_events_total 42\n"));
         assert!(text.contains("outbox_relay_lag_bytes 600\n"));
         assert!(text.contains("outbox_relay_up 1\n"));
+    }
+
+    #[test]
+    fn readiness_follows_streaming_and_progress_and_health_the_last_ready_moment() {
+        let s = Stats::new();
+        assert_eq!(s.health(1000), Health { ready: false, healthy: true }, "starting: healthy, not ready");
+        s.streaming.store(true, Ordering::Relaxed);
+        assert!(s.health(1000).ready);
+        // Records pending with no progress for longer than the stall bound: not ready.
+        s.pending.store(true, Ordering::Relaxed);
+        s.last_progress_unix_ms.store(now_unix_ms() - STALL_BEFORE_NOT_READY.as_millis() as u64 - 1000, Ordering::Relaxed);
+        assert!(!s.health(1000).ready);
+        s.note_progress();
+        assert!(s.health(1000).ready);
+        // Not ready for longer than the threshold: unhealthy.
+        s.streaming.store(false, Ordering::Relaxed);
+        s.last_ready_unix_ms.store(now_unix_ms() - 5000, Ordering::Relaxed);
+        assert_eq!(s.health(1000), Health { ready: false, healthy: false });
+        assert!(s.health(10_000).healthy);
     }
 }

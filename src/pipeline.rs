@@ -1,37 +1,58 @@
 //! The relay loop: WAL -> events -> Kafka transactions -> acknowledgement.
 //!
 //! ```text
-//!  ┌──────────── source (this task) ────────────┐        bounded channel        ┌────── sink (own task) ───────┐
-//!  │ ReplicationStream ─▶ Decoder ─▶ Assembler  │ ── Item::Event / TxnEnd ──▶  │ TxnProducer: begin, send,    │
-//!  │   ─▶ TableMapper / MessageMapper ─▶ Avro   │                              │ commit(checkpoint) at a PG   │
-//!  │ ack(lsn) ◀── watch ◀───────────────────────┼──────────────────────────────┤ commit boundary, then ack    │
-//!  └────────────────────────────────────────────┘                              └──────────────────────────────┘
+//!  ┌──────────── source (this task) ────────────┐   bounded channel (events and bytes)   ┌──── sink (own task) ────┐
+//!  │ ReplicationStream ─▶ Decoder ─▶ Assembler  │ ── Item::Event / TxnEnd ──────────────▶ │ TxnProducer: send,      │
+//!  │   ─▶ TableMapper / MessageMapper ─▶ Avro   │                                         │ commit(checkpoint) at a │
+//!  │ ack(lsn) ◀── watch ◀───────────────────────┼─────────────────────────────────────────┤ PG commit, then ack     │
+//!  └────────────────────────────────────────────┘                                         └─────────────────────────┘
+//!   Heartbeat task: its own SQL connection, replaced after any failure
 //! ```
 //!
-//! Invariants this module keeps (DESIGN.md 1–7):
+//! Invariants this module keeps (DESIGN.md 1–10):
 //! - The flush LSN given to PostgreSQL is only ever the `end_lsn` of a checkpoint whose Kafka transaction
 //!   `commit_transaction` confirmed; the replication stream ignores anything lower, so it never goes backwards.
 //! - A Kafka transaction is committed only between PostgreSQL transactions (the sink tracks whether the last item
 //!   was a `TxnEnd`), so it holds whole PostgreSQL transactions plus the checkpoint of the last one.
-//! - On any error the open Kafka transaction is aborted (or left to be aborted by fencing), the stream is
-//!   dropped, and the next session starts from the last committed checkpoint; the assembler drops every
-//!   transaction ending at or before it. Hence no loss and no duplicate in a read_committed view.
+//! - On any error the open Kafka transaction is aborted and the next session starts from the last *known*
+//!   committed checkpoint; the assembler drops every transaction ending at or before it. When the producer's
+//!   commit or abort failed, what is committed is not known: the whole start-up runs again (a new producer fences
+//!   and settles the old transaction, then the checkpoint is read back). Hence no loss and no duplicate in a
+//!   read_committed view.
+//! - Every change of a published relation becomes an event, a dead letter, or a named error; a row no mapping
+//!   claims is never acknowledged silently (unless `outbox.unmapped_relations = "ignore"` says so).
+//! - Every connection is replaced after it fails, and every wait on one is bounded: the replication connection by
+//!   `postgres.stall_timeout_ms` (the server is asked for a reply with every status update), SQL statements by the
+//!   same timeout, Kafka calls by their operation timeout, registry calls by their request timeout.
+//! - Memory between source and sink is bounded by `kafka.max_buffered_bytes` (a semaphore of bytes) besides the
+//!   channel's event count.
 //! - Events keep WAL order all the way: one source, one channel, one producer with idempotence (which preserves
 //!   per-partition order across retries).
+//!
+//! Dead letters (`errors.mode = "dead_letter"`): an event that cannot be mapped or encoded is replaced by a dead
+//! letter in the source; one Kafka refuses is replaced in the sink — at once when the refusal is known before
+//! sending (a missing topic, a partition beyond the topic's, a record larger than the producer allows), otherwise
+//! (the broker refused it inside the transaction) by aborting, remembering its [`EventPos`], and replaying from the
+//! checkpoint, where the sink then sends the dead letter in its place. Either way it is committed with its
+//! transaction's other events and the checkpoint.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::avro::{EncodeError, EnvelopeEncoder, KeyEncoder, RegistrySettings, SchemaRegistry, ValueEncoder};
-use crate::config::Config;
-use crate::kafka::{Checkpoint, KafkaSettings, OutRecord, SinkError, TxnProducer};
+use crate::config::{Config, ConnectError, ErrorMode, UnmappedRelations};
+use crate::dead_letter::{self, DeadLetter};
+use crate::kafka::{
+    Checkpoint, EventPos, KafkaSettings, OutRecord, Refusal, SinkError, TopicState, Topics, TxnProducer,
+};
 use crate::metrics::Stats;
 use crate::outbox::{EventMapping, MapError, MessageMapper, OutboxEvent, TableMapper};
+use crate::pg::identity::{NotResumable, SourceIdentity, check_resumable, parse_timeline_history};
 use crate::pg::lsn::{Lsn, PgTimestamp};
 use crate::pg::pgoutput::{DecodeError, Decoder, DecoderOptions, Oid, Relation};
 use crate::pg::replication::{
@@ -43,13 +64,20 @@ use crate::pg::txn::{Assembler, Output, SpillSettings, TxnError, TxnEvent};
 
 /// How long a restart waits for a slot still held by a previous (dead) connection.
 const SLOT_BUSY_GRACE: Duration = Duration::from_secs(75);
+/// A session that ran this long before failing restarts with the initial backoff again.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
+/// A session counts as delivering once it committed, or after running this long with nothing waiting: a restart
+/// loop whose sessions never commit must not look ready.
+const SETTLED_SESSION: Duration = Duration::from_secs(5);
+/// The sink checks the open transaction's age and notes progress every this many records.
+const SINK_CHECK_EVERY: u64 = 256;
 
 /// Operator choices for `run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Start even though the slot is ahead of the checkpoint (data in between is not in Kafka).
+    /// Start even though the slot is ahead of the checkpoint, or the checkpoint belongs to another server.
     pub accept_gap: bool,
-    /// Start at this LSN instead of the checkpoint (validated against the slot).
+    /// Start at this LSN instead of the checkpoint (validated against the slot and the checkpoint).
     pub start_lsn: Option<Lsn>,
 }
 
@@ -82,9 +110,36 @@ pub enum PipelineError {
         /// Checkpoint end LSN.
         checkpoint: Lsn,
     },
-    /// Nothing arrived on the replication connection for much longer than heartbeats allow: a dead peer.
-    #[error("no data from PostgreSQL for {0} s although heartbeats are due every few seconds; reconnecting")]
-    Stalled(u64),
+    /// The checkpoint was taken on another server or history.
+    #[error(
+        "the checkpoint in Kafka (at {checkpoint}) does not belong to this PostgreSQL server: {reason}. Resuming from \
+         it would skip or misplace transactions. Check postgres.url (and kafka.checkpoint_topic / connector_name); if \
+         this server is meant to take over, reconcile what is in Kafka, then restart with --accept-gap to continue \
+         from the slot's position"
+    )]
+    NotResumable {
+        /// Checkpoint end LSN.
+        checkpoint: Lsn,
+        /// Why.
+        #[source]
+        reason: NotResumable,
+    },
+    /// The server behind `postgres.url` changed while running (failover, DNS): start-up checks run again.
+    #[error("the PostgreSQL server changed while running (was {expected}, now {found}); starting over")]
+    ServerChanged {
+        /// The server the run started on.
+        expected: SourceIdentity,
+        /// The server now.
+        found: SourceIdentity,
+    },
+    /// A connection stayed silent longer than `postgres.stall_timeout_ms`.
+    #[error("{what} silent for {secs} s (postgres.stall_timeout_ms); reconnecting")]
+    Stalled {
+        /// Which connection.
+        what: &'static str,
+        /// How long.
+        secs: u64,
+    },
     /// `--start-lsn` cannot be honoured.
     #[error("--start-lsn {requested}: {reason}")]
     StartLsn {
@@ -99,9 +154,18 @@ pub enum PipelineError {
     /// Slot or publication management.
     #[error(transparent)]
     Slot(#[from] SlotError),
-    /// SQL connection.
-    #[error("postgresql connection: {0}")]
-    Sql(String),
+    /// The SQL connection could not be opened.
+    #[error(transparent)]
+    SqlConnect(#[from] ConnectError),
+    /// A SQL statement failed.
+    #[error("postgresql query failed while {doing}: {source}")]
+    Sql {
+        /// What was being done.
+        doing: &'static str,
+        /// The error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// Replication protocol.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
@@ -126,12 +190,28 @@ pub enum PipelineError {
         #[source]
         source: Box<MapError>,
     },
+    /// A published table that no `[[outbox.tables]]` block maps sent a row.
+    #[error(
+        "a row of {relation} arrived in the transaction committed at {lsn}, but no [[outbox.tables]] block maps that \
+         table. The publication covers more than the outbox tables (or publishes a partitioned table's partitions \
+         under their own names). Map the table, remove it from the publication, or set \
+         outbox.unmapped_relations = \"ignore\""
+    )]
+    Unmapped {
+        /// `schema.table`.
+        relation: String,
+        /// Transaction commit LSN.
+        lsn: Lsn,
+    },
     /// An event could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
     /// Kafka.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The broker refused a record inside a transaction: replay from the checkpoint with a dead letter in its place.
+    #[error("{0}; replaying from the checkpoint with a dead letter in its place")]
+    DeadLetterReplay(Box<Refusal>),
 }
 
 impl PipelineError {
@@ -142,7 +222,11 @@ impl PipelineError {
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Encode(e) => e.is_transient(),
             PipelineError::Slot(e) => e.is_transient(),
-            PipelineError::Sql(_) | PipelineError::Stalled(_) => true,
+            PipelineError::SqlConnect(e) => e.is_transient(),
+            PipelineError::Sql { source, .. } => crate::pg::is_transient_sql_error(source),
+            PipelineError::Stalled { .. } | PipelineError::ServerChanged { .. } | PipelineError::DeadLetterReplay(_) => {
+                true
+            }
             _ => false,
         }
     }
@@ -151,6 +235,9 @@ impl PipelineError {
 /// Per relation OID: the relation version a mapper was bound to, and the mapper, or `None`
 /// for a published table that is not an outbox table.
 type MapperCache = HashMap<Oid, (Arc<Relation>, Option<Arc<TableMapper>>)>;
+
+/// Refused records remembered across sessions, so the replay puts a dead letter in their place.
+type Poison = Arc<Mutex<HashMap<EventPos, Refusal>>>;
 
 /// One message from source to sink.
 #[derive(Debug)]
@@ -164,14 +251,52 @@ struct EncodedEvent {
     topic: Arc<str>,
     partition: Option<i32>,
     key: Vec<u8>,
+    /// Empty only for a dead letter without value.
     value: Vec<u8>,
     /// Header `id`.
     id: String,
     /// Header `type`.
     event_type: String,
-    /// Additional headers, after `id` and `type`.
+    /// Additional headers, after `id` and `type` (for a dead letter: all its headers).
     headers: Vec<(String, bytes::Bytes)>,
-    timestamp_ms: i64,
+    /// `None`: the producer's clock.
+    timestamp_ms: Option<i64>,
+    pos: EventPos,
+    /// `schema.table` or `message:<prefix>`.
+    source: String,
+    /// Already a dead letter: a refusal of it stops the relay.
+    dead_letter: bool,
+    /// Bytes it holds of the pipeline's budget.
+    cost: u32,
+}
+
+impl EncodedEvent {
+    fn compute_cost(&mut self) {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let bytes = self.key.len() + self.value.len() + self.id.len() + self.event_type.len() + headers + 64;
+        self.cost = u32::try_from(bytes).unwrap_or(u32::MAX);
+    }
+}
+
+/// The source's side of the channel: waits for room in bytes, then in events.
+struct ToSink {
+    tx: mpsc::Sender<Item>,
+    budget: Arc<Semaphore>,
+    budget_bytes: u32,
+}
+
+impl ToSink {
+    /// `false` once the sink has stopped (its error is reported by the session).
+    async fn send(&self, item: Item) -> bool {
+        if let Item::Event(e) = &item {
+            // An event larger than the whole budget waits for an empty buffer, then goes alone.
+            match self.budget.acquire_many(e.cost.min(self.budget_bytes)).await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return false,
+            }
+        }
+        self.tx.send(item).await.is_ok()
+    }
 }
 
 /// Everything that lives across sessions.
@@ -184,21 +309,22 @@ struct Relay {
     value_encoder: Arc<dyn ValueEncoder>,
     key_encoder: Arc<KeyEncoder>,
     stats: Arc<Stats>,
+    /// The dead-letter topic in `errors.mode = "dead_letter"`.
+    dead_letter_topic: Option<Arc<str>>,
+    poison: Poison,
+    stall_timeout: Duration,
 }
 
 /// Builds the Kafka settings from the configuration.
 pub fn kafka_settings(cfg: &Config) -> KafkaSettings {
     KafkaSettings {
         bootstrap_servers: cfg.kafka.bootstrap_servers.clone(),
-        transactional_id: if cfg.kafka.transactional_id.is_empty() {
-            format!("outbox-relay-{}", cfg.connector_name)
-        } else {
-            cfg.kafka.transactional_id.clone()
-        },
-        transaction_timeout_ms: u32::try_from(cfg.kafka.transaction_timeout_ms).unwrap_or(u32::MAX),
+        transactional_id: cfg.kafka.transactional_id.clone(),
+        transaction_timeout: cfg.kafka.transaction_timeout(),
         checkpoint_topic: cfg.kafka.checkpoint_topic.clone(),
         checkpoint_replication_factor: -1,
         operation_timeout: Duration::from_secs(30),
+        topic_creation: cfg.kafka.topic_creation.clone(),
         properties: cfg.kafka.properties.clone(),
     }
 }
@@ -237,25 +363,61 @@ pub async fn run(
     let key_encoder = KeyEncoder::new(cfg.schema_registry.key_format, Arc::clone(&registry));
     let relay = Relay {
         kafka: kafka_settings(&cfg),
+        dead_letter_topic: (cfg.errors.mode == ErrorMode::DeadLetter)
+            .then(|| Arc::from(cfg.errors.dead_letter_topic.as_str())),
+        stall_timeout: Duration::from_millis(cfg.postgres.stall_timeout_ms),
         cfg,
         tables,
         messages,
         value_encoder,
         key_encoder: Arc::new(key_encoder),
         stats,
+        poison: Arc::default(),
     };
     relay.run(opts, &mut shutdown).await
 }
 
+/// Awaits `fut` for at most `limit`; a stalled server connection becomes [`PipelineError::Stalled`].
+async fn bounded<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, PipelineError>>,
+) -> Result<T, PipelineError> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| PipelineError::Stalled { what, secs: limit.as_secs() })?
+}
+
 impl Relay {
     async fn sql(&self) -> Result<tokio_postgres::Client, PipelineError> {
-        self.cfg.connect_sql().await.map_err(|e| PipelineError::Sql(e.to_string()))
+        bounded(self.stall_timeout, "sql connection", async {
+            Ok(self.cfg.postgres.connect_sql_timeout(self.stall_timeout).await?)
+        })
+        .await
+    }
+
+    fn replication_config(&self) -> Result<ReplicationConfig, PipelineError> {
+        ReplicationConfig::from_url(&self.cfg.postgres_url()).map_err(|e| PipelineError::Config(e.to_string()))
+    }
+
+    /// Opens a replication connection and asks the server who it is: identity and current WAL position.
+    async fn replication_client(&self) -> Result<(ReplicationClient, SourceIdentity, Lsn), PipelineError> {
+        let cfg = self.replication_config()?;
+        bounded(self.stall_timeout, "replication connection", async {
+            let mut client = ReplicationClient::connect(&cfg).await?;
+            let system = client.identify_system().await?;
+            let identity = SourceIdentity {
+                system_id: system.system_id.to_string(),
+                timeline: system.timeline,
+                database: system.dbname.clone().unwrap_or_default(),
+            };
+            Ok((client, identity, system.xlogpos))
+        })
+        .await
     }
 
     /// Runs until shutdown or a definite error. Once the relay has started, transient failures outside a session
-    /// (a producer that cannot abort because the broker is gone, services unreachable while starting over) start
-    /// everything over after a backoff: fencing, checkpoint, slot check, replication. A first start that fails
-    /// returns the error at once, so a misconfigured deployment fails fast and visibly.
+    /// (a producer whose commit or abort failed, services unreachable while starting over) start everything over
+    /// after a backoff: fencing, checkpoint, slot check, replication. A first start that fails returns the error at
+    /// once, so a misconfigured deployment fails fast and visibly.
     async fn run(&self, mut opts: RunOptions, shutdown: &mut watch::Receiver<bool>) -> Result<(), PipelineError> {
         let pg = &self.cfg.postgres;
         let mut backoff = Backoff::new(
@@ -264,8 +426,12 @@ impl Relay {
         );
         let mut started = false;
         loop {
+            let attempt = Instant::now();
             match self.run_once(&mut opts, &mut started, shutdown).await {
                 Err(e) if started && e.is_transient() && !*shutdown.borrow() => {
+                    if attempt.elapsed() > STABLE_SESSION {
+                        backoff.reset();
+                    }
                     let delay = backoff.next_delay();
                     self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, delay_ms = delay.as_millis() as u64, "relay failed; starting over from the last checkpoint");
@@ -289,24 +455,25 @@ impl Relay {
         let span =
             info_span!("relay", connector = %self.cfg.connector_name, slot = %pg.slot, publication = %pg.publication);
         async {
+            let limit = self.stall_timeout;
             let sql = self.sql().await?;
             let table_names: Vec<TableName> = self.tables.iter().map(|(t, _)| t.clone()).collect();
-            slot::ensure_publication(&sql, &pg.publication, &table_names, pg.create_publication).await?;
-            let db = self
-                .cfg
-                .tokio_postgres_config()
-                .map_err(|e| PipelineError::Sql(e.to_string()))?
-                .get_dbname()
-                .unwrap_or("postgres")
-                .to_owned();
+            bounded(limit, "sql connection", async {
+                Ok(slot::ensure_publication(&sql, &pg.publication, &table_names, pg.create_publication).await?)
+            })
+            .await?;
 
             crate::kafka::ensure_checkpoint_topic(&self.kafka).await?;
             // Fence first: afterwards no older instance can commit, so the checkpoint read next is final.
-            let mut producer = TxnProducer::connect(&self.kafka).await?;
-            let mut checkpoint = crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name).await?;
-            let slot_info = match slot::slot_info(&sql, &pg.slot).await? {
+            let mut producer = TxnProducer::connect(&self.kafka, Arc::clone(&self.stats.delivered)).await?;
+            let checkpoint = crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name).await?;
+            let (mut client, server, server_wal) = self.replication_client().await?;
+            let mut checkpoint = self.verify_checkpoint_source(checkpoint, &server, server_wal, &mut client, opts).await?;
+            let slot_info = match bounded(limit, "sql connection", async { Ok(slot::slot_info(&sql, &pg.slot).await?) })
+                .await?
+            {
                 Some(info) => {
-                    info.validate(&db)?;
+                    info.validate(&server.database)?;
                     info
                 }
                 None => {
@@ -322,52 +489,99 @@ impl Relay {
                     }
                     // A genesis checkpoint (0/0) first: if the relay dies right after creating the slot, the next
                     // start knows the slot is its own and starts from it instead of reporting a gap.
-                    let genesis = Checkpoint::new(&self.cfg.connector_name, Lsn::ZERO, Lsn::ZERO);
-                    producer.begin()?;
+                    let genesis =
+                        Checkpoint::new(&self.cfg.connector_name, Lsn::ZERO, Lsn::ZERO, Some(server.clone()));
                     producer.commit(&genesis).await?;
                     checkpoint = Some(genesis);
-                    slot::create_slot(&sql, &pg.slot, pg.failover_slot).await?
+                    bounded(limit, "sql connection", async {
+                        Ok(slot::create_slot(&sql, &pg.slot, pg.failover_slot).await?)
+                    })
+                    .await?
                 }
             };
-            let resume = self.start_position(&sql, opts, &slot_info, checkpoint.as_ref()).await?;
+            let resume = self.start_position(opts, &slot_info, checkpoint.as_ref(), server_wal)?;
             // An operator's start position applies once; after a restart the checkpoint rules.
             opts.start_lsn = None;
             *started = true;
-            info!(resume = %resume, checkpoint = ?checkpoint.as_ref().map(|c| c.end_lsn), "starting");
-            self.sessions(producer, sql, resume, shutdown).await
+            info!(resume = %resume, checkpoint = ?checkpoint.as_ref().map(|c| c.end_lsn), server = %server, "starting");
+            let heartbeat = Heartbeat::start(&self.cfg, sql, Arc::clone(&self.stats));
+            self.sessions(producer, client, server, resume, &heartbeat, shutdown).await
         }
         .instrument(span)
         .await
     }
 
-    /// Decides where to start (invariants 3 and 4).
-    async fn start_position(
+    /// Invariant 10: a checkpoint is resumed only on the server and history it was taken on. With `--accept-gap`
+    /// a foreign checkpoint is set aside (the slot's position rules, as for a gap).
+    async fn verify_checkpoint_source(
         &self,
-        sql: &tokio_postgres::Client,
+        checkpoint: Option<Checkpoint>,
+        server: &SourceIdentity,
+        server_wal: Lsn,
+        client: &mut ReplicationClient,
+        opts: &RunOptions,
+    ) -> Result<Option<Checkpoint>, PipelineError> {
+        let Some(cp) = checkpoint else { return Ok(None) };
+        let Some(source) = cp.source.as_ref() else {
+            // Written by a relay that did not record its server yet: the next commit records it.
+            info!(checkpoint = %cp.end_lsn, "checkpoint carries no server identity; not checked");
+            return Ok(Some(cp));
+        };
+        let history = if source.timeline != server.timeline && server.timeline > 1 {
+            let text = bounded(self.stall_timeout, "replication connection", async {
+                Ok(client.timeline_history(server.timeline).await?)
+            })
+            .await?;
+            parse_timeline_history(&text).map_err(|e| {
+                PipelineError::Replication(ReplicationError::protocol(format!("TIMELINE_HISTORY: {e}")))
+            })?
+        } else {
+            Vec::new()
+        };
+        match check_resumable(source, cp.end_lsn, server, server_wal, &history) {
+            Ok(()) => Ok(Some(cp)),
+            Err(reason) if opts.accept_gap => {
+                warn!(checkpoint = %cp.end_lsn, %reason, "checkpoint of another server set aside as the operator accepted the gap");
+                Ok(None)
+            }
+            Err(reason) => Err(PipelineError::NotResumable { checkpoint: cp.end_lsn, reason }),
+        }
+    }
+
+    /// Decides where to start (invariants 3 and 4).
+    fn start_position(
+        &self,
         opts: &RunOptions,
         slot_info: &slot::SlotInfo,
         checkpoint: Option<&Checkpoint>,
+        server_wal: Lsn,
     ) -> Result<Lsn, PipelineError> {
         let slot_lsn = slot_info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
         if let Some(requested) = opts.start_lsn {
+            let refuse = |reason: String| Err(PipelineError::StartLsn { requested, reason });
             if requested < slot_lsn {
-                return Err(PipelineError::StartLsn {
-                    requested,
-                    reason: format!(
-                        "the slot has already confirmed up to {slot_lsn}; PostgreSQL cannot replay before it"
-                    ),
-                });
+                return refuse(format!(
+                    "the slot has already confirmed up to {slot_lsn}; PostgreSQL cannot replay before it"
+                ));
             }
-            let row = sql
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await
-                .map_err(|e| PipelineError::Sql(e.to_string()))?;
-            let current: Lsn = row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO);
-            if requested > current {
-                return Err(PipelineError::StartLsn {
-                    requested,
-                    reason: format!("it is beyond the server's current WAL position {current}"),
-                });
+            if requested > server_wal {
+                return refuse(format!("it is beyond the server's current WAL position {server_wal}"));
+            }
+            if let Some(cp) = checkpoint.filter(|cp| !cp.end_lsn.is_zero()) {
+                if requested < cp.end_lsn {
+                    return refuse(format!(
+                        "the checkpoint in Kafka is at {}: the transactions in between are already in Kafka and \
+                         would be produced twice",
+                        cp.end_lsn
+                    ));
+                }
+                if requested > cp.end_lsn && !opts.accept_gap {
+                    return refuse(format!(
+                        "the checkpoint in Kafka is at {}: the transactions in between would be skipped; add \
+                         --accept-gap to confirm",
+                        cp.end_lsn
+                    ));
+                }
             }
             warn!(start_lsn = %requested, "starting at an operator-given position");
             return Ok(requested);
@@ -399,11 +613,15 @@ impl Relay {
         }
     }
 
+    /// Replication sessions on one producer. Returns when a session leaves the producer spent (the caller starts
+    /// over), on shutdown, or on a definite error.
     async fn sessions(
         &self,
-        mut producer: TxnProducer,
-        sql: tokio_postgres::Client,
+        producer: TxnProducer,
+        client: ReplicationClient,
+        server: SourceIdentity,
         mut resume: Lsn,
+        heartbeat: &Heartbeat,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), PipelineError> {
         let pg = &self.cfg.postgres;
@@ -411,16 +629,21 @@ impl Relay {
             Duration::from_millis(pg.reconnect_backoff_initial_ms),
             Duration::from_millis(pg.reconnect_backoff_max_ms),
         );
-        let sql = Arc::new(sql);
+        let mut producer = Some(producer);
+        let mut client = Some(client);
         let mut slot_busy_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            let (result, p, acked) = self.session(producer, &sql, resume, shutdown).await;
+            let Some(p) = producer.take() else { return Ok(()) };
+            let (result, p, acked) = self.session(p, client.take(), &server, resume, heartbeat, shutdown).await;
             resume = resume.max(acked);
             let Some(p) = p else {
+                if result.is_err() {
+                    self.stats.producer_restarts.fetch_add(1, Ordering::Relaxed);
+                }
                 return result;
             };
-            producer = p;
+            producer = Some(p);
             // After a crash the old walsender may hold the slot until PostgreSQL notices the dead connection
             // (at most wal_sender_timeout): wait for it, boundedly, instead of failing the restart.
             let slot_busy = matches!(&result, Err(PipelineError::Replication(ReplicationError::SlotInUse(_))));
@@ -442,28 +665,24 @@ impl Relay {
             }
             match result {
                 Ok(()) => return Ok(()),
+                Err(PipelineError::DeadLetterReplay(refusal)) if !*shutdown.borrow() => {
+                    warn!(error = %refusal, "record refused inside a transaction; replaying with a dead letter in its place");
+                }
+                // A server that changed under us needs the start-up checks again.
+                Err(e @ PipelineError::ServerChanged { .. }) => return Err(e),
                 Err(e) if e.is_transient() && !*shutdown.borrow() => {
-                    if started.elapsed() > Duration::from_secs(60) {
+                    if started.elapsed() > STABLE_SESSION {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
                     self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, resume = %resume, delay_ms = delay.as_millis() as u64, "session failed; restarting from the last checkpoint");
-                    if let Err(abort) = producer.abort().await {
-                        // The producer is unusable (broker gone, fatal state): start over with a new one, which
-                        // fences this one's open transaction and re-reads the checkpoint.
-                        warn!(error = %abort, "abort of the open kafka transaction failed; restarting the relay");
-                        return Err(e);
-                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => return Ok(()),
                     }
                 }
-                Err(e) => {
-                    let _ = producer.abort().await;
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -479,34 +698,51 @@ impl Relay {
         o
     }
 
-    /// One replication session. Returns the producer (unless it is unusable) and the last acknowledged LSN.
+    /// One replication session. Returns the producer (when it is clean: no transaction open, nothing failed with
+    /// an unknown outcome) and the last acknowledged LSN.
     async fn session(
         &self,
         producer: TxnProducer,
-        sql: &Arc<tokio_postgres::Client>,
+        client: Option<ReplicationClient>,
+        server: &SourceIdentity,
         resume: Lsn,
+        heartbeat: &Heartbeat,
         shutdown: &mut watch::Receiver<bool>,
     ) -> (Result<(), PipelineError>, Option<TxnProducer>, Lsn) {
         let (tx, rx) = mpsc::channel::<Item>(8192);
+        let budget_bytes = u32::try_from(self.cfg.kafka.max_buffered_bytes).unwrap_or(u32::MAX);
+        let budget = Arc::new(Semaphore::new(budget_bytes as usize));
         let (ack_tx, ack_rx) = watch::channel(resume);
         let sink = Sink {
+            topics: Topics::new(&self.kafka),
             producer,
             connector: self.cfg.connector_name.clone(),
+            server: server.clone(),
             max_events: self.cfg.kafka.max_batch_events,
             max_wait: Duration::from_millis(self.cfg.kafka.max_batch_ms),
             stats: Arc::clone(&self.stats),
             ack: ack_tx,
+            budget: Arc::clone(&budget),
+            budget_bytes,
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            poison: Arc::clone(&self.poison),
+            batch_dead_letters: 0,
         };
         let sink_task = tokio::spawn(sink.run(rx).instrument(tracing::Span::current()));
-        let source_result = self.source(sql, resume, tx, ack_rx.clone(), shutdown).await;
+        let to_sink = ToSink { tx, budget, budget_bytes };
+        let source_result = self.source(client, server, resume, to_sink, ack_rx.clone(), heartbeat, shutdown).await;
+        self.stats.streaming.store(false, Ordering::Relaxed);
         // The channel is closed now: the sink commits what is complete, aborts a partial transaction, and stops.
         let (sink_result, producer) = match sink_task.await {
-            Ok((r, p)) => (r, Some(p)),
+            Ok((r, p)) => (r, p),
             Err(e) => (Err(PipelineError::Sink(SinkError::Join(e.to_string()))), None),
         };
+        // Its last commit may have marked the session delivering: it is over.
+        self.stats.streaming.store(false, Ordering::Relaxed);
         let acked = *ack_rx.borrow();
         let result = match (source_result, sink_result) {
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            // The sink's failure is the cause when both failed (the source then only saw the channel close).
+            (_, Err(e)) | (Err(e), Ok(())) => Err(e),
             (Ok(mut stream), Ok(())) => {
                 // Graceful stop: send the final flush position, then CopyDone.
                 if let Some(s) = stream.as_mut() {
@@ -531,45 +767,59 @@ impl Relay {
     }
 
     /// Reads the stream until shutdown (returns the stream for a clean stop) or an error.
+    #[allow(clippy::too_many_arguments)]
     async fn source(
         &self,
-        sql: &Arc<tokio_postgres::Client>,
+        client: Option<ReplicationClient>,
+        server: &SourceIdentity,
         resume: Lsn,
-        tx: mpsc::Sender<Item>,
+        to_sink: ToSink,
         mut ack_rx: watch::Receiver<Lsn>,
+        heartbeat: &Heartbeat,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<crate::pg::replication::ReplicationStream>, PipelineError> {
         let pg = &self.cfg.postgres;
-        let repl_cfg =
-            ReplicationConfig::from_url(&self.cfg.postgres_url()).map_err(|e| PipelineError::Config(e.to_string()))?;
-        let client = ReplicationClient::connect(&repl_cfg).await?;
-        let mut stream = client.start_replication(&self.replication_options(resume)).await?;
+        let client = match client {
+            Some(c) => c,
+            None => {
+                let (c, found, _) = self.replication_client().await?;
+                if found.system_id != server.system_id
+                    || found.timeline != server.timeline
+                    || found.database != server.database
+                {
+                    return Err(PipelineError::ServerChanged { expected: server.clone(), found });
+                }
+                c
+            }
+        };
+        let options = self.replication_options(resume);
+        let mut stream =
+            bounded(self.stall_timeout, "replication connection", async { Ok(client.start_replication(&options).await?) })
+                .await?;
         let options = DecoderOptions::new(stream.proto_version()).map_err(|e| PipelineError::Config(e.to_string()))?;
         info!(resume = %resume, proto_version = options.protocol_version(), "replication started");
+        let session_started = Instant::now();
         let mut decoder = Decoder::new(options);
-        let spill_dir = if pg.spill_dir.as_os_str().is_empty() { std::env::temp_dir() } else { pg.spill_dir.clone() };
         let mut assembler = Assembler::new(
             options,
             resume,
             SpillSettings {
                 threshold_bytes: usize::try_from(pg.spill_threshold_bytes).unwrap_or(usize::MAX),
-                dir: spill_dir,
+                dir: pg.spill_dir.clone(),
             },
         );
         let mut mappers: MapperCache = HashMap::new();
         let mut txn = TxnCtx::default();
         let heartbeat_every = Duration::from_millis(pg.heartbeat_interval_ms);
-        let mut heartbeat =
+        let mut heartbeat_tick =
             tokio::time::interval(if heartbeat_every.is_zero() { Duration::from_secs(3600) } else { heartbeat_every });
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
+        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat_tick.tick().await;
         let mut txns_since_heartbeat = 0u64;
-        let mut progress = tokio::time::interval(Duration::from_secs(10));
-        progress.tick().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let mut ticks = 0u64;
         let mut last_events = 0u64;
-        // With heartbeats on, the server sends something at least every heartbeat interval; silence far beyond that
-        // means a dead connection that TCP may take many minutes to report.
-        let stall_limit = (heartbeat_every * 6).max(Duration::from_secs(60));
         let mut last_rx = Instant::now();
 
         loop {
@@ -588,24 +838,35 @@ impl Relay {
                     stream.ack(lsn);
                     stream.send_status().await?;
                 }
-                _ = heartbeat.tick(), if !heartbeat_every.is_zero() => {
+                _ = heartbeat_tick.tick(), if !heartbeat_every.is_zero() => {
                     if txns_since_heartbeat == 0 && !assembler.in_transaction() {
-                        self.emit_heartbeat(sql);
+                        heartbeat.request();
                     }
                     txns_since_heartbeat = 0;
                 }
-                _ = progress.tick() => {
-                    if !heartbeat_every.is_zero() && last_rx.elapsed() > stall_limit {
-                        return Err(PipelineError::Stalled(last_rx.elapsed().as_secs()));
+                _ = tick.tick() => {
+                    // The stream asks the server for a reply with every status update: silence this long means a
+                    // dead connection that TCP may take many minutes to report.
+                    if last_rx.elapsed() > self.stall_timeout {
+                        return Err(PipelineError::Stalled {
+                            what: "replication connection",
+                            secs: last_rx.elapsed().as_secs(),
+                        });
                     }
-                    let ev = self.stats.events_committed.load(Ordering::Relaxed);
-                    info!(
-                        received = %Lsn(self.stats.received_lsn.load(Ordering::Relaxed)),
-                        acked = %Lsn(self.stats.acked_lsn.load(Ordering::Relaxed)),
-                        events_per_sec = (ev - last_events) / 10,
-                        "progress"
-                    );
-                    last_events = ev;
+                    if session_started.elapsed() >= SETTLED_SESSION && !self.stats.pending.load(Ordering::Relaxed) {
+                        self.stats.streaming.store(true, Ordering::Relaxed);
+                    }
+                    ticks += 1;
+                    if ticks % 10 == 0 {
+                        let ev = self.stats.events_committed.load(Ordering::Relaxed);
+                        info!(
+                            received = %Lsn(self.stats.received_lsn.load(Ordering::Relaxed)),
+                            acked = %Lsn(self.stats.acked_lsn.load(Ordering::Relaxed)),
+                            events_per_sec = (ev - last_events) / 10,
+                            "progress"
+                        );
+                        last_events = ev;
+                    }
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg? else {
@@ -618,13 +879,13 @@ impl Relay {
                     match assembler.push(decoded, &data)? {
                         Output::None => {}
                         Output::Event(ev) => {
-                            if self.handle(ev, &mut txn, &mut mappers, &tx).await? {
+                            if self.handle(ev, &mut txn, &mut mappers, &to_sink).await? {
                                 txns_since_heartbeat += 1;
                             }
                         }
                         Output::Replay(mut replay) => {
                             while let Some(ev) = replay.next_event()? {
-                                if self.handle(ev, &mut txn, &mut mappers, &tx).await? {
+                                if self.handle(ev, &mut txn, &mut mappers, &to_sink).await? {
                                     txns_since_heartbeat += 1;
                                 }
                             }
@@ -635,65 +896,123 @@ impl Relay {
         }
     }
 
-    fn emit_heartbeat(&self, sql: &Arc<tokio_postgres::Client>) {
-        let sql = Arc::clone(sql);
-        let prefix = self.cfg.postgres.heartbeat_prefix.clone();
-        let stats = Arc::clone(&self.stats);
-        tokio::spawn(async move {
-            // Transactional, so it travels inside a commit the relay checkpoints and acknowledges; a
-            // non-transactional message would not move the slot.
-            match sql.execute("SELECT pg_logical_emit_message(true, $1, '')", &[&prefix]).await {
-                Ok(_) => {
-                    stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                    debug!("heartbeat written");
-                }
-                Err(e) => warn!(error = %e, "heartbeat failed"),
-            }
-        });
-    }
-
     /// Handles one assembled event; returns `true` at a transaction end.
     async fn handle(
         &self,
         ev: TxnEvent,
         txn: &mut TxnCtx,
         mappers: &mut MapperCache,
-        tx: &mpsc::Sender<Item>,
+        to_sink: &ToSink,
     ) -> Result<bool, PipelineError> {
-        let send = |item| async { tx.send(item).await.is_ok() };
         match ev {
             TxnEvent::Begin { final_lsn, commit_time, .. } => {
                 txn.commit_lsn = final_lsn;
                 txn.commit_time = commit_time;
+                txn.next_index = 0;
                 Ok(false)
             }
             TxnEvent::Insert { relation, tuple } => {
-                let mapper = self.mapper_for(&relation, mappers)?;
-                let Some(mapper) = mapper else { return Ok(false) };
-                let event = mapper
-                    .map_row(&tuple, txn.commit_lsn, txn.commit_time)
-                    .map_err(|source| PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) })?;
-                let encoded = self.encode(event, &mut txn.topics).await?;
-                send(Item::Event(encoded)).await;
+                let Some(mapper) = self.mapper_for(&relation, mappers)? else {
+                    return match self.cfg.outbox.unmapped_relations {
+                        UnmappedRelations::Error => Err(PipelineError::Unmapped {
+                            relation: format!("{}.{}", relation.schema(), relation.name),
+                            lsn: txn.commit_lsn,
+                        }),
+                        UnmappedRelations::Ignore => {
+                            self.stats.unmapped_rows.fetch_add(1, Ordering::Relaxed);
+                            Ok(false)
+                        }
+                    };
+                };
+                let pos = txn.next_pos();
+                let encoded = match mapper.map_row(&tuple, txn.commit_lsn, txn.commit_time) {
+                    Ok(event) => self.encode(event, pos, &mut txn.topics).await,
+                    Err(source) => Err(PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) }),
+                };
+                let item = match encoded {
+                    Ok(e) => e,
+                    Err(error) => {
+                        let source = format!("{}.{}", relation.schema(), relation.name);
+                        let value = || dead_letter::row_json(&relation, &tuple);
+                        self.dead_letter_or_stop(error, pos, txn, &source, value)?
+                    }
+                };
+                to_sink.send(Item::Event(item)).await;
                 Ok(false)
             }
             TxnEvent::Message { prefix, content, .. } => {
                 let Some(m) = &self.messages else { return Ok(false) };
-                let Some(event) = m
-                    .map_message(&prefix, true, &content, txn.commit_lsn, txn.commit_time)
-                    .map_err(|source| PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) })?
-                else {
+                let mapped = m.map_message(&prefix, true, &content, txn.commit_lsn, txn.commit_time);
+                // Messages of other prefixes (heartbeats, other applications) are not events.
+                if matches!(mapped, Ok(None)) {
                     return Ok(false);
+                }
+                let pos = txn.next_pos();
+                let encoded = match mapped {
+                    Ok(Some(event)) => self.encode(event, pos, &mut txn.topics).await,
+                    Ok(None) => return Ok(false),
+                    Err(source) => Err(PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) }),
                 };
-                let encoded = self.encode(event, &mut txn.topics).await?;
-                send(Item::Event(encoded)).await;
+                let item = match encoded {
+                    Ok(e) => e,
+                    Err(error) => {
+                        let source = format!("message:{prefix}");
+                        self.dead_letter_or_stop(error, pos, txn, &source, || content.to_vec())?
+                    }
+                };
+                to_sink.send(Item::Event(item)).await;
                 Ok(false)
             }
             TxnEvent::Commit { commit_lsn, end_lsn, commit_time } => {
-                send(Item::TxnEnd { commit_lsn, end_lsn, commit_time }).await;
+                to_sink.send(Item::TxnEnd { commit_lsn, end_lsn, commit_time }).await;
                 Ok(true)
             }
         }
+    }
+
+    /// In dead-letter mode, a dead letter in place of an event that could not be mapped or encoded; otherwise (or
+    /// for failures that are not the event's own) the error.
+    fn dead_letter_or_stop(
+        &self,
+        error: PipelineError,
+        pos: EventPos,
+        txn: &TxnCtx,
+        source: &str,
+        value: impl FnOnce() -> Vec<u8>,
+    ) -> Result<EncodedEvent, PipelineError> {
+        let (kind, event_id) = match &error {
+            PipelineError::Map { source, .. } => ("mapping", source.event_id.clone().unwrap_or_default()),
+            PipelineError::Encode(e) if e.is_event_error() => ("encoding", String::new()),
+            _ => return Err(error),
+        };
+        let Some(topic) = self.dead_letter_topic.as_ref() else { return Err(error) };
+        let value_format = if source.starts_with("message:") { "message" } else { "row-json" };
+        let letter = DeadLetter {
+            source,
+            event_id: &event_id,
+            commit_lsn: txn.commit_lsn,
+            original_topic: "",
+            kind,
+            message: error.to_string(),
+            value_format,
+        };
+        let mut e = EncodedEvent {
+            topic: Arc::clone(topic),
+            partition: None,
+            key: Vec::new(),
+            value: value(),
+            id: event_id.clone(),
+            event_type: String::new(),
+            headers: letter.headers(),
+            timestamp_ms: Some(txn.commit_time.unix_millis()),
+            pos,
+            source: source.to_owned(),
+            dead_letter: true,
+            cost: 0,
+        };
+        e.compute_cost();
+        warn!(%error, %pos, "event sent to the dead-letter topic");
+        Ok(e)
     }
 
     fn mapper_for(
@@ -722,6 +1041,7 @@ impl Relay {
     async fn encode(
         &self,
         ev: OutboxEvent,
+        pos: EventPos,
         topics: &mut HashMap<String, Arc<str>>,
     ) -> Result<EncodedEvent, PipelineError> {
         let value = self.value_encoder.encode(&ev).await?;
@@ -734,7 +1054,7 @@ impl Relay {
                 t
             }
         };
-        Ok(EncodedEvent {
+        let mut e = EncodedEvent {
             topic,
             partition: ev.partition,
             key,
@@ -742,8 +1062,14 @@ impl Relay {
             id: ev.id,
             event_type: ev.event_type,
             headers: ev.headers,
-            timestamp_ms: ev.timestamp.unix_millis(),
-        })
+            timestamp_ms: Some(ev.timestamp.unix_millis()),
+            pos,
+            source: ev.source,
+            dead_letter: false,
+            cost: 0,
+        };
+        e.compute_cost();
+        Ok(e)
     }
 }
 
@@ -751,30 +1077,138 @@ impl Relay {
 struct TxnCtx {
     commit_lsn: Lsn,
     commit_time: PgTimestamp,
+    next_index: u32,
     topics: HashMap<String, Arc<str>>,
+}
+
+impl TxnCtx {
+    fn next_pos(&mut self) -> EventPos {
+        let pos = EventPos { commit_lsn: self.commit_lsn, index: self.next_index };
+        self.next_index = self.next_index.saturating_add(1);
+        pos
+    }
+}
+
+/// Writes heartbeats on a SQL connection of its own, replaced after any failure (a terminated backend, a broken or
+/// stalled TCP connection), every statement bounded by `postgres.stall_timeout_ms`. Requests while one is running
+/// are merged. Stops when dropped.
+struct Heartbeat {
+    requests: mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(cfg: &Config, client: tokio_postgres::Client, stats: Arc<Stats>) -> Heartbeat {
+        let (requests, mut rx) = mpsc::channel::<()>(1);
+        let pg = cfg.postgres.clone();
+        let task = tokio::spawn(async move {
+            let timeout = Duration::from_millis(pg.stall_timeout_ms);
+            let mut client = Some(client);
+            while rx.recv().await.is_some() {
+                let result = tokio::time::timeout(timeout, async {
+                    let c = match client.take() {
+                        Some(c) if !c.is_closed() => c,
+                        _ => pg.connect_sql_timeout(timeout).await.map_err(|e| e.to_string())?,
+                    };
+                    // Transactional, so it travels inside a commit the relay checkpoints and acknowledges; a
+                    // non-transactional message would not move the slot.
+                    c.execute("SELECT pg_logical_emit_message(true, $1, '')", &[&pg.heartbeat_prefix])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(c)
+                })
+                .await;
+                match result {
+                    Ok(Ok(c)) => {
+                        client = Some(c);
+                        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        debug!("heartbeat written");
+                    }
+                    Ok(Err(error)) => {
+                        stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(%error, "heartbeat failed; the next one uses a new connection");
+                    }
+                    Err(_) => {
+                        stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            timeout_ms = timeout.as_millis() as u64,
+                            "heartbeat got no answer (postgres.stall_timeout_ms); the next one uses a new connection"
+                        );
+                    }
+                }
+            }
+        });
+        Heartbeat { requests, task }
+    }
+
+    fn request(&self) {
+        // Full: one is running or queued, which serves this request too.
+        let _ = self.requests.try_send(());
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The Kafka side of a session.
 struct Sink {
     producer: TxnProducer,
+    topics: Topics,
     connector: String,
+    server: SourceIdentity,
     max_events: u64,
     max_wait: Duration,
     stats: Arc<Stats>,
     ack: watch::Sender<Lsn>,
+    budget: Arc<Semaphore>,
+    /// What the source acquires per event at most (the whole budget).
+    budget_bytes: u32,
+    dead_letter_topic: Option<Arc<str>>,
+    poison: Poison,
+    /// Dead letters in the open Kafka transaction (counted when it commits).
+    batch_dead_letters: u64,
 }
 
 impl Sink {
-    async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> (Result<(), PipelineError>, TxnProducer) {
-        let r = self.run_inner(&mut rx).await;
+    /// Runs until the source closes the channel or an error; gives the producer back only when it is clean.
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> (Result<(), PipelineError>, Option<TxnProducer>) {
+        let mut r = self.run_inner(&mut rx).await;
+        // The source may be waiting for buffer room: let it see that the sink is gone.
+        self.budget.close();
         if r.is_err() {
             // Whatever is open will never be committed; abort now so consumers are not held at the LSO until the
             // transaction times out.
             if let Err(e) = self.producer.abort().await {
-                warn!(error = %e, "abort after failure failed");
+                warn!(error = %e, "abort after failure failed; a new producer will settle the transaction");
             }
         }
-        (r, self.producer)
+        if let Err(PipelineError::Sink(SinkError::Refused(refusal))) = &r {
+            if let Some(letter) = self.poisoned(refusal) {
+                r = Err(letter);
+            }
+        }
+        self.stats.pending.store(false, Ordering::Relaxed);
+        let clean = self.producer.is_usable() && !self.producer.is_open();
+        (r, clean.then_some(self.producer))
+    }
+
+    /// In dead-letter mode, remembers a record the broker refused inside a transaction so the replay sends a
+    /// dead letter in its place (never for a dead letter itself, nor when its position is unknown).
+    fn poisoned(&self, refusal: &Refusal) -> Option<PipelineError> {
+        let dlq = self.dead_letter_topic.as_deref()?;
+        let pos = refusal.pos?;
+        if refusal.topic == dlq {
+            return None;
+        }
+        let mut poison = self.poison.lock().ok()?;
+        if poison.contains_key(&pos) {
+            return None;
+        }
+        poison.insert(pos, refusal.clone());
+        Some(PipelineError::DeadLetterReplay(Box::new(refusal.clone())))
     }
 
     async fn run_inner(&mut self, rx: &mut mpsc::Receiver<Item>) -> Result<(), PipelineError> {
@@ -794,22 +1228,18 @@ impl Sink {
             match item {
                 Some(Item::Event(e)) => {
                     in_pg_txn = true;
-                    batch_started.get_or_insert_with(Instant::now);
-                    let headers: Vec<(&str, &[u8])> = [("id", e.id.as_bytes()), ("type", e.event_type.as_bytes())]
-                        .into_iter()
-                        .chain(e.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())))
-                        .collect();
-                    self.producer
-                        .send(&OutRecord {
-                            topic: &e.topic,
-                            partition: e.partition,
-                            key: &e.key,
-                            value: &e.value,
-                            headers: &headers,
-                            timestamp_ms: Some(e.timestamp_ms),
-                        })
-                        .await?;
+                    if batch_started.is_none() {
+                        batch_started = Some(Instant::now());
+                        self.stats.note_progress();
+                        self.stats.pending.store(true, Ordering::Relaxed);
+                    }
+                    let cost = e.cost;
+                    self.produce(e).await?;
+                    self.budget.add_permits(cost.min(self.budget_bytes) as usize);
                     batch_events += 1;
+                    if batch_events % SINK_CHECK_EVERY == 0 {
+                        self.producer.check_age()?;
+                    }
                 }
                 Some(Item::TxnEnd { commit_lsn, end_lsn, commit_time }) => {
                     in_pg_txn = false;
@@ -827,7 +1257,11 @@ impl Sink {
                     // Source stopped. Commit complete transactions; a partial one stays out (aborted).
                     if in_pg_txn {
                         info!("aborting the partial transaction at shutdown; it is replayed on restart");
-                        self.producer.abort().await?;
+                        if let Err(e) = self.producer.abort().await {
+                            // Nothing of it can ever commit: the next start's init_transactions (or the broker's
+                            // transaction timeout) aborts it. Not a failure of the shutdown.
+                            warn!(error = %e, "abort at shutdown failed; the next start fences the open transaction");
+                        }
                     } else if pending.is_some() {
                         self.commit(&mut pending, &mut batch_events, &mut batch_started).await?;
                     }
@@ -837,6 +1271,106 @@ impl Sink {
         }
     }
 
+    /// Sends one event, or its dead letter when Kafka is known to refuse it.
+    async fn produce(&mut self, e: EncodedEvent) -> Result<(), PipelineError> {
+        let known = self.poison.lock().ok().and_then(|p| p.get(&e.pos).cloned());
+        let refusal = match known {
+            Some(r) if !e.dead_letter => Some(r),
+            _ => self.refusal_before_sending(&e).await?,
+        };
+        if let Some(refusal) = refusal {
+            return self.refused(e, refusal).await;
+        }
+        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(e.headers.len() + 2);
+        if !e.dead_letter {
+            headers.push(("id", e.id.as_bytes()));
+            headers.push(("type", e.event_type.as_bytes()));
+        }
+        headers.extend(e.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
+        let sent = self
+            .producer
+            .send(&OutRecord {
+                topic: &e.topic,
+                partition: e.partition,
+                key: &e.key,
+                value: (!e.value.is_empty()).then_some(e.value.as_slice()),
+                headers: &headers,
+                timestamp_ms: e.timestamp_ms,
+                pos: Some(e.pos),
+            })
+            .await;
+        drop(headers);
+        match sent {
+            Ok(()) => Ok(()),
+            Err(SinkError::Refused(r)) => self.refused(e, *r).await,
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// A refusal known without sending: the topic is missing (creation off) or not authorized, or the partition is
+    /// beyond the topic's.
+    async fn refusal_before_sending(&mut self, e: &EncodedEvent) -> Result<Option<Refusal>, PipelineError> {
+        let refusal = |code, reason: String| {
+            Some(Refusal { topic: e.topic.to_string(), event_id: e.id.clone(), pos: Some(e.pos), code, reason })
+        };
+        Ok(match self.topics.state(&self.producer, &e.topic).await? {
+            TopicState::Refused { code } => refusal(code, format!("topic {:?}: {code}", e.topic)),
+            TopicState::Ready { partitions } => match e.partition {
+                Some(p) if p >= partitions || p < 0 => refusal(
+                    rdkafka::error::RDKafkaErrorCode::UnknownPartition,
+                    format!("partition {p} of a topic with {partitions} partitions"),
+                ),
+                _ => None,
+            },
+        })
+    }
+
+    /// A record Kafka refuses: its dead letter in dead-letter mode, else the named error.
+    async fn refused(&mut self, e: EncodedEvent, refusal: Refusal) -> Result<(), PipelineError> {
+        let Some(topic) = self.dead_letter_topic.clone().filter(|_| !e.dead_letter) else {
+            return Err(SinkError::Refused(Box::new(refusal)).into());
+        };
+        warn!(error = %refusal, "event sent to the dead-letter topic");
+        let too_large = refusal.kind() == "record_too_large";
+        let letter = DeadLetter {
+            source: &e.source,
+            event_id: &e.id,
+            commit_lsn: e.pos.commit_lsn,
+            original_topic: &e.topic,
+            kind: &format!("kafka:{}", refusal.kind()),
+            message: refusal.to_string(),
+            value_format: if too_large { "none" } else { "record" },
+        };
+        let mut headers = vec![
+            ("id".to_owned(), bytes::Bytes::from(e.id.clone())),
+            ("type".to_owned(), bytes::Bytes::from(e.event_type.clone())),
+        ];
+        headers.extend(e.headers.iter().cloned());
+        headers.extend(letter.headers());
+        let mut letter = EncodedEvent {
+            topic,
+            partition: None,
+            key: e.key,
+            value: if too_large { Vec::new() } else { e.value },
+            id: e.id,
+            event_type: e.event_type,
+            headers,
+            // A timestamp the topic refused would be refused again: the producer's clock instead.
+            timestamp_ms: if refusal.code == rdkafka::error::RDKafkaErrorCode::InvalidTimestamp {
+                None
+            } else {
+                e.timestamp_ms
+            },
+            pos: e.pos,
+            source: e.source,
+            dead_letter: true,
+            cost: 0,
+        };
+        letter.compute_cost();
+        self.batch_dead_letters += 1;
+        Box::pin(self.produce(letter)).await
+    }
+
     async fn commit(
         &mut self,
         pending: &mut Option<(Lsn, Lsn, PgTimestamp)>,
@@ -844,7 +1378,7 @@ impl Sink {
         batch_started: &mut Option<Instant>,
     ) -> Result<(), PipelineError> {
         let Some((commit_lsn, end_lsn, commit_time)) = pending.take() else { return Ok(()) };
-        let cp = Checkpoint::new(&self.connector, commit_lsn, end_lsn);
+        let cp = Checkpoint::new(&self.connector, commit_lsn, end_lsn, Some(self.server.clone()));
         let span = info_span!("kafka_txn", commit_lsn = %commit_lsn, event_count = *batch_events);
         let commit_started = Instant::now();
         self.producer.commit(&cp).instrument(span).await?;
@@ -853,18 +1387,22 @@ impl Sink {
         self.stats.kafka_commit_micros_total.fetch_add(commit_us, Ordering::Relaxed);
         debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events = *batch_events, commit_us, "kafka transaction committed");
         self.stats.events_committed.fetch_add(*batch_events, Ordering::Relaxed);
+        self.stats.dead_letters.fetch_add(self.batch_dead_letters, Ordering::Relaxed);
+        self.batch_dead_letters = 0;
         self.stats.kafka_commits.fetch_add(1, Ordering::Relaxed);
         self.stats.acked_lsn.store(end_lsn.as_u64(), Ordering::Relaxed);
         self.stats.last_commit_unix_ms.store(u64::try_from(cp.time_ms).unwrap_or(0), Ordering::Relaxed);
         self.stats
             .last_source_commit_unix_us
             .store(u64::try_from(commit_time.unix_micros()).unwrap_or(0), Ordering::Relaxed);
+        self.stats.pending.store(false, Ordering::Relaxed);
+        self.stats.note_progress();
+        self.stats.streaming.store(true, Ordering::Relaxed);
         *batch_events = 0;
         *batch_started = None;
-        // Only now may PostgreSQL forget the WAL up to end_lsn.
-        if self.ack.send(end_lsn).is_err() {
-            error!("source gone before acknowledgement");
-        }
+        // Only now may PostgreSQL forget the WAL up to end_lsn. The source is gone when it failed; its error
+        // is what the session reports.
+        let _ = self.ack.send(end_lsn);
         Ok(())
     }
 }

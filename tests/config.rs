@@ -15,10 +15,11 @@ fn example_path() -> PathBuf {
     services::repo_root().join("config/outbox-relay.example.toml")
 }
 
-/// Every key path of a TOML document: `section.key`, `[]` for array elements; `kafka.properties` is one key.
+/// Every key path of a TOML document: `section.key`, `[]` for array elements; the pass-through maps
+/// `kafka.properties` and `kafka.topic_creation.configs` are one key each.
 fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
     match value {
-        toml::Value::Table(table) if prefix != "kafka.properties" => {
+        toml::Value::Table(table) if prefix != "kafka.properties" && prefix != "kafka.topic_creation.configs" => {
             for (key, value) in table {
                 let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                 key_paths(value, &path, out);

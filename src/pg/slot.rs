@@ -119,6 +119,19 @@ pub enum SlotError {
          postgres.create_publication = true"
     )]
     PublicationMissing(String),
+    /// A configured table is partitioned and the existing publication publishes its partitions under their own
+    /// names, which no mapping claims.
+    #[error(
+        "publication {publication:?} publishes the partitions of the partitioned table {table} under their own names \
+         (publish_via_partition_root = false), so their rows would not match the outbox mapping; run ALTER PUBLICATION \
+         {publication} SET (publish_via_partition_root = true)"
+    )]
+    PublicationNotViaRoot {
+        /// Publication.
+        publication: String,
+        /// The partitioned table.
+        table: String,
+    },
     /// The publication exists but does not cover a configured table or does not publish inserts.
     #[error(
         "publication {publication:?} does not publish inserts of {table}; run ALTER PUBLICATION {publication} ADD \
@@ -158,7 +171,7 @@ impl SlotError {
     /// `true` when retrying later may help (connection trouble), `false` for what needs an operator.
     pub fn is_transient(&self) -> bool {
         match self {
-            SlotError::Sql { source, .. } => source.code().is_none(),
+            SlotError::Sql { source, .. } => crate::pg::is_transient_sql_error(source),
             _ => false,
         }
     }
@@ -308,9 +321,15 @@ pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<
     slot_info(client, slot).await?.ok_or_else(|| SlotError::SlotMissing(slot.to_owned()))
 }
 
-/// Creates the publication for `tables` with `publish = 'insert'` when missing; verifies that an existing one
-/// publishes inserts of every table. With no tables (tableless outbox only) an empty publication is enough:
-/// logical messages do not depend on the publication's tables.
+/// Creates the publication for `tables` with `publish = 'insert'` and `publish_via_partition_root = true` when
+/// missing; verifies that an existing one publishes inserts of every table, and publishes a partitioned table's
+/// rows under the table's own name. With no tables (tableless outbox only) an empty publication is enough: logical
+/// messages do not depend on the publication's tables.
+///
+/// `publish_via_partition_root` is what makes a partitioned outbox work: without it pgoutput reports each row
+/// under its leaf partition's name, and partitions come and go (created, attached, detached, dropped for
+/// housekeeping) while the relay runs. With it every row arrives as a row of the configured table, whatever
+/// partition holds it, and partitions added later are covered without touching the publication.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
@@ -318,7 +337,7 @@ pub async fn ensure_publication(
     create: bool,
 ) -> Result<bool, SlotError> {
     let row = client
-        .query_opt("SELECT pubinsert, puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt("SELECT pubinsert, puballtables, pubviaroot FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
         .map_err(sql("reading pg_publication"))?;
     let Some(row) = row else {
@@ -329,7 +348,10 @@ pub async fn ensure_publication(
         let stmt = if tables.is_empty() {
             format!("CREATE PUBLICATION {} WITH (publish = 'insert')", quote_ident(publication))
         } else {
-            format!("CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert')", quote_ident(publication))
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert', publish_via_partition_root = true)",
+                quote_ident(publication)
+            )
         };
         client.batch_execute(&stmt).await.map_err(sql("creating the publication"))?;
         info!(publication, tables = %list, "created publication");
@@ -337,6 +359,14 @@ pub async fn ensure_publication(
     };
     let pubinsert: bool = row.try_get(0).map_err(sql("reading pg_publication"))?;
     let all_tables: bool = row.try_get(1).map_err(sql("reading pg_publication"))?;
+    let via_root: bool = row.try_get(2).map_err(sql("reading pg_publication"))?;
+    if !via_root {
+        for t in tables {
+            if is_partitioned(client, t).await? {
+                return Err(SlotError::PublicationNotViaRoot { publication: publication.to_owned(), table: t.quoted() });
+            }
+        }
+    }
     let rows = client
         .query(
             "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
@@ -352,6 +382,19 @@ pub async fn ensure_publication(
         }
     }
     Ok(false)
+}
+
+/// Whether `table` is a partitioned table (`relkind = 'p'`); `false` when it does not exist.
+pub async fn is_partitioned(client: &Client, table: &TableName) -> Result<bool, SlotError> {
+    let row = client
+        .query_opt(
+            "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(sql("reading pg_class"))?;
+    Ok(row.map(|r| r.try_get::<_, bool>(0)).transpose().map_err(sql("reading pg_class"))?.unwrap_or(false))
 }
 
 #[cfg(test)]

@@ -483,6 +483,16 @@ impl ReplicationClient {
         })
     }
 
+    /// `TIMELINE_HISTORY timeline`: the content of that timeline's history file (timeline 1 has none; the server
+    /// refuses it). Parse it with [`crate::pg::identity::parse_timeline_history`].
+    pub async fn timeline_history(&mut self, timeline: u32) -> Result<String, ReplicationError> {
+        let results = self.simple_query(&format!("TIMELINE_HISTORY {timeline}")).await?;
+        let r = single_row(&results, "TIMELINE_HISTORY")?;
+        r.get(0, "content")
+            .map(str::to_owned)
+            .ok_or_else(|| ReplicationError::protocol("TIMELINE_HISTORY returned no content"))
+    }
+
     /// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL pgoutput` with the given snapshot action. A temporary slot
     /// is dropped by the server when this connection ends.
     pub async fn create_replication_slot(

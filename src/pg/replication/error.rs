@@ -349,11 +349,7 @@ impl ReplicationError {
             | ReplicationError::StreamEnded => true,
             // A handshake that failed on I/O (reset mid-handshake) is worth a retry; a verification failure is not.
             ReplicationError::TlsHandshake { source, .. } => source.io_error().is_some(),
-            ReplicationError::Db(e) => {
-                // 08: connection exception, 53: insufficient resources (too many connections, out of memory or
-                // disk), 40: transaction rollback (serialization, deadlock), 58: system error (I/O on the server).
-                matches!(e.code.get(..2), Some("08" | "53" | "40" | "58"))
-            }
+            ReplicationError::Db(e) => crate::pg::is_transient_sqlstate(&e.code),
             ReplicationError::Config(_)
             | ReplicationError::InvalidArgument(_)
             | ReplicationError::Unsupported(_)

@@ -18,7 +18,8 @@
 //!   `confirmed_flush_lsn`. It never goes backwards (lower acks are ignored); until the first ack it is `0/0`, which
 //!   the server ignores.
 //! - An update is sent when the server asks for one, every `status_interval` whatever the traffic or the caller is
-//!   doing (a background task, so a caller busy in a long Kafka commit does not hit `wal_sender_timeout`), when the
+//!   doing (asking the server for a reply, so a caller that hears nothing for a few intervals knows the connection
+//!   is dead) (a background task, so a caller busy in a long Kafka commit does not hit `wal_sender_timeout`), when the
 //!   acknowledged position moved, when the caller forces one, and once more before CopyDone in [`stop`]. An
 //!   ack that changes nothing sends nothing.
 //!
@@ -185,14 +186,15 @@ struct StatusWriter {
 
 impl StatusWriter {
     /// Sends a status update with the current positions; unless `force`, only if they changed since the last one.
-    async fn send(&mut self, progress: &Progress, force: bool) -> Result<(), ReplicationError> {
+    /// `ask_reply` asks the server to answer at once with a keepalive, which proves the connection alive.
+    async fn send(&mut self, progress: &Progress, force: bool, ask_reply: bool) -> Result<(), ReplicationError> {
         let flush = progress.flushed();
         let write = progress.received().max(flush);
         if !force && write == self.last_write && flush == self.last_flush {
             // Nothing new to say; still push out bytes a cancelled send may have left.
             return self.frames.flush().await;
         }
-        encode_status(&mut self.frames.buf, write, flush, write, PgTimestamp::now(), false)?;
+        encode_status(&mut self.frames.buf, write, flush, write, PgTimestamp::now(), ask_reply)?;
         tracing::trace!(%write, %flush, force, "standby status update");
         self.frames.flush().await?;
         self.last_write = write;
@@ -309,7 +311,7 @@ impl ReplicationStream {
     async fn next_inner(&mut self) -> Result<Option<ReplicationMessage>, ReplicationError> {
         loop {
             if self.reply_pending {
-                self.writer.lock().await.send(&self.progress, true).await?;
+                self.writer.lock().await.send(&self.progress, true, false).await?;
                 self.reply_pending = false;
             }
             if self.progress.writer_failed.load(Ordering::Acquire) {
@@ -327,7 +329,7 @@ impl ReplicationStream {
                             self.note_received(k.wal_end);
                             if k.reply_requested {
                                 self.reply_pending = true;
-                                self.writer.lock().await.send(&self.progress, true).await?;
+                                self.writer.lock().await.send(&self.progress, true, false).await?;
                                 self.reply_pending = false;
                             }
                         }
@@ -389,7 +391,7 @@ impl ReplicationStream {
             State::Ended { .. } => return Err(ReplicationError::StreamEnded),
             State::Failed => return Err(ReplicationError::StreamFailed),
         }
-        let result = self.writer.lock().await.send(&self.progress, true).await;
+        let result = self.writer.lock().await.send(&self.progress, true, false).await;
         if result.is_err() {
             self.state = State::Failed;
         }
@@ -441,7 +443,7 @@ impl ReplicationStream {
         }
         let mut writer = writer;
         let finish = async {
-            writer.send(&progress, true).await?;
+            writer.send(&progress, true, false).await?;
             frontend::copy_done(&mut writer.frames.buf);
             writer.frames.flush().await?;
             drain_to_ready(&mut reader).await
@@ -481,7 +483,9 @@ async fn status_task(writer: Arc<Mutex<StatusWriter>>, progress: Arc<Progress>, 
         let mut w = writer.lock().await;
         let result = if periodic {
             // Someone else (a reply, a forced update) may have sent one meanwhile; then the clock restarts.
-            if w.last_sent_at.elapsed() >= interval { w.send(&progress, true).await } else { Ok(()) }
+            // Each periodic update asks for a reply: a silent server then means a dead connection, which the
+            // caller detects by the time since the last message (a cut without FIN is otherwise invisible).
+            if w.last_sent_at.elapsed() >= interval { w.send(&progress, true, true).await } else { Ok(()) }
         } else {
             let since = w.last_sent_at.elapsed();
             if since < MIN_ACK_UPDATE_SPACING {
@@ -489,7 +493,7 @@ async fn status_task(writer: Arc<Mutex<StatusWriter>>, progress: Arc<Progress>, 
                 tokio::time::sleep(MIN_ACK_UPDATE_SPACING - since).await;
                 w = writer.lock().await;
             }
-            w.send(&progress, false).await
+            w.send(&progress, false, false).await
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "standby status update failed");
@@ -698,8 +702,12 @@ mod tests {
         assert_eq!(stream.last_flushed_lsn(), Lsn(120));
         assert_eq!(server.recv(SHORT).await, None, "an ack that changes nothing sends nothing");
 
-        // The periodic update repeats the positions, flush still 120, with nobody calling next().
-        assert_eq!(server.recv(Duration::from_secs(3)).await, status(150, 120));
+        // The periodic update repeats the positions, flush still 120, with nobody calling next(), and asks the
+        // server for a reply (the caller's proof that the connection is alive).
+        assert_eq!(
+            server.recv(Duration::from_secs(3)).await,
+            Some(FromClient::Status { write: 150, flush: 120, apply: 150, reply: true })
+        );
 
         // A forced update goes out even though nothing changed.
         stream.send_status().await.expect("send");
