@@ -149,7 +149,10 @@ impl EncodeError {
     /// `true` when the failure belongs to this event (its value, or the schema its topic needs), so a dead-letter
     /// record can take its place; `false` for what affects every event (registry unreachable or refusing access).
     pub fn is_event_error(&self) -> bool {
-        matches!(self, EncodeError::Value { .. } | EncodeError::IncompatibleSchema { .. } | EncodeError::InvalidSchema { .. })
+        matches!(
+            self,
+            EncodeError::Value { .. } | EncodeError::IncompatibleSchema { .. } | EncodeError::InvalidSchema { .. }
+        )
     }
 }
 

@@ -376,7 +376,7 @@ pub struct OutRecord<'a> {
     pub pos: Option<EventPos>,
 }
 
-/// The first failed delivery of the open transaction, as the delivery report told it.
+/// A failed delivery of the open transaction, as the delivery report told it.
 #[derive(Debug, Clone)]
 struct DeliveryFailure {
     seq: u64,
@@ -386,10 +386,13 @@ struct DeliveryFailure {
     event_id: String,
 }
 
-/// Keeps the first delivery failure of the open transaction; librdkafka would fail the commit anyway, this keeps
-/// the reason and which record it was, so the error names the event.
+/// Failures kept per transaction: enough to find the culprit of a refused batch.
+const MAX_FAILURES_KEPT: usize = 4096;
+
+/// Keeps the delivery failures of the open transaction; librdkafka would fail the commit anyway, this keeps the
+/// reasons and which records they were, so the error names the event.
 struct SinkContext {
-    first_error: Mutex<Option<DeliveryFailure>>,
+    failures: Mutex<Vec<DeliveryFailure>>,
     /// Records the broker acknowledged, for the relay's progress (readiness).
     delivered: Arc<AtomicU64>,
 }
@@ -415,9 +418,9 @@ impl ProducerContext for SinkContext {
             .and_then(|h| h.iter().find(|h| h.key == "id").and_then(|h| h.value))
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        if let Ok(mut slot) = self.first_error.lock() {
-            if slot.is_none() {
-                *slot = Some(DeliveryFailure {
+        if let Ok(mut failures) = self.failures.lock() {
+            if failures.len() < MAX_FAILURES_KEPT {
+                failures.push(DeliveryFailure {
                     seq: seq as u64,
                     topic: msg.topic().to_owned(),
                     code,
@@ -435,8 +438,19 @@ struct OpenTxn {
     started: Instant,
     /// Sequence number of its first record.
     first_seq: u64,
-    /// Positions of its records, indexed by `seq - first_seq` (`None` for the checkpoint record).
-    positions: Vec<Option<EventPos>>,
+    /// Its records, indexed by `seq - first_seq`.
+    records: Vec<SentRecord>,
+}
+
+/// What a refusal of a record needs to know about it.
+#[derive(Debug, Clone, Copy)]
+struct SentRecord {
+    /// `None` for the checkpoint record.
+    pos: Option<EventPos>,
+    /// Key and value bytes.
+    size: usize,
+    /// Its timestamp, ms since the Unix epoch (`None`: the producer's clock).
+    timestamp_ms: Option<i64>,
 }
 
 /// A transactional producer. At most one Kafka transaction is open at a time.
@@ -500,7 +514,7 @@ impl TxnProducer {
             }
         }
         let producer: ThreadedProducer<SinkContext> = c
-            .create_with_context(SinkContext { first_error: Mutex::new(None), delivered })
+            .create_with_context(SinkContext { failures: Mutex::new(Vec::new()), delivered })
             .map_err(|e| SinkError::Client { op: "producer creation", source: e })?;
         let producer = Arc::new(producer);
         let p = Arc::clone(&producer);
@@ -526,13 +540,13 @@ impl TxnProducer {
 
     fn begin(&mut self) -> Result<&mut OpenTxn, SinkError> {
         if self.open.is_none() {
-            if let Ok(mut slot) = self.producer.context().first_error.lock() {
-                *slot = None;
+            if let Ok(mut failures) = self.producer.context().failures.lock() {
+                failures.clear();
             }
             self.producer
                 .begin_transaction()
                 .map_err(|e| SinkError::from_kafka("begin_transaction", e, &self.settings.transactional_id))?;
-            self.open = Some(OpenTxn { started: Instant::now(), first_seq: self.next_seq, positions: Vec::new() });
+            self.open = Some(OpenTxn { started: Instant::now(), first_seq: self.next_seq, records: Vec::new() });
         }
         // Just set when it was None.
         self.open.as_mut().ok_or_else(|| SinkError::Join("no open transaction".into()))
@@ -548,8 +562,9 @@ impl TxnProducer {
         for (k, v) in rec.headers {
             headers = headers.insert(Header { key: k, value: Some(*v) });
         }
-        let mut record =
-            BaseRecord::with_opaque_to(rec.topic, usize::try_from(seq).unwrap_or(usize::MAX)).key(rec.key).headers(headers);
+        let mut record = BaseRecord::with_opaque_to(rec.topic, usize::try_from(seq).unwrap_or(usize::MAX))
+            .key(rec.key)
+            .headers(headers);
         if let Some(value) = rec.value {
             record = record.payload(value);
         }
@@ -589,7 +604,8 @@ impl TxnProducer {
         }
         self.next_seq += 1;
         if let Some(open) = self.open.as_mut() {
-            open.positions.push(rec.pos);
+            let size = rec.key.len() + rec.value.map_or(0, <[u8]>::len);
+            open.records.push(SentRecord { pos: rec.pos, size, timestamp_ms: rec.timestamp_ms });
         }
         Ok(())
     }
@@ -605,7 +621,7 @@ impl TxnProducer {
 
     fn too_long(&self, open: &OpenTxn) -> SinkError {
         SinkError::TransactionTooLong {
-            events: open.positions.len() as u64,
+            events: open.records.len() as u64,
             elapsed_ms: u64::try_from(open.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             timeout_ms: u64::try_from(self.settings.transaction_timeout.as_millis()).unwrap_or(u64::MAX),
         }
@@ -621,14 +637,33 @@ impl TxnProducer {
         }
     }
 
-    /// The first delivery failure of the open transaction, as a refusal naming its event when Kafka will never
-    /// take that record, else as a transient delivery error.
+    /// The delivery failure of the open transaction that caused the others, as a refusal naming its event when
+    /// Kafka will never take that record, else as a transient delivery error.
+    ///
+    /// The broker refuses a whole batch when one of its records breaks a topic limit, failing every record in it
+    /// with the same code: the culprit is then the record that breaks the limit most — the largest one for a size
+    /// refusal, the one whose timestamp is furthest from now for a timestamp refusal — not the first.
     fn delivery_failure(&self) -> Option<SinkError> {
-        let failure = self.producer.context().first_error.lock().ok()?.clone()?;
         let open = self.open.as_ref()?;
-        // A late report of an earlier (aborted) transaction's record is not this transaction's problem.
-        let index = failure.seq.checked_sub(open.first_seq)?;
-        let pos = open.positions.get(usize::try_from(index).ok()?).copied().flatten();
+        let record = |f: &DeliveryFailure| {
+            let index = usize::try_from(f.seq.checked_sub(open.first_seq)?).ok()?;
+            open.records.get(index).copied()
+        };
+        let failure = {
+            let failures = self.producer.context().failures.lock().ok()?;
+            // A late report of an earlier (aborted) transaction's record is not this transaction's problem.
+            let mine = || failures.iter().filter(|f| record(f).is_some());
+            let with = |code: RDKafkaErrorCode| mine().filter(move |f| f.code == Some(code));
+            let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()))
+                .unwrap_or(i64::MAX);
+            let deviation = |f: &DeliveryFailure| record(f).and_then(|r| r.timestamp_ms).map_or(0, |t| t.abs_diff(now));
+            let too_large = with(RDKafkaErrorCode::MessageSizeTooLarge)
+                .max_by_key(|f| (record(f).map_or(0, |r| r.size), std::cmp::Reverse(f.seq)));
+            let bad_time =
+                with(RDKafkaErrorCode::InvalidTimestamp).max_by_key(|f| (deviation(f), std::cmp::Reverse(f.seq)));
+            too_large.or(bad_time).or_else(|| mine().min_by_key(|f| f.seq))?.clone()
+        };
+        let pos = record(&failure)?.pos;
         Some(match failure.code {
             Some(code) if refusal_hint(code).is_some() => SinkError::Refused(Box::new(Refusal {
                 topic: failure.topic,
@@ -734,7 +769,7 @@ impl TxnProducer {
 
     /// Events in the open transaction (0 when none is open).
     pub fn open_events(&self) -> u64 {
-        self.open.as_ref().map_or(0, |o| o.positions.len() as u64)
+        self.open.as_ref().map_or(0, |o| o.records.len() as u64)
     }
 
     /// Topic metadata as this producer sees it: `Ok(partitions)` or the topic-level error code.
@@ -835,10 +870,7 @@ impl Topics {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(code) => {
-                    return Err(SinkError::Client {
-                        op: "topic metadata",
-                        source: KafkaError::MetadataFetch(code),
-                    });
+                    return Err(SinkError::Client { op: "topic metadata", source: KafkaError::MetadataFetch(code) });
                 }
             }
         }
@@ -882,11 +914,13 @@ impl Topics {
 pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), SinkError> {
     let admin = settings.admin()?;
     let topic = settings.checkpoint_topic.as_str();
-    let new =
-        NewTopic::new(topic, 1, TopicReplication::Fixed(settings.checkpoint_replication_factor)).set("cleanup.policy", "compact");
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(settings.checkpoint_replication_factor))
+        .set("cleanup.policy", "compact");
     let opts = AdminOptions::new().operation_timeout(Some(settings.operation_timeout));
-    let results =
-        admin.create_topics([&new], &opts).await.map_err(|e| SinkError::Client { op: "create checkpoint topic", source: e })?;
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| SinkError::Client { op: "create checkpoint topic", source: e })?;
     for r in results {
         match r {
             Ok(_) => info!(topic, "created checkpoint topic"),
@@ -898,17 +932,29 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
         }
     }
     let bad = |problem: String| SinkError::CheckpointTopic { topic: topic.to_owned(), problem };
-    let configs = admin
-        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
-        .await
-        .map_err(|e| SinkError::Client { op: "describe checkpoint topic", source: e })?;
-    for resource in configs {
-        let resource = resource.map_err(|code| SinkError::Client {
-            op: "describe checkpoint topic",
-            source: KafkaError::AdminOp(code),
-        })?;
-        let policy = resource.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
-        if policy != "compact" {
+    // Right after creation a broker may answer without the value yet: ask again, boundedly.
+    let mut policy = None;
+    for attempt in 0..20 {
+        let configs = admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+            .await
+            .map_err(|e| SinkError::Client { op: "describe checkpoint topic", source: e })?;
+        for resource in configs {
+            let resource = resource.map_err(|code| SinkError::Client {
+                op: "describe checkpoint topic",
+                source: KafkaError::AdminOp(code),
+            })?;
+            policy = resource.get("cleanup.policy").and_then(|e| e.value.clone());
+        }
+        if policy.is_some() {
+            break;
+        }
+        debug!(topic, attempt, "checkpoint topic configuration not known yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match policy.as_deref() {
+        Some("compact") => {}
+        Some(policy) => {
             return Err(bad(format!(
                 "has cleanup.policy={policy:?}: with deletion the broker removes a checkpoint once it is older than \
                  retention.ms or the partition exceeds retention.bytes, and the relay then cannot tell where to \
@@ -916,6 +962,7 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
                  {topic} --add-config cleanup.policy=compact)"
             )));
         }
+        None => warn!(topic, "the broker did not report the checkpoint topic's cleanup.policy; not verified"),
     }
     let admin = Arc::new(admin);
     let (a, t, timeout) = (Arc::clone(&admin), topic.to_owned(), settings.operation_timeout);

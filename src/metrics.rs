@@ -24,7 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-
 /// Events committed to Kafka.
 pub const EVENTS: &str = "outbox_relay_events_total";
 /// Kafka transactions committed.
@@ -188,7 +187,12 @@ pub fn render(stats: &Stats, up: bool, ready: bool) -> String {
         get(&stats.kafka_commit_micros_total) as f64 / 1e6,
     );
     metric(UP, "gauge", "1 while the relay pipeline runs.", if up { 1.0 } else { 0.0 });
-    metric(READY, "gauge", "1 while a replication session streams and the producer makes progress.", f64::from(u8::from(ready)));
+    metric(
+        READY,
+        "gauge",
+        "1 while a replication session streams and the producer makes progress.",
+        f64::from(u8::from(ready)),
+    );
     metric(DEAD_LETTERS, "counter", "Events sent to the dead-letter topic.", get(&stats.dead_letters) as f64);
     metric(UNMAPPED_ROWS, "counter", "Rows of unmapped published tables skipped.", get(&stats.unmapped_rows) as f64);
     metric(HEARTBEAT_FAILURES, "counter", "Heartbeats that failed.", get(&stats.heartbeat_failures) as f64);
@@ -228,9 +232,10 @@ pub async fn serve(
                 let (status, body) = match path {
                     "/metrics" => ("200 OK", render(&stats, running, health.ready)),
                     "/health" if running && health.healthy => ("200 OK", "ok\n".to_owned()),
-                    "/health" if running => {
-                        ("503 Service Unavailable", "not delivering for longer than metrics.unhealthy_after_ms\n".to_owned())
-                    }
+                    "/health" if running => (
+                        "503 Service Unavailable",
+                        "not delivering for longer than metrics.unhealthy_after_ms\n".to_owned(),
+                    ),
                     "/ready" if running && health.ready => ("200 OK", "ready\n".to_owned()),
                     "/health" | "/ready" => ("503 Service Unavailable", "not ready\n".to_owned()),
                     _ => ("404 Not Found", "try /metrics, /health or /ready\n".to_owned()),
@@ -296,7 +301,8 @@ mod tests {
         assert!(s.health(1000).ready);
         // Records pending with no progress for longer than the stall bound: not ready.
         s.pending.store(true, Ordering::Relaxed);
-        s.last_progress_unix_ms.store(now_unix_ms() - STALL_BEFORE_NOT_READY.as_millis() as u64 - 1000, Ordering::Relaxed);
+        s.last_progress_unix_ms
+            .store(now_unix_ms() - STALL_BEFORE_NOT_READY.as_millis() as u64 - 1000, Ordering::Relaxed);
         assert!(!s.health(1000).ready);
         s.note_progress();
         assert!(s.health(1000).ready);

@@ -224,9 +224,11 @@ impl PipelineError {
             PipelineError::Slot(e) => e.is_transient(),
             PipelineError::SqlConnect(e) => e.is_transient(),
             PipelineError::Sql { source, .. } => crate::pg::is_transient_sql_error(source),
-            PipelineError::Stalled { .. } | PipelineError::ServerChanged { .. } | PipelineError::DeadLetterReplay(_) => {
-                true
-            }
+            PipelineError::Stalled { .. }
+            | PipelineError::ServerChanged { .. }
+            | PipelineError::DeadLetterReplay(_) => true,
+            // A full spill directory may be freed; the transaction is decoded again from the WAL.
+            PipelineError::Txn(TxnError::Spill { source, .. }) => source.kind() == std::io::ErrorKind::StorageFull,
             _ => false,
         }
     }
@@ -532,9 +534,8 @@ impl Relay {
                 Ok(client.timeline_history(server.timeline).await?)
             })
             .await?;
-            parse_timeline_history(&text).map_err(|e| {
-                PipelineError::Replication(ReplicationError::protocol(format!("TIMELINE_HISTORY: {e}")))
-            })?
+            parse_timeline_history(&text)
+                .map_err(|e| PipelineError::Replication(ReplicationError::protocol(format!("TIMELINE_HISTORY: {e}"))))?
         } else {
             Vec::new()
         };
@@ -793,9 +794,10 @@ impl Relay {
             }
         };
         let options = self.replication_options(resume);
-        let mut stream =
-            bounded(self.stall_timeout, "replication connection", async { Ok(client.start_replication(&options).await?) })
-                .await?;
+        let mut stream = bounded(self.stall_timeout, "replication connection", async {
+            Ok(client.start_replication(&options).await?)
+        })
+        .await?;
         let options = DecoderOptions::new(stream.proto_version()).map_err(|e| PipelineError::Config(e.to_string()))?;
         info!(resume = %resume, proto_version = options.protocol_version(), "replication started");
         let session_started = Instant::now();
@@ -1234,6 +1236,8 @@ impl Sink {
                         self.stats.pending.store(true, Ordering::Relaxed);
                     }
                     let cost = e.cost;
+                    // The source's dead letters (mapping, encoding); the sink counts its own in `refused`.
+                    self.batch_dead_letters += u64::from(e.dead_letter);
                     self.produce(e).await?;
                     self.budget.add_permits(cost.min(self.budget_bytes) as usize);
                     batch_events += 1;

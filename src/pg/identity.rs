@@ -70,11 +70,8 @@ pub fn parse_timeline_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryEr
         }
         let err = |reason| HistoryError { line: i + 1, reason };
         let mut fields = line.split(['\t', ' ']).filter(|f| !f.is_empty());
-        let timeline: u32 = fields
-            .next()
-            .ok_or_else(|| err("no timeline"))?
-            .parse()
-            .map_err(|_| err("timeline is not a number"))?;
+        let timeline: u32 =
+            fields.next().ok_or_else(|| err("no timeline"))?.parse().map_err(|_| err("timeline is not a number"))?;
         let switchpoint: Lsn = fields
             .next()
             .ok_or_else(|| err("no switchpoint"))?

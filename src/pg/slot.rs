@@ -363,7 +363,10 @@ pub async fn ensure_publication(
     if !via_root {
         for t in tables {
             if is_partitioned(client, t).await? {
-                return Err(SlotError::PublicationNotViaRoot { publication: publication.to_owned(), table: t.quoted() });
+                return Err(SlotError::PublicationNotViaRoot {
+                    publication: publication.to_owned(),
+                    table: t.quoted(),
+                });
             }
         }
     }

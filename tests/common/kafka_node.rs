@@ -10,7 +10,10 @@ use crate::services::{closed_port, infra_var};
 
 pub struct KafkaNode {
     pub dir: tempfile::TempDir,
+    /// The broker's own listener (inter-broker traffic, and clients that should bypass any proxy).
     pub port: u16,
+    /// With [`KafkaNode::start_behind`]: the client listener's port and the port it advertises (a proxy's).
+    pub client: Option<(u16, u16)>,
     controller_port: u16,
     child: Option<Child>,
     java: String,
@@ -20,17 +23,36 @@ pub struct KafkaNode {
 impl KafkaNode {
     /// Formats storage and starts the broker; waits until it serves.
     pub fn start() -> KafkaNode {
+        KafkaNode::start_with(None)
+    }
+
+    /// Like [`KafkaNode::start`], with a second listener for clients that advertises `proxy_port`: clients that
+    /// bootstrap through a proxy on that port keep talking through it (metadata points them back to it), while the
+    /// broker's own traffic and [`KafkaNode::bootstrap`] stay direct. Returns the node; the client listener's own
+    /// port is `client.0`, which the proxy forwards to.
+    pub fn start_behind(proxy_port: u16) -> KafkaNode {
+        KafkaNode::start_with(Some(proxy_port))
+    }
+
+    fn start_with(proxy_port: Option<u16>) -> KafkaNode {
         let libs = infra_var("KAFKA_LIBS_DIR").expect("KAFKA_LIBS_DIR (run `bash tests/infra/up.sh`)");
         let java = infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
         let dir = tempfile::Builder::new().prefix("outbox-relay-kafka-").tempdir().unwrap();
         let port = closed_port();
         let controller_port = closed_port();
+        let client = proxy_port.map(|p| (closed_port(), p));
+        let (extra_listener, extra_advertised) = match client {
+            Some((own, advertised)) => {
+                (format!(",CLIENT://127.0.0.1:{own}"), format!(",CLIENT://127.0.0.1:{advertised}"))
+            }
+            None => (String::new(), String::new()),
+        };
         let props = format!(
             "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.bootstrap.servers=127.0.0.1:{controller_port}\n\
-             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}{extra_listener}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}{extra_advertised}\n\
              controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
-             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\nlog.dirs={}\nnum.partitions=1\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CLIENT:PLAINTEXT\nlog.dirs={}\nnum.partitions=1\n\
              offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
              share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n\
              offsets.topic.num.partitions=1\ntransaction.state.log.num.partitions=1\ngroup.initial.rebalance.delay.ms=0\n",
@@ -47,13 +69,18 @@ impl KafkaNode {
             .status()
             .unwrap();
         assert!(status.success(), "kafka storage format failed");
-        let mut node = KafkaNode { dir, port, controller_port, child: None, java, libs };
+        let mut node = KafkaNode { dir, port, client, controller_port, child: None, java, libs };
         node.restart();
         node
     }
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The client listener's own address (what a proxy in front of it forwards to).
+    pub fn client_listener(&self) -> String {
+        format!("127.0.0.1:{}", self.client.expect("started with start_behind").0)
     }
 
     fn log(&self) -> PathBuf {

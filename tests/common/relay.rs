@@ -25,6 +25,8 @@ pub const SCHEMA: &str =
 /// One relay under test: its database, configuration and names.
 pub struct Harness {
     pub services: Services,
+    /// Port of the relay's `/metrics`, `/health`, `/ready` (0 when [`Options::metrics`] is off).
+    pub metrics_port: u16,
     pub connector: String,
     pub topic_prefix: String,
     pub checkpoint_topic: String,
@@ -47,6 +49,8 @@ pub struct Options {
     /// Query parameters appended to the PostgreSQL URL (`options=...`).
     pub url_params: String,
     pub extra_toml: String,
+    /// Serve `/metrics`, `/health` and `/ready` on a free port (with this `unhealthy_after_ms`).
+    pub metrics: Option<u64>,
 }
 
 impl Default for Options {
@@ -59,6 +63,7 @@ impl Default for Options {
             outbox_toml: None,
             url_params: String::new(),
             extra_toml: String::new(),
+            metrics: None,
         }
     }
 }
@@ -78,7 +83,8 @@ impl Harness {
         let checkpoint_topic = format!("{topic_prefix}.checkpoints");
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("relay.toml");
-        let h = Harness { services, connector, topic_prefix, checkpoint_topic, dir, config_path, db };
+        let metrics_port = if options.metrics.is_some() { crate::services::closed_port() } else { 0 };
+        let h = Harness { services, metrics_port, connector, topic_prefix, checkpoint_topic, dir, config_path, db };
         std::fs::write(&h.config_path, h.config_toml(&options)).unwrap();
         h
     }
@@ -104,9 +110,12 @@ transaction_timeout_ms = 60000
 [schema_registry]
 url = "{registry}"
 [metrics]
-listen = ""
+listen = "{metrics}"
+unhealthy_after_ms = {unhealthy}
 {extra}
 "#,
+            metrics = if self.metrics_port == 0 { String::new() } else { format!("127.0.0.1:{}", self.metrics_port) },
+            unhealthy = o.metrics.unwrap_or(300_000),
             connector = self.connector,
             url = if o.url_params.is_empty() {
                 self.db.url.clone()
@@ -126,6 +135,62 @@ listen = ""
             registry = self.services.schema_registry_url,
             extra = o.extra_toml,
         )
+    }
+
+    /// Rewrites the configuration file.
+    pub fn rewrite_config(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, f(text)).unwrap();
+    }
+
+    /// `GET path` on the relay's metrics endpoint: the status code, `None` when nothing answers.
+    pub fn http_status(&self, path: &str) -> Option<u16> {
+        self.http_get(path).map(|(status, _)| status)
+    }
+
+    /// `GET path` on the relay's metrics endpoint: status code and body.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        assert!(self.metrics_port != 0, "Options::metrics is off");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// The value of a metric without labels, from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics")?;
+        body.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// The server's WAL insert position as a number (what the slot must reach to have relayed everything).
+    pub async fn wal_insert_lsn(&self) -> u64 {
+        let c = self.db.client().await;
+        let row = c.query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[]).await.unwrap();
+        row.get::<_, i64>(0) as u64
+    }
+
+    /// Waits until the slot's confirmed position reaches `lsn`, or panics after `timeout` showing `relay`'s log.
+    pub async fn wait_confirmed(&self, relay: &RelayProcess, lsn: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let confirmed = self.confirmed_flush().await;
+            if confirmed >= lsn {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot at {confirmed:#x} did not reach {lsn:#x} within {timeout:?}; relay log:\n{}",
+                relay.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The topic events of `aggregate_type` go to.
@@ -379,6 +444,20 @@ impl RelayProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS`), while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// `true` while the process runs.

@@ -263,6 +263,19 @@ impl ThrowawayCluster {
         ThrowawayCluster { dir, bin_dir, port }
     }
 
+    /// Restarts the server (fast shutdown: every connection is terminated, as in a real restart).
+    pub fn restart(&self) {
+        let mut restart = pg_command(&self.bin_dir.join("pg_ctl"));
+        // With -l: a server inheriting our output pipe would keep `output()` waiting forever.
+        restart
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .args(["-w", "-t", "60", "-m", "fast", "restart"]);
+        run_checked(restart, "pg_ctl restart");
+    }
+
     /// Superuser URL of its `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", self.port)
