@@ -192,6 +192,15 @@ pub enum CheckError {
         /// librdkafka's error.
         detail: String,
     },
+    /// A topic the relay will write to does not exist and the relay may not create it.
+    #[error(
+        "topic {topic} does not exist and kafka.topic_creation.enabled = false: create it (with the partitions and \
+         configuration it needs) or enable topic creation; the relay would stop (or dead-letter) at its first event"
+    )]
+    TopicMissing {
+        /// The topic.
+        topic: String,
+    },
     /// No HTTP response from the registry.
     #[error(
         "cannot reach the schema registry at {url}: {detail}; check schema_registry.url and that the registry is running"
@@ -298,9 +307,10 @@ impl fmt::Display for CheckReport {
 
 /// Probes every service concurrently.
 pub async fn run(config: &Config, options: &CheckOptions) -> CheckReport {
+    let topics = fixed_topics(config);
     let (postgres, kafka, registry) = tokio::join!(
         check_postgres(config, options),
-        check_kafka(&config.kafka, options),
+        check_kafka(&config.kafka, &topics, options),
         check_schema_registry(&config.schema_registry, options),
     );
     CheckReport { services: vec![postgres, kafka, registry] }
@@ -593,11 +603,12 @@ impl ProducerContext<NoCustomPartitioner> for ProbeContext {
 
 /// Probes Kafka: a metadata request through the bootstrap servers, then `init_transactions` with the probe's own
 /// transactional id. Reports whether the checkpoint topic exists (it is not created here).
-pub async fn check_kafka(kafka: &KafkaConfig, options: &CheckOptions) -> ServiceReport {
+pub async fn check_kafka(kafka: &KafkaConfig, topics: &[String], options: &CheckOptions) -> ServiceReport {
     let kafka = kafka.clone();
+    let topics = topics.to_vec();
     let timeout = options.timeout;
     // librdkafka's calls block: run them off the async threads. Each is bounded by `timeout`.
-    match tokio::task::spawn_blocking(move || probe_kafka(&kafka, timeout)).await {
+    match tokio::task::spawn_blocking(move || probe_kafka(&kafka, &topics, timeout)).await {
         Ok(report) => report,
         Err(join_error) => {
             let mut report = ServiceReport::new(Service::Kafka);
@@ -607,7 +618,25 @@ pub async fn check_kafka(kafka: &KafkaConfig, options: &CheckOptions) -> Service
     }
 }
 
-fn probe_kafka(kafka: &KafkaConfig, timeout: Duration) -> ServiceReport {
+/// The topics known before any event arrives: routes without `${routedByValue}` and the dead-letter topic (routed
+/// topics depend on the rows; the relay names a missing one at its first event).
+pub fn fixed_topics(config: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = config
+        .outbox
+        .tables
+        .iter()
+        .map(|t| t.route_topic_replacement.clone())
+        .filter(|t| !t.contains(crate::config::ROUTED_BY_VALUE))
+        .collect();
+    if config.errors.mode == crate::config::ErrorMode::DeadLetter {
+        topics.push(config.errors.dead_letter_topic.clone());
+    }
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+fn probe_kafka(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> ServiceReport {
     let mut report = ServiceReport::new(Service::Kafka);
     let transactional_id = format!("{}-check", kafka.transactional_id);
     let mut client_config = kafka.client_config();
@@ -656,6 +685,12 @@ fn probe_kafka(kafka: &KafkaConfig, timeout: Duration) -> ServiceReport {
         kafka.checkpoint_topic,
         if checkpoint_exists { "exists" } else { "absent" }
     ));
+    let exists = |topic: &str| metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none());
+    for topic in topics {
+        if !exists(topic) && !kafka.topic_creation.enabled {
+            report.problems.push(CheckError::TopicMissing { topic: topic.clone() });
+        }
+    }
     report
 }
 

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -393,11 +393,44 @@ const MAX_FAILURES_KEPT: usize = 4096;
 /// reasons and which records they were, so the error names the event.
 struct SinkContext {
     failures: Mutex<Vec<DeliveryFailure>>,
+    /// Topics the broker refused to add to the open transaction for lack of authorization. librdkafka names them
+    /// only in its log (the transactional error it returns does not say which partition failed).
+    unauthorized: Mutex<Vec<String>>,
     /// Records the broker acknowledged, for the relay's progress (readiness).
     delivered: Arc<AtomicU64>,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "ADDPARTS" && log_message.contains("Topic authorization failed") {
+            if let Some(topic) = added_partition_topic(log_message) {
+                if let Ok(mut topics) = self.unauthorized.lock() {
+                    topics.push(topic.to_owned());
+                }
+            }
+        }
+        log_librdkafka(level, fac, log_message);
+    }
+}
+
+/// The topic of librdkafka's `Failed to add partition "<topic>" [<n>] to transaction: ...` log line.
+fn added_partition_topic(line: &str) -> Option<&str> {
+    let rest = line.split_once("Failed to add partition \"")?.1;
+    let (topic, after) = rest.split_once("\" [")?;
+    after.contains("] to transaction").then_some(topic)
+}
+
+/// librdkafka's log lines, at the levels rdkafka's default context uses.
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}");
+        }
+        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+    }
+}
 
 impl ProducerContext for SinkContext {
     /// The record's sequence number ([`TxnProducer`] maps it back to the event).
@@ -440,6 +473,20 @@ struct OpenTxn {
     first_seq: u64,
     /// Its records, indexed by `seq - first_seq`.
     records: Vec<SentRecord>,
+    /// The topics of its records (a transaction has few).
+    topics: Vec<String>,
+}
+
+impl OpenTxn {
+    fn topic_index(&mut self, topic: &str) -> u16 {
+        // Consecutive records mostly share a topic: look from the end.
+        let found = self.topics.iter().rposition(|t| t == topic);
+        let index = found.unwrap_or_else(|| {
+            self.topics.push(topic.to_owned());
+            self.topics.len() - 1
+        });
+        u16::try_from(index).unwrap_or(u16::MAX)
+    }
 }
 
 /// What a refusal of a record needs to know about it.
@@ -451,6 +498,8 @@ struct SentRecord {
     size: usize,
     /// Its timestamp, ms since the Unix epoch (`None`: the producer's clock).
     timestamp_ms: Option<i64>,
+    /// Index into [`OpenTxn::topics`].
+    topic: u16,
 }
 
 /// A transactional producer. At most one Kafka transaction is open at a time.
@@ -514,7 +563,11 @@ impl TxnProducer {
             }
         }
         let producer: ThreadedProducer<SinkContext> = c
-            .create_with_context(SinkContext { failures: Mutex::new(Vec::new()), delivered })
+            .create_with_context(SinkContext {
+                failures: Mutex::new(Vec::new()),
+                unauthorized: Mutex::new(Vec::new()),
+                delivered,
+            })
             .map_err(|e| SinkError::Client { op: "producer creation", source: e })?;
         let producer = Arc::new(producer);
         let p = Arc::clone(&producer);
@@ -543,10 +596,18 @@ impl TxnProducer {
             if let Ok(mut failures) = self.producer.context().failures.lock() {
                 failures.clear();
             }
+            if let Ok(mut topics) = self.producer.context().unauthorized.lock() {
+                topics.clear();
+            }
             self.producer
                 .begin_transaction()
                 .map_err(|e| SinkError::from_kafka("begin_transaction", e, &self.settings.transactional_id))?;
-            self.open = Some(OpenTxn { started: Instant::now(), first_seq: self.next_seq, records: Vec::new() });
+            self.open = Some(OpenTxn {
+                started: Instant::now(),
+                first_seq: self.next_seq,
+                records: Vec::new(),
+                topics: Vec::new(),
+            });
         }
         // Just set when it was None.
         self.open.as_mut().ok_or_else(|| SinkError::Join("no open transaction".into()))
@@ -605,7 +666,8 @@ impl TxnProducer {
         self.next_seq += 1;
         if let Some(open) = self.open.as_mut() {
             let size = rec.key.len() + rec.value.map_or(0, <[u8]>::len);
-            open.records.push(SentRecord { pos: rec.pos, size, timestamp_ms: rec.timestamp_ms });
+            let topic = open.topic_index(rec.topic);
+            open.records.push(SentRecord { pos: rec.pos, size, timestamp_ms: rec.timestamp_ms, topic });
         }
         Ok(())
     }
@@ -633,8 +695,25 @@ impl TxnProducer {
             Some(open) if is_fenced(&e) && open.started.elapsed() >= self.settings.transaction_timeout => {
                 self.too_long(open)
             }
+            Some(open) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) => self
+                .unauthorized_topic(open, &e)
+                .unwrap_or_else(|| SinkError::from_kafka(op, e, &self.settings.transactional_id)),
             _ => SinkError::from_kafka(op, e, &self.settings.transactional_id),
         }
+    }
+
+    /// The broker would not add a topic's partition to the transaction: a refusal of that topic's first record.
+    fn unauthorized_topic(&self, open: &OpenTxn, e: &KafkaError) -> Option<SinkError> {
+        let topic = self.producer.context().unauthorized.lock().ok()?.first()?.clone();
+        let index = open.topics.iter().position(|t| *t == topic)?;
+        let record = open.records.iter().find(|r| usize::from(r.topic) == index && r.pos.is_some())?;
+        Some(SinkError::Refused(Box::new(Refusal {
+            topic,
+            event_id: String::new(),
+            pos: record.pos,
+            code: RDKafkaErrorCode::TopicAuthorizationFailed,
+            reason: e.to_string(),
+        })))
     }
 
     /// The delivery failure of the open transaction that caused the others, as a refusal naming its event when
@@ -989,6 +1068,10 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
 struct QuietContext;
 
 impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::PartitionEOF(_)) {
             debug!(%reason, "end of partition");
@@ -1131,6 +1214,14 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("e-1") && text.contains("\"t\"") && text.contains("timestamp column"), "{text}");
         assert!(!SinkError::Refused(Box::new(r)).is_transient());
+    }
+
+    #[test]
+    fn the_unauthorized_topic_is_read_from_librdkafkas_log_line() {
+        let line = "TxnCoordinator/1: Failed to add partition \"app.secret\" [0] to transaction: Broker: Topic \
+                    authorization failed";
+        assert_eq!(added_partition_topic(line), Some("app.secret"));
+        assert_eq!(added_partition_topic("Failed to add partition(s) to transaction"), None);
     }
 
     #[test]

@@ -209,9 +209,10 @@ pub enum PipelineError {
     /// Kafka.
     #[error(transparent)]
     Sink(#[from] SinkError),
-    /// The broker refused a record inside a transaction: replay from the checkpoint with a dead letter in its place.
-    #[error("{0}; replaying from the checkpoint with a dead letter in its place")]
-    DeadLetterReplay(Box<Refusal>),
+    /// The broker refused a record inside a transaction: replay from the checkpoint, where the refusal is known
+    /// before sending (a dead letter in its place, or a stop naming the event).
+    #[error("{0}; replaying from the last checkpoint to handle it before sending")]
+    ReplayRefusal(Box<Refusal>),
 }
 
 impl PipelineError {
@@ -224,9 +225,9 @@ impl PipelineError {
             PipelineError::Slot(e) => e.is_transient(),
             PipelineError::SqlConnect(e) => e.is_transient(),
             PipelineError::Sql { source, .. } => crate::pg::is_transient_sql_error(source),
-            PipelineError::Stalled { .. }
-            | PipelineError::ServerChanged { .. }
-            | PipelineError::DeadLetterReplay(_) => true,
+            PipelineError::Stalled { .. } | PipelineError::ServerChanged { .. } | PipelineError::ReplayRefusal(_) => {
+                true
+            }
             // A full spill directory may be freed; the transaction is decoded again from the WAL.
             PipelineError::Txn(TxnError::Spill { source, .. }) => source.kind() == std::io::ErrorKind::StorageFull,
             _ => false,
@@ -238,8 +239,35 @@ impl PipelineError {
 /// for a published table that is not an outbox table.
 type MapperCache = HashMap<Oid, (Arc<Relation>, Option<Arc<TableMapper>>)>;
 
-/// Refused records remembered across sessions, so the replay puts a dead letter in their place.
-type Poison = Arc<Mutex<HashMap<EventPos, Refusal>>>;
+/// Refusals learnt inside a transaction, remembered across sessions so the replay knows them before sending.
+type Poison = Arc<Mutex<Refusals>>;
+
+/// How long a topic-level refusal (not authorized, missing) is believed before the topic is tried again: the
+/// operator may grant the ACL or create the topic.
+const TOPIC_REFUSAL_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Default)]
+struct Refusals {
+    /// Records Kafka refused (too large, bad timestamp): a dead letter takes their place.
+    events: HashMap<EventPos, Refusal>,
+    /// Topics Kafka refused as a whole (not authorized, deleted): every record of them is refused.
+    topics: HashMap<String, (Refusal, Instant)>,
+}
+
+impl Refusals {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.topics.is_empty()
+    }
+
+    /// The known refusal of `e`, if any.
+    fn of(&self, e: &EncodedEvent) -> Option<Refusal> {
+        if let Some(r) = self.events.get(&e.pos) {
+            return Some(r.clone());
+        }
+        let (r, since) = self.topics.get(&*e.topic)?;
+        (since.elapsed() < TOPIC_REFUSAL_TTL).then(|| Refusal { event_id: e.id.clone(), pos: Some(e.pos), ..r.clone() })
+    }
+}
 
 /// One message from source to sink.
 #[derive(Debug)]
@@ -666,8 +694,8 @@ impl Relay {
             }
             match result {
                 Ok(()) => return Ok(()),
-                Err(PipelineError::DeadLetterReplay(refusal)) if !*shutdown.borrow() => {
-                    warn!(error = %refusal, "record refused inside a transaction; replaying with a dead letter in its place");
+                Err(PipelineError::ReplayRefusal(refusal)) if !*shutdown.borrow() => {
+                    warn!(error = %refusal, "record refused inside a transaction; replaying from the last checkpoint");
                 }
                 // A server that changed under us needs the start-up checks again.
                 Err(e @ PipelineError::ServerChanged { .. }) => return Err(e),
@@ -726,6 +754,7 @@ impl Relay {
             budget: Arc::clone(&budget),
             budget_bytes,
             dead_letter_topic: self.dead_letter_topic.clone(),
+            known_refusals: self.poison.lock().map(|p| p.clone()).unwrap_or_default(),
             poison: Arc::clone(&self.poison),
             batch_dead_letters: 0,
         };
@@ -893,6 +922,8 @@ impl Relay {
                             }
                         }
                     }
+                    // Time spent waiting for room towards Kafka (a slow broker) is not silence of the server.
+                    last_rx = Instant::now();
                 }
             }
         }
@@ -1169,6 +1200,9 @@ struct Sink {
     /// What the source acquires per event at most (the whole budget).
     budget_bytes: u32,
     dead_letter_topic: Option<Arc<str>>,
+    /// The refusals known when the session started (a new one starts after each is learnt): read per event
+    /// without a lock.
+    known_refusals: Refusals,
     poison: Poison,
     /// Dead letters in the open Kafka transaction (counted when it commits).
     batch_dead_letters: u64,
@@ -1197,20 +1231,29 @@ impl Sink {
         (r, clean.then_some(self.producer))
     }
 
-    /// In dead-letter mode, remembers a record the broker refused inside a transaction so the replay sends a
-    /// dead letter in its place (never for a dead letter itself, nor when its position is unknown).
+    /// Remembers a refusal learnt inside a transaction so the replay knows it before sending: in dead-letter mode
+    /// a record's (a dead letter then takes its place), in either mode a whole topic's (the replay then names the
+    /// first event of it, or dead-letters it). Never for a dead letter itself, nor twice for the same thing.
     fn poisoned(&self, refusal: &Refusal) -> Option<PipelineError> {
-        let dlq = self.dead_letter_topic.as_deref()?;
+        let dlq = self.dead_letter_topic.as_deref();
         let pos = refusal.pos?;
-        if refusal.topic == dlq {
+        if Some(refusal.topic.as_str()) == dlq {
             return None;
         }
         let mut poison = self.poison.lock().ok()?;
-        if poison.contains_key(&pos) {
-            return None;
+        let topic_wide = matches!(refusal.kind(), "not_authorized" | "unknown_topic");
+        if topic_wide {
+            if poison.topics.get(&refusal.topic).is_some_and(|(_, since)| since.elapsed() < TOPIC_REFUSAL_TTL) {
+                return None;
+            }
+            poison.topics.insert(refusal.topic.clone(), (refusal.clone(), Instant::now()));
+        } else {
+            if dlq.is_none() || poison.events.contains_key(&pos) {
+                return None;
+            }
+            poison.events.insert(pos, refusal.clone());
         }
-        poison.insert(pos, refusal.clone());
-        Some(PipelineError::DeadLetterReplay(Box::new(refusal.clone())))
+        Some(PipelineError::ReplayRefusal(Box::new(refusal.clone())))
     }
 
     async fn run_inner(&mut self, rx: &mut mpsc::Receiver<Item>) -> Result<(), PipelineError> {
@@ -1277,7 +1320,7 @@ impl Sink {
 
     /// Sends one event, or its dead letter when Kafka is known to refuse it.
     async fn produce(&mut self, e: EncodedEvent) -> Result<(), PipelineError> {
-        let known = self.poison.lock().ok().and_then(|p| p.get(&e.pos).cloned());
+        let known = if self.known_refusals.is_empty() { None } else { self.known_refusals.of(&e) };
         let refusal = match known {
             Some(r) if !e.dead_letter => Some(r),
             _ => self.refusal_before_sending(&e).await?,
@@ -1391,8 +1434,14 @@ impl Sink {
         self.stats.kafka_commit_micros_total.fetch_add(commit_us, Ordering::Relaxed);
         debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events = *batch_events, commit_us, "kafka transaction committed");
         self.stats.events_committed.fetch_add(*batch_events, Ordering::Relaxed);
-        self.stats.dead_letters.fetch_add(self.batch_dead_letters, Ordering::Relaxed);
-        self.batch_dead_letters = 0;
+        if self.batch_dead_letters > 0 {
+            self.stats.dead_letters.fetch_add(self.batch_dead_letters, Ordering::Relaxed);
+            self.batch_dead_letters = 0;
+            // Committed: these positions are never replayed again.
+            if let Ok(mut poison) = self.poison.lock() {
+                poison.events.retain(|pos, _| pos.commit_lsn > commit_lsn);
+            }
+        }
         self.stats.kafka_commits.fetch_add(1, Ordering::Relaxed);
         self.stats.acked_lsn.store(end_lsn.as_u64(), Ordering::Relaxed);
         self.stats.last_commit_unix_ms.store(u64::try_from(cp.time_ms).unwrap_or(0), Ordering::Relaxed);

@@ -262,7 +262,7 @@ async fn kafka_down() {
     let port = closed_port();
     let config = config(&s.pg_url, &format!("127.0.0.1:{port}"), &s.schema_registry_url);
     let started = Instant::now();
-    let report = check::check_kafka(&config.kafka, &CheckOptions { timeout: Duration::from_secs(2) }).await;
+    let report = check::check_kafka(&config.kafka, &[], &CheckOptions { timeout: Duration::from_secs(2) }).await;
     let elapsed = started.elapsed();
     let problem = only_problem(&report);
     assert!(matches!(problem, CheckError::KafkaUnreachable { .. }), "{problem:?}");
@@ -270,6 +270,31 @@ async fn kafka_down() {
     assert!(message.contains(&format!("could not reach the Kafka bootstrap servers 127.0.0.1:{port}")), "{message}");
     assert!(message.contains("check kafka.bootstrap_servers"), "{message}");
     assert!(elapsed < Duration::from_secs(8), "the probe took {elapsed:?} despite a 2 s limit");
+}
+
+/// With topic creation off, the topics known before any event (fixed routes, the dead-letter topic) must exist.
+#[tokio::test]
+async fn missing_topics_are_found_when_the_relay_may_not_create_them() {
+    let s = services();
+    let connector = services::unique_name("checktopics");
+    let text = config_toml(&s.pg_url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
+        .replace("table = \"outbox\"", &format!("table = \"outbox\"\nroute_topic_replacement = \"{connector}.all\""))
+        + "[errors]\nmode = \"dead_letter\"\n";
+    let mut config = Config::from_toml_str(&text, |_| None).unwrap();
+    assert_eq!(check::fixed_topics(&config), vec![format!("{connector}.all"), format!("{connector}.dead-letter")]);
+    let topics = check::fixed_topics(&config);
+    // Creation on: nothing to report.
+    let report = check::check_kafka(&config.kafka, &topics, &options()).await;
+    assert!(report.problems.is_empty(), "{report:#?}");
+    config.kafka.topic_creation.enabled = false;
+    let report = check::check_kafka(&config.kafka, &topics, &options()).await;
+    let messages: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(messages[0].contains(&format!("topic {connector}.all does not exist")), "{messages:#?}");
+    assert!(
+        messages[1].contains("dead-letter") && messages[1].contains("topic_creation.enabled = false"),
+        "{messages:#?}"
+    );
 }
 
 #[tokio::test]

@@ -330,3 +330,64 @@ async fn memory_stays_bounded_with_large_payloads_and_a_slow_broker() {
     // whole 60 MB backlog twice over.
     assert!(grown_mib < 48, "memory grew by {grown_mib} MiB over a {ROWS} MB backlog");
 }
+
+/// A topic the relay's principal may not write to, on a broker with a real authorizer: the relay stops naming the
+/// event and the missing permission, or puts a dead letter in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_the_relay_may_not_write_to_is_named_or_dead_lettered() {
+    let broker = kafka_node::KafkaNode::start_secured();
+    let h = Harness::new("acl", Options::default()).await;
+    let forbidden = h.topic("secret");
+    for args in [
+        ["--add", "--allow-principal", "User:relay", "--operation", "All", "--topic", "*"].as_slice(),
+        &["--add", "--allow-principal", "User:relay", "--operation", "All", "--group", "*"],
+        &["--add", "--allow-principal", "User:relay", "--operation", "All", "--transactional-id", "*"],
+        &["--add", "--allow-principal", "User:relay", "--operation", "All", "--cluster"],
+        &["--add", "--deny-principal", "User:relay", "--operation", "Write", "--topic", &forbidden],
+    ] {
+        broker.acl(args);
+    }
+    h.rewrite_config(|t| {
+        t.replace(&h.services.kafka_bootstrap, &broker.client_listener()).replace(
+            "[kafka]\n",
+            "[kafka]\nproperties = { \"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanisms\" = \"PLAIN\", \
+             \"sasl.username\" = \"relay\", \"sasl.password\" = \"relay-secret\" }\n",
+        )
+    });
+    let direct = broker.bootstrap();
+    let read = |topics: &[String]| relay::read_committed(&direct, topics);
+    let wait = |topics: Vec<String>, n: usize, relay: &relay::RelayProcess| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let records = read(&topics);
+            if records.len() >= n {
+                return records;
+            }
+            assert!(Instant::now() < deadline, "have {}; log:\n{}", records.len(), relay.log_text());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(90));
+    let c = h.db.client().await;
+    good(&c).await;
+    wait(vec![h.topic("order")], 1, &relay);
+    let denied = insert(&c, "secret", "type, payload", "'T', '{}'").await;
+    let status = relay.wait_exit(Duration::from_secs(90)).expect("a refused write stops the relay");
+    assert!(!status.success());
+    let log = relay.log_text();
+    assert!(log.contains(&denied) && log.contains("grant it WRITE"), "named, with the permission to grant:\n{log}");
+
+    h.rewrite_config(|t| format!("{t}\n[errors]\nmode = \"dead_letter\"\n"));
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(90));
+    let after = good(&c).await;
+    let dlq = format!("{}.dead-letter", h.connector);
+    let records = wait(vec![h.topic("order"), dlq.clone()], 3, &relay);
+    let letter = records.iter().find(|r| r.topic == dlq).expect("a dead letter");
+    assert_eq!(letter.header("outbox.dlq.event.id").as_deref(), Some(denied.as_str()));
+    assert_eq!(letter.header("outbox.dlq.error.kind").as_deref(), Some("kafka:not_authorized"));
+    assert!(records.iter().any(|r| r.header("id").as_deref() == Some(after.as_str())));
+    assert!(read(&[forbidden]).is_empty());
+}

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::services::{closed_port, infra_var};
 
+/// SASL/PLAIN users of [`KafkaNode::start_secured`] (test-only passwords).
+pub const SECURED_USERS: &[(&str, &str)] = &[("relay", "relay-secret")];
+
 pub struct KafkaNode {
     pub dir: tempfile::TempDir,
     /// The broker's own listener (inter-broker traffic, and clients that should bypass any proxy).
@@ -23,7 +26,7 @@ pub struct KafkaNode {
 impl KafkaNode {
     /// Formats storage and starts the broker; waits until it serves.
     pub fn start() -> KafkaNode {
-        KafkaNode::start_with(None)
+        KafkaNode::start_with(None, false)
     }
 
     /// Like [`KafkaNode::start`], with a second listener for clients that advertises `proxy_port`: clients that
@@ -31,16 +34,43 @@ impl KafkaNode {
     /// broker's own traffic and [`KafkaNode::bootstrap`] stay direct. Returns the node; the client listener's own
     /// port is `client.0`, which the proxy forwards to.
     pub fn start_behind(proxy_port: u16) -> KafkaNode {
-        KafkaNode::start_with(Some(proxy_port))
+        KafkaNode::start_with(Some(proxy_port), false)
     }
 
-    fn start_with(proxy_port: Option<u16>) -> KafkaNode {
+    /// A broker with authorization: the client listener (`client_listener()`) takes SASL/PLAIN logins
+    /// ([`SECURED_USERS`]) and the StandardAuthorizer denies what no ACL allows; the direct listener
+    /// (`bootstrap()`) stays unauthenticated and all-powerful, for the test and for [`KafkaNode::acl`].
+    pub fn start_secured() -> KafkaNode {
+        KafkaNode::start_with(None, true)
+    }
+
+    fn start_with(proxy_port: Option<u16>, secured: bool) -> KafkaNode {
         let libs = infra_var("KAFKA_LIBS_DIR").expect("KAFKA_LIBS_DIR (run `bash tests/infra/up.sh`)");
         let java = infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
         let dir = tempfile::Builder::new().prefix("outbox-relay-kafka-").tempdir().unwrap();
         let port = closed_port();
         let controller_port = closed_port();
-        let client = proxy_port.map(|p| (closed_port(), p));
+        let client = match proxy_port {
+            Some(p) => Some((closed_port(), p)),
+            None if secured => {
+                let own = closed_port();
+                Some((own, own))
+            }
+            None => None,
+        };
+        let security = if secured {
+            let users: String = SECURED_USERS.iter().map(|(u, p)| format!(" user_{u}=\"{p}\"")).collect();
+            format!(
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CLIENT:SASL_PLAINTEXT\n\
+                 sasl.enabled.mechanisms=PLAIN\nlistener.name.client.sasl.enabled.mechanisms=PLAIN\n\
+                 listener.name.client.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule \
+                 required{users};\n\
+                 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n\
+                 super.users=User:ANONYMOUS\n"
+            )
+        } else {
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CLIENT:PLAINTEXT\n".to_owned()
+        };
         let (extra_listener, extra_advertised) = match client {
             Some((own, advertised)) => {
                 (format!(",CLIENT://127.0.0.1:{own}"), format!(",CLIENT://127.0.0.1:{advertised}"))
@@ -52,7 +82,7 @@ impl KafkaNode {
              listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}{extra_listener}\n\
              advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}{extra_advertised}\n\
              controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
-             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CLIENT:PLAINTEXT\nlog.dirs={}\nnum.partitions=1\n\
+             {security}log.dirs={}\nnum.partitions=1\n\
              offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
              share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n\
              offsets.topic.num.partitions=1\ntransaction.state.log.num.partitions=1\ngroup.initial.rebalance.delay.ms=0\n",
@@ -76,6 +106,22 @@ impl KafkaNode {
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs Kafka's `AclCommand` against the direct listener, e.g. `["--add", "--allow-principal", "User:relay", ...]`.
+    pub fn acl(&self, args: &[&str]) {
+        let output = Command::new(&self.java)
+            .args(["-Xmx128m", "-cp", &format!("{}/*", self.libs), "org.apache.kafka.tools.AclCommand"])
+            .args(["--bootstrap-server", &self.bootstrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "AclCommand {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// The client listener's own address (what a proxy in front of it forwards to).
