@@ -960,7 +960,7 @@ impl Relay {
                 let pos = txn.next_pos();
                 let encoded = match mapper.map_row(&tuple, txn.commit_lsn, txn.commit_time) {
                     Ok(event) => self.encode(event, pos, &mut txn.topics).await,
-                    Err(source) => Err(PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) }),
+                    Err(source) => Err(EventFailure::mapping(txn.commit_lsn, source)),
                 };
                 let item = match encoded {
                     Ok(e) => e,
@@ -984,7 +984,7 @@ impl Relay {
                 let encoded = match mapped {
                     Ok(Some(event)) => self.encode(event, pos, &mut txn.topics).await,
                     Ok(None) => return Ok(false),
-                    Err(source) => Err(PipelineError::Map { lsn: txn.commit_lsn, source: Box::new(source) }),
+                    Err(source) => Err(EventFailure::mapping(txn.commit_lsn, source)),
                 };
                 let item = match encoded {
                     Ok(e) => e,
@@ -1007,15 +1007,16 @@ impl Relay {
     /// for failures that are not the event's own) the error.
     fn dead_letter_or_stop(
         &self,
-        error: PipelineError,
+        failure: EventFailure,
         pos: EventPos,
         txn: &TxnCtx,
         source: &str,
         value: impl FnOnce() -> Vec<u8>,
     ) -> Result<EncodedEvent, PipelineError> {
-        let (kind, event_id) = match &error {
-            PipelineError::Map { source, .. } => ("mapping", source.event_id.clone().unwrap_or_default()),
-            PipelineError::Encode(e) if e.is_event_error() => ("encoding", String::new()),
+        let EventFailure { error, event_id, topic: original_topic } = failure;
+        let kind = match &error {
+            PipelineError::Map { .. } => "mapping",
+            PipelineError::Encode(e) if e.is_event_error() => "encoding",
             _ => return Err(error),
         };
         let Some(topic) = self.dead_letter_topic.as_ref() else { return Err(error) };
@@ -1024,7 +1025,7 @@ impl Relay {
             source,
             event_id: &event_id,
             commit_lsn: txn.commit_lsn,
-            original_topic: "",
+            original_topic: &original_topic,
             kind,
             message: error.to_string(),
             value_format,
@@ -1076,9 +1077,15 @@ impl Relay {
         ev: OutboxEvent,
         pos: EventPos,
         topics: &mut HashMap<String, Arc<str>>,
-    ) -> Result<EncodedEvent, PipelineError> {
-        let value = self.value_encoder.encode(&ev).await?;
-        let key = self.key_encoder.encode(&ev).await?;
+    ) -> Result<EncodedEvent, EventFailure> {
+        let encoded = match self.value_encoder.encode(&ev).await {
+            Ok(value) => self.key_encoder.encode(&ev).await.map(|key| (key, value)),
+            Err(e) => Err(e),
+        };
+        let (key, value) = match encoded {
+            Ok(kv) => kv,
+            Err(e) => return Err(EventFailure { error: e.into(), event_id: ev.id, topic: ev.topic }),
+        };
         let topic = match topics.get(&ev.topic) {
             Some(t) => Arc::clone(t),
             None => {
@@ -1103,6 +1110,22 @@ impl Relay {
         };
         e.compute_cost();
         Ok(e)
+    }
+}
+
+/// Why an event could not become a record, with what is known of it for a dead letter.
+struct EventFailure {
+    error: PipelineError,
+    /// Empty when unknown.
+    event_id: String,
+    /// The topic it was routed to; empty when unknown.
+    topic: String,
+}
+
+impl EventFailure {
+    fn mapping(lsn: Lsn, source: MapError) -> EventFailure {
+        let event_id = source.event_id.clone().unwrap_or_default();
+        EventFailure { error: PipelineError::Map { lsn, source: Box::new(source) }, event_id, topic: String::new() }
     }
 }
 

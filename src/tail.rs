@@ -102,6 +102,9 @@ pub async fn tail(cfg: &Config, opts: &TailOptions, mut out: impl FnMut(String))
                     .unwrap_or_default();
                 let value = match m.payload() {
                     None => serde_json::Value::Null,
+                    // Not the Confluent wire format: a dead letter's row or message, shown as JSON or text.
+                    Some(bytes) if bytes.first() != Some(&0) => serde_json::from_slice(bytes)
+                        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())),
                     Some(bytes) => match decoder.decode(bytes).await {
                         Ok(v) => v.json,
                         Err(e) => serde_json::json!({ "undecodable": e.to_string() }),

@@ -268,7 +268,7 @@ async fn the_heartbeat_connection_is_replaced_after_it_is_killed_or_stalled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_or_killed_replication_connection_is_noticed_and_replaced() {
+async fn a_stalled_cut_or_killed_replication_connection_is_noticed_and_replaced() {
     let proxy = FaultProxy::start(&pg_addr()).await;
     let h = Harness::new(
         "replstall",
@@ -295,12 +295,19 @@ async fn a_stalled_or_killed_replication_connection_is_noticed_and_replaced() {
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 6, Duration::from_secs(60));
     assert!(relay.log_text().contains("replication connection silent"), "{}", relay.log_text());
 
+    // Cut: every connection closed, new ones refused for a while.
+    proxy.cut();
+    expected.extend(insert_rows(&h, &mut c, "order", 3).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 9, Duration::from_secs(60));
+
     // Killed: pg_terminate_backend on the walsender.
     let row = c.query_one(walsender, &[&h.slot()]).await.unwrap();
     let killed: bool = c.query_one("SELECT pg_terminate_backend($1)", &[&row.get::<_, i32>(1)]).await.unwrap().get(0);
     assert!(killed);
     expected.extend(insert_rows(&h, &mut c, "order", 3).await);
-    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 9, Duration::from_secs(60));
+    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 12, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly(&h.read_committed(&[h.topic("order")]), &expected, &relay.log_text());
     assert!(relay.is_running());

@@ -9,6 +9,9 @@ mod services;
 #[path = "common/relay.rs"]
 mod relay;
 
+#[path = "common/proxy.rs"]
+mod proxy;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -240,63 +243,19 @@ async fn a_row_that_cannot_be_mapped_stops_the_relay_with_the_checkpoint_untouch
     assert!(again.log_text().contains(&bad));
 }
 
-/// A TCP forwarder in front of a real service, which the test can cut and restore: an outage without touching the
-/// shared service.
-struct Cut {
-    port: u16,
-    target: String,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Cut {
-    async fn start(target: &str) -> Cut {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mut c = Cut { port, target: target.to_owned(), task: None };
-        c.serve(listener);
-        c
-    }
-
-    fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let target = self.target.clone();
-        self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { break };
-                let target = target.clone();
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Closes the listener and every forwarded connection.
-    fn cut(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
-
-    async fn restore(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        self.serve(listener);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_outage_is_retried_without_loss_or_early_acknowledgement() {
     let services = services::services();
     let registry = url::Url::parse(&services.schema_registry_url).unwrap();
-    let mut cut =
-        Cut::start(&format!("{}:{}", registry.host_str().unwrap(), registry.port_or_known_default().unwrap())).await;
-    let proxied = format!("http://127.0.0.1:{}{}", cut.port, registry.path());
-    let h = Harness::new("regdown", Options { extra_toml: String::new(), ..Options::default() }).await;
-    // Point the relay at the forwarder.
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(&services.schema_registry_url, &proxied);
-    std::fs::write(&h.config_path, text).unwrap();
+    let target = format!("{}:{}", registry.host_str().unwrap(), registry.port_or_known_default().unwrap());
+    let proxy = proxy::FaultProxy::start(&target).await;
+    let proxied = format!("http://{}{}", proxy.addr(), registry.path());
+    let h = Harness::new("regdown", Options::default()).await;
+    // Point the relay at the proxy; registry calls give up after 2 s each.
+    h.rewrite_config(|t| {
+        t.replace(&services.schema_registry_url, &proxied)
+            .replace("[schema_registry]\n", "[schema_registry]\nrequest_timeout_ms = 2000\n")
+    });
 
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
@@ -306,27 +265,37 @@ async fn a_registry_outage_is_retried_without_loss_or_early_acknowledgement() {
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 1, Duration::from_secs(30));
     let acked_before = h.confirmed_flush().await;
 
-    cut.cut();
-    // A new topic needs a new schema registration: impossible while the registry is unreachable.
-    committed.extend(h.insert_txn(&mut c, &[("invoice", "i", "T", r#"{"n": 2}"#.into())]).await);
-    committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 3}"#.into())]).await);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !relay.log_text().contains("restarting from the last checkpoint") {
-        assert!(std::time::Instant::now() < deadline, "no retry logged:\n{}", relay.log_text());
-        assert!(relay.is_running(), "a registry outage must not stop the relay:\n{}", relay.log_text());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Cut (connections closed, new ones refused), then stalled (bytes stop, nothing closes): a new topic needs a
+    // new schema registration, impossible either way.
+    for (round, fault) in ["cut", "stall"].into_iter().enumerate() {
+        if fault == "cut" {
+            proxy.cut()
+        } else {
+            proxy.stall()
+        }
+        let n = i64::try_from(round).unwrap() * 10;
+        committed
+            .extend(h.insert_txn(&mut c, &[(&format!("invoice{round}"), "i", "T", format!(r#"{{"n": {n}}}"#))]).await);
+        committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", format!(r#"{{"n": {}}}"#, n + 1))]).await);
+        let restarts = relay.log_text().matches("restarting from the last checkpoint").count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while relay.log_text().matches("restarting from the last checkpoint").count() == restarts {
+            assert!(std::time::Instant::now() < deadline, "no retry logged ({fault}):\n{}", relay.log_text());
+            assert!(relay.is_running(), "a registry outage must not stop the relay:\n{}", relay.log_text());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(relay.is_running());
+        assert_eq!(h.confirmed_flush().await, acked_before, "nothing acknowledged while the registry is down");
+        assert!(h.read_committed(&[h.topic(&format!("invoice{round}"))]).is_empty());
+        proxy.restore();
+        let topics = vec![h.topic("order"), h.topic(&format!("invoice{round}"))];
+        h.wait_for_records_of(Some(&relay), &topics, round + 3, Duration::from_secs(90));
     }
-    assert!(relay.is_running());
-    assert_eq!(h.confirmed_flush().await, acked_before, "nothing acknowledged while the registry is down");
-    assert!(h.read_committed(&[h.topic("invoice")]).is_empty());
-
-    cut.restore().await;
-    let topics = vec![h.topic("order"), h.topic("invoice")];
-    h.wait_for_records_of(Some(&relay), &topics, 3, Duration::from_secs(90));
     std::thread::sleep(Duration::from_millis(500));
+    let topics = vec![h.topic("order"), h.topic("invoice0"), h.topic("invoice1")];
     let records = h.read_committed(&topics);
     let ids: Vec<String> = records.iter().map(|r| r.header("id").unwrap()).collect();
-    assert_eq!(ids.len(), 3, "exactly once after the outage: {ids:?}");
+    assert_eq!(ids.len(), 5, "exactly once after the outages: {ids:?}");
     assert_eq!(ids.iter().cloned().collect::<HashSet<_>>(), committed);
 }
 

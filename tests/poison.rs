@@ -161,6 +161,18 @@ async fn poison_events_become_dead_letters_exactly_once() {
         "kafka:invalid_timestamp",
     );
     poison.insert(insert(&c, "order", "type, payload", "NULL, '{\"n\": 1}'").await, "mapping");
+    // Someone else owns the subject of topic `<prefix>.legacy` with a schema the envelope cannot evolve from.
+    let subject = format!("{}-value", h.topic("legacy"));
+    let legacy = r#"{"type":"record","name":"OutboxEnvelope","namespace":"io.outboxrelay","fields":[{"name":"legacy","type":"string"}]}"#;
+    let registered = reqwest::Client::new()
+        .post(format!("{}/subjects/{subject}/versions", h.services.schema_registry_url))
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .body(serde_json::json!({ "schema": legacy }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{:?}", registered.text().await);
+    poison.insert(insert(&c, "legacy", "type, payload", "'T', '{}'").await, "encoding");
     // One transaction: good, poison, good; the dead letter travels with its neighbours.
     let tx = c.transaction().await.unwrap();
     good_ids.push(good(&tx).await);
@@ -197,7 +209,7 @@ async fn poison_events_become_dead_letters_exactly_once() {
             assert!(letter.header("outbox.dlq.commit.lsn").is_some_and(|l| l.contains('/')));
             assert!(!letter.header("outbox.dlq.error.message").unwrap_or_default().is_empty());
             match *kind {
-                "mapping" => {
+                "mapping" | "encoding" => {
                     let row: serde_json::Value = serde_json::from_slice(&letter.value).unwrap();
                     assert_eq!(row["id"], id.as_str(), "the row as JSON");
                     assert_eq!(letter.header("outbox.dlq.value.format").as_deref(), Some("row-json"));

@@ -18,8 +18,13 @@ if [[ $fuzz_seconds != 0 ]]; then
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
     # cargo-fuzz needs nightly features; stable with RUSTC_BOOTSTRAP=1 works where no nightly toolchain exists.
     if rustup run nightly rustc --version >/dev/null 2>&1; then toolchain=(+nightly); else toolchain=(); export RUSTC_BOOTSTRAP=1; fi
-    (cd fuzz && mkdir -p corpus/pgoutput_decode &&
-        cargo "${toolchain[@]}" fuzz run pgoutput_decode corpus/pgoutput_decode seeds/pgoutput_decode -- \
-            -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 25)
+    # Every parser of server input has a target: the pgoutput decoder gets the time, the small ones a share.
+    for target in pgoutput_decode timeline_history; do
+        seconds=$fuzz_seconds
+        [[ $target == pgoutput_decode ]] || seconds=$(( (fuzz_seconds + 2) / 3 ))
+        (cd fuzz && mkdir -p "corpus/$target" &&
+            cargo "${toolchain[@]}" fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+                -max_total_time="$seconds" -print_final_stats=1 2>&1 | tail -n 25)
+    done
     # A crash makes cargo fuzz exit non-zero (pipefail) and leaves the input in fuzz/artifacts/.
 fi
