@@ -263,11 +263,13 @@ async fn a_registry_outage_is_retried_without_loss_or_early_acknowledgement() {
     let mut committed = HashSet::new();
     committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 1}"#.into())]).await);
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 1, Duration::from_secs(30));
-    let acked_before = h.confirmed_flush().await;
 
     // Cut (connections closed, new ones refused), then stalled (bytes stop, nothing closes): a new topic needs a
     // new schema registration, impossible either way.
     for (round, fault) in ["cut", "stall"].into_iter().enumerate() {
+        // The acknowledgement of what arrived follows the Kafka commit within a status interval.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let acked_before = h.confirmed_flush().await;
         if fault == "cut" {
             proxy.cut()
         } else {

@@ -111,11 +111,11 @@ transaction_timeout_ms = 60000
 url = "{registry}"
 [metrics]
 listen = "{metrics}"
-unhealthy_after_ms = {unhealthy}
+{unhealthy}
 {extra}
 "#,
             metrics = if self.metrics_port == 0 { String::new() } else { format!("127.0.0.1:{}", self.metrics_port) },
-            unhealthy = o.metrics.unwrap_or(300_000),
+            unhealthy = o.metrics.map(|ms| format!("unhealthy_after_ms = {ms}")).unwrap_or_default(),
             connector = self.connector,
             url = if o.url_params.is_empty() {
                 self.db.url.clone()
