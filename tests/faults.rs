@@ -223,11 +223,37 @@ async fn other_wal(h: &Harness, c: &tokio_postgres::Client) -> u64 {
     h.wal_insert_lsn().await
 }
 
+const RELAY_SQL_BACKEND: &str = "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() \
+                                 AND backend_type = 'client backend' AND application_name = 'outbox-relay'";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_heartbeat_connection_is_replaced_after_it_is_killed_or_stalled() {
+async fn the_heartbeat_connection_is_replaced_after_its_backend_is_killed() {
+    let h = Harness::new("hbkill", Options { heartbeat_interval_ms: 500, ..Options::default() }).await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let c = h.db.client().await;
+    // Idle outbox, busy database: heartbeats keep the slot moving.
+    let target = other_wal(&h, &c).await;
+    h.wait_confirmed(&relay, target, Duration::from_secs(20)).await;
+    let killed: i64 = c
+        .query_one(&format!("SELECT count(pg_terminate_backend(pid)) FROM ({RELAY_SQL_BACKEND}) b"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "the relay keeps one SQL connection");
+    // The next heartbeat opens a new connection: the slot keeps following the WAL.
+    for _ in 0..3 {
+        let target = other_wal(&h, &c).await;
+        h.wait_confirmed(&relay, target, Duration::from_secs(20)).await;
+    }
+    assert!(relay.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_connection_is_replaced_after_it_stalls() {
     let proxy = FaultProxy::start(&pg_addr()).await;
     let h = Harness::new(
-        "hbconn",
+        "hbstall",
         Options { heartbeat_interval_ms: 500, extra_postgres: "stall_timeout_ms = 3000".into(), ..Options::default() },
     )
     .await;
@@ -235,26 +261,12 @@ async fn the_heartbeat_connection_is_replaced_after_it_is_killed_or_stalled() {
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let c = h.db.client().await;
-    // Idle outbox, busy database: heartbeats keep the slot moving.
     let target = other_wal(&h, &c).await;
     h.wait_confirmed(&relay, target, Duration::from_secs(20)).await;
-
-    let sql_backend = "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() \
-                       AND backend_type = 'client backend' AND application_name = 'outbox-relay'";
-    // Killed: the next heartbeat opens a new connection.
-    let killed: i64 = c
-        .query_one(&format!("SELECT count(pg_terminate_backend(pid)) FROM ({sql_backend}) b"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(killed, 1, "the relay keeps one SQL connection");
-    let target = other_wal(&h, &c).await;
-    h.wait_confirmed(&relay, target, Duration::from_secs(20)).await;
-
     // Stalled (no FIN): the heartbeat times out after stall_timeout_ms, the next one uses a new connection.
     let deadline = Instant::now() + Duration::from_secs(20);
     let port = loop {
-        if let Some(row) = c.query_opt(sql_backend, &[]).await.unwrap() {
+        if let Some(row) = c.query_opt(RELAY_SQL_BACKEND, &[]).await.unwrap() {
             break row.get::<_, i32>(1);
         }
         assert!(Instant::now() < deadline, "no SQL connection of the relay");

@@ -60,14 +60,11 @@ fn ids(records: &[Record]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_broker_refuses_stops_the_relay_naming_the_event() {
-    let h = Harness::new(
-        "refusestop",
-        Options {
-            extra_toml: "[kafka.topic_creation]\nconfigs = { \"max.message.bytes\" = 3000 }\n".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let h = Harness::new("refusestop", Options::default()).await;
+    let name = h.topic("order");
+    let topic = NewTopic::new(&name, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "3000");
+    let created = admin(&h.services.kafka_bootstrap).create_topics([&topic], &AdminOptions::new()).await.unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let c = h.db.client().await;
