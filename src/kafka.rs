@@ -376,14 +376,50 @@ pub struct OutRecord<'a> {
     pub pos: Option<EventPos>,
 }
 
+/// What the delivery report of a record carries back (librdkafka's opaque, one `usize`): the transaction's
+/// generation, the record's index in it, and its timestamp in seconds. Nothing per record is kept elsewhere, so
+/// the producer's memory does not grow with the size of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tag {
+    /// Low bits of the transaction count: a late report of an earlier transaction is recognised.
+    generation: u8,
+    /// Index of the record in its transaction (saturates at `INDEX_MAX`).
+    index: u32,
+    /// Record timestamp in seconds since the Unix epoch; 0 when the producer's clock stamps it.
+    timestamp_s: u32,
+}
+
+const INDEX_BITS: u32 = 28;
+const INDEX_MAX: u32 = (1 << INDEX_BITS) - 1;
+
+impl Tag {
+    fn pack(self) -> usize {
+        let v = (u64::from(self.generation & 0xf) << 60)
+            | (u64::from(self.index.min(INDEX_MAX)) << 32)
+            | u64::from(self.timestamp_s);
+        usize::try_from(v).unwrap_or(usize::MAX)
+    }
+
+    fn unpack(v: usize) -> Tag {
+        let v = v as u64;
+        Tag {
+            generation: u8::try_from(v >> 60).unwrap_or(0),
+            index: u32::try_from((v >> 32) & u64::from(INDEX_MAX)).unwrap_or(INDEX_MAX),
+            timestamp_s: u32::try_from(v & 0xffff_ffff).unwrap_or(0),
+        }
+    }
+}
+
 /// A failed delivery of the open transaction, as the delivery report told it.
 #[derive(Debug, Clone)]
 struct DeliveryFailure {
-    seq: u64,
+    tag: Tag,
     topic: String,
     code: Option<RDKafkaErrorCode>,
     reason: String,
     event_id: String,
+    /// Key and value bytes.
+    size: usize,
 }
 
 /// Failures kept per transaction: enough to find the culprit of a refused batch.
@@ -433,10 +469,10 @@ fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
 }
 
 impl ProducerContext for SinkContext {
-    /// The record's sequence number ([`TxnProducer`] maps it back to the event).
+    /// A packed [`Tag`].
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
         let Err((e, msg)) = result else {
             self.delivered.fetch_add(1, Ordering::Relaxed);
             return;
@@ -454,52 +490,61 @@ impl ProducerContext for SinkContext {
         if let Ok(mut failures) = self.failures.lock() {
             if failures.len() < MAX_FAILURES_KEPT {
                 failures.push(DeliveryFailure {
-                    seq: seq as u64,
+                    tag: Tag::unpack(tag),
                     topic: msg.topic().to_owned(),
                     code,
                     reason: e.to_string(),
                     event_id,
+                    size: msg.key_len() + msg.payload_len(),
                 });
             }
         }
     }
 }
 
-/// The open Kafka transaction.
+/// The open Kafka transaction: what maps a record's index back to its event, in memory that grows with the
+/// number of PostgreSQL transactions and topics in it, not with its records.
 #[derive(Debug)]
 struct OpenTxn {
     started: Instant,
-    /// Sequence number of its first record.
-    first_seq: u64,
-    /// Its records, indexed by `seq - first_seq`.
-    records: Vec<SentRecord>,
-    /// The topics of its records (a transaction has few).
-    topics: Vec<String>,
+    generation: u8,
+    /// Records sent so far.
+    records: u32,
+    /// Per PostgreSQL transaction in it: the index of its first record and its commit LSN (each event is sent
+    /// exactly once, as itself or as its dead letter, in WAL order, so index - first = the event's index).
+    ledger: Vec<(u32, Lsn)>,
+    /// Per topic: the index of its first record.
+    topics: Vec<(String, u32)>,
+    /// Index of the checkpoint record, once sent.
+    checkpoint: Option<u32>,
 }
 
 impl OpenTxn {
-    fn topic_index(&mut self, topic: &str) -> u16 {
+    fn note(&mut self, rec: &OutRecord<'_>) -> u32 {
+        let index = self.records;
+        self.records = self.records.saturating_add(1);
+        match rec.pos {
+            Some(pos) if self.ledger.last().is_none_or(|(_, lsn)| *lsn != pos.commit_lsn) => {
+                self.ledger.push((index.saturating_sub(pos.index), pos.commit_lsn));
+            }
+            Some(_) => {}
+            None => self.checkpoint = Some(index),
+        }
         // Consecutive records mostly share a topic: look from the end.
-        let found = self.topics.iter().rposition(|t| t == topic);
-        let index = found.unwrap_or_else(|| {
-            self.topics.push(topic.to_owned());
-            self.topics.len() - 1
-        });
-        u16::try_from(index).unwrap_or(u16::MAX)
+        if !self.topics.iter().rev().any(|(t, _)| t == rec.topic) {
+            self.topics.push((rec.topic.to_owned(), index));
+        }
+        index
     }
-}
 
-/// What a refusal of a record needs to know about it.
-#[derive(Debug, Clone, Copy)]
-struct SentRecord {
-    /// `None` for the checkpoint record.
-    pos: Option<EventPos>,
-    /// Key and value bytes.
-    size: usize,
-    /// Its timestamp, ms since the Unix epoch (`None`: the producer's clock).
-    timestamp_ms: Option<i64>,
-    /// Index into [`OpenTxn::topics`].
-    topic: u16,
+    /// The event a record index belongs to.
+    fn pos(&self, index: u32) -> Option<EventPos> {
+        if Some(index) == self.checkpoint || index >= INDEX_MAX {
+            return None;
+        }
+        let (first, commit_lsn) = self.ledger.iter().rev().find(|(first, _)| *first <= index)?;
+        Some(EventPos { commit_lsn: *commit_lsn, index: index - first })
+    }
 }
 
 /// A transactional producer. At most one Kafka transaction is open at a time.
@@ -509,7 +554,8 @@ pub struct TxnProducer {
     open: Option<OpenTxn>,
     /// A transactional call failed with an unknown outcome: this producer must be replaced.
     spent: bool,
-    next_seq: u64,
+    /// Transactions begun, for [`Tag::generation`].
+    transactions: u64,
 }
 
 impl std::fmt::Debug for TxnProducer {
@@ -572,7 +618,7 @@ impl TxnProducer {
         let producer = Arc::new(producer);
         let p = Arc::clone(&producer);
         let timeout = settings.operation_timeout;
-        let mut this = TxnProducer { producer, settings: settings.clone(), open: None, spent: true, next_seq: 0 };
+        let mut this = TxnProducer { producer, settings: settings.clone(), open: None, spent: true, transactions: 0 };
         blocking(move || p.init_transactions(timeout))
             .await?
             .map_err(|e| SinkError::from_kafka("init_transactions", e, &settings.transactional_id))?;
@@ -591,7 +637,7 @@ impl TxnProducer {
         self.open.is_some()
     }
 
-    fn begin(&mut self) -> Result<&mut OpenTxn, SinkError> {
+    fn begin(&mut self) -> Result<(), SinkError> {
         if self.open.is_none() {
             if let Ok(mut failures) = self.producer.context().failures.lock() {
                 failures.clear();
@@ -602,15 +648,17 @@ impl TxnProducer {
             self.producer
                 .begin_transaction()
                 .map_err(|e| SinkError::from_kafka("begin_transaction", e, &self.settings.transactional_id))?;
+            self.transactions += 1;
             self.open = Some(OpenTxn {
                 started: Instant::now(),
-                first_seq: self.next_seq,
-                records: Vec::new(),
+                generation: (self.transactions & 0xf) as u8,
+                records: 0,
+                ledger: Vec::new(),
                 topics: Vec::new(),
+                checkpoint: None,
             });
         }
-        // Just set when it was None.
-        self.open.as_mut().ok_or_else(|| SinkError::Join("no open transaction".into()))
+        Ok(())
     }
 
     /// Queues one record in the open transaction (opening one if needed), waiting while librdkafka's queue is full.
@@ -618,14 +666,14 @@ impl TxnProducer {
     /// exist) is a [`SinkError::Refused`]; the transaction stays usable and the record is simply not in it.
     pub async fn send(&mut self, rec: &OutRecord<'_>) -> Result<(), SinkError> {
         self.begin()?;
-        let seq = self.next_seq;
+        let Some(open) = self.open.as_ref() else { return Ok(()) };
+        let timestamp_s = rec.timestamp_ms.map_or(0, |ms| u32::try_from(ms.max(0) / 1000).unwrap_or(u32::MAX));
+        let tag = Tag { generation: open.generation, index: open.records, timestamp_s };
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (k, v) in rec.headers {
             headers = headers.insert(Header { key: k, value: Some(*v) });
         }
-        let mut record = BaseRecord::with_opaque_to(rec.topic, usize::try_from(seq).unwrap_or(usize::MAX))
-            .key(rec.key)
-            .headers(headers);
+        let mut record = BaseRecord::with_opaque_to(rec.topic, tag.pack()).key(rec.key).headers(headers);
         if let Some(value) = rec.value {
             record = record.payload(value);
         }
@@ -663,11 +711,8 @@ impl TxnProducer {
                 }
             }
         }
-        self.next_seq += 1;
         if let Some(open) = self.open.as_mut() {
-            let size = rec.key.len() + rec.value.map_or(0, <[u8]>::len);
-            let topic = open.topic_index(rec.topic);
-            open.records.push(SentRecord { pos: rec.pos, size, timestamp_ms: rec.timestamp_ms, topic });
+            open.note(rec);
         }
         Ok(())
     }
@@ -683,7 +728,7 @@ impl TxnProducer {
 
     fn too_long(&self, open: &OpenTxn) -> SinkError {
         SinkError::TransactionTooLong {
-            events: open.records.len() as u64,
+            events: u64::from(open.records),
             elapsed_ms: u64::try_from(open.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             timeout_ms: u64::try_from(self.settings.transaction_timeout.as_millis()).unwrap_or(u64::MAX),
         }
@@ -705,12 +750,11 @@ impl TxnProducer {
     /// The broker would not add a topic's partition to the transaction: a refusal of that topic's first record.
     fn unauthorized_topic(&self, open: &OpenTxn, e: &KafkaError) -> Option<SinkError> {
         let topic = self.producer.context().unauthorized.lock().ok()?.first()?.clone();
-        let index = open.topics.iter().position(|t| *t == topic)?;
-        let record = open.records.iter().find(|r| usize::from(r.topic) == index && r.pos.is_some())?;
+        let first = open.topics.iter().find(|(t, _)| *t == topic)?.1;
         Some(SinkError::Refused(Box::new(Refusal {
             topic,
             event_id: String::new(),
-            pos: record.pos,
+            pos: Some(open.pos(first)?),
             code: RDKafkaErrorCode::TopicAuthorizationFailed,
             reason: e.to_string(),
         })))
@@ -724,25 +768,23 @@ impl TxnProducer {
     /// refusal, the one whose timestamp is furthest from now for a timestamp refusal — not the first.
     fn delivery_failure(&self) -> Option<SinkError> {
         let open = self.open.as_ref()?;
-        let record = |f: &DeliveryFailure| {
-            let index = usize::try_from(f.seq.checked_sub(open.first_seq)?).ok()?;
-            open.records.get(index).copied()
-        };
         let failure = {
             let failures = self.producer.context().failures.lock().ok()?;
             // A late report of an earlier (aborted) transaction's record is not this transaction's problem.
-            let mine = || failures.iter().filter(|f| record(f).is_some());
+            let mine = || failures.iter().filter(|f| f.tag.generation == open.generation && f.tag.index < open.records);
             let with = |code: RDKafkaErrorCode| mine().filter(move |f| f.code == Some(code));
-            let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()))
-                .unwrap_or(i64::MAX);
-            let deviation = |f: &DeliveryFailure| record(f).and_then(|r| r.timestamp_ms).map_or(0, |t| t.abs_diff(now));
-            let too_large = with(RDKafkaErrorCode::MessageSizeTooLarge)
-                .max_by_key(|f| (record(f).map_or(0, |r| r.size), std::cmp::Reverse(f.seq)));
-            let bad_time =
-                with(RDKafkaErrorCode::InvalidTimestamp).max_by_key(|f| (deviation(f), std::cmp::Reverse(f.seq)));
-            too_large.or(bad_time).or_else(|| mine().min_by_key(|f| f.seq))?.clone()
+            let now = u32::try_from(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+                .unwrap_or(u32::MAX);
+            let deviation = |f: &DeliveryFailure| match f.tag.timestamp_s {
+                0 => 0,
+                t => t.abs_diff(now),
+            };
+            let first = |f: &DeliveryFailure| std::cmp::Reverse(f.tag.index);
+            let too_large = with(RDKafkaErrorCode::MessageSizeTooLarge).max_by_key(|f| (f.size, first(f)));
+            let bad_time = with(RDKafkaErrorCode::InvalidTimestamp).max_by_key(|f| (deviation(f), first(f)));
+            too_large.or(bad_time).or_else(|| mine().min_by_key(|f| f.tag.index))?.clone()
         };
-        let pos = record(&failure)?.pos;
+        let pos = open.pos(failure.tag.index);
         Some(match failure.code {
             Some(code) if refusal_hint(code).is_some() => SinkError::Refused(Box::new(Refusal {
                 topic: failure.topic,
@@ -848,7 +890,7 @@ impl TxnProducer {
 
     /// Events in the open transaction (0 when none is open).
     pub fn open_events(&self) -> u64 {
-        self.open.as_ref().map_or(0, |o| o.records.len() as u64)
+        self.open.as_ref().map_or(0, |o| u64::from(o.records))
     }
 
     /// Topic metadata as this producer sees it: `Ok(partitions)` or the topic-level error code.
@@ -1214,6 +1256,44 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("e-1") && text.contains("\"t\"") && text.contains("timestamp column"), "{text}");
         assert!(!SinkError::Refused(Box::new(r)).is_transient());
+    }
+
+    #[test]
+    fn tags_round_trip_and_positions_come_from_the_ledger() {
+        for tag in [
+            Tag { generation: 0, index: 0, timestamp_s: 0 },
+            Tag { generation: 15, index: INDEX_MAX, timestamp_s: u32::MAX },
+            Tag { generation: 7, index: 123_456, timestamp_s: 1_764_000_000 },
+        ] {
+            assert_eq!(Tag::unpack(tag.pack()), tag);
+        }
+        let mut open = OpenTxn {
+            started: Instant::now(),
+            generation: 1,
+            records: 0,
+            ledger: Vec::new(),
+            topics: Vec::new(),
+            checkpoint: None,
+        };
+        let rec = |topic, pos| OutRecord {
+            topic,
+            partition: None,
+            key: b"",
+            value: None,
+            headers: &[],
+            timestamp_ms: None,
+            pos,
+        };
+        let at = |lsn, index| Some(EventPos { commit_lsn: Lsn(lsn), index });
+        // Two PostgreSQL transactions (the second starting at its event #0), two topics, then the checkpoint.
+        for (topic, pos) in [("a", at(0x10, 0)), ("a", at(0x10, 1)), ("b", at(0x20, 0)), ("a", at(0x20, 1))] {
+            open.note(&rec(topic, pos));
+        }
+        assert_eq!(open.note(&rec("cp", None)), 4);
+        assert_eq!(open.pos(1), at(0x10, 1));
+        assert_eq!(open.pos(3), at(0x20, 1));
+        assert_eq!(open.pos(4), None, "the checkpoint record is no event");
+        assert_eq!(open.topics.iter().find(|(t, _)| t == "b").map(|(_, i)| *i), Some(2));
     }
 
     #[test]

@@ -1265,6 +1265,10 @@ impl Sink {
         }
         let mut poison = self.poison.lock().ok()?;
         let topic_wide = matches!(refusal.kind(), "not_authorized" | "unknown_topic");
+        if topic_wide && dlq.is_none() && !refusal.event_id.is_empty() {
+            // Known before sending: already named.
+            return None;
+        }
         if topic_wide {
             if poison.topics.get(&refusal.topic).is_some_and(|(_, since)| since.elapsed() < TOPIC_REFUSAL_TTL) {
                 return None;

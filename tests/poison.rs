@@ -110,8 +110,14 @@ async fn a_missing_topic_with_creation_off_is_named_at_first_use() {
         log.contains(&lost) && log.contains(&h.topic("invoice")) && log.contains("topic_creation.enabled = false"),
         "{log}"
     );
-    let md =
-        admin(&h.services.kafka_bootstrap).inner().fetch_metadata(Some(&h.topic("invoice")), Duration::from_secs(10));
+    // Asked by a client that does not itself ask the broker to auto-create it (librdkafka's admin and producer
+    // clients do by default).
+    let probe: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &h.services.kafka_bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let md = probe.inner().fetch_metadata(Some(&h.topic("invoice")), Duration::from_secs(10));
     let exists = md.unwrap().topics().iter().any(|t| t.error().is_none() && !t.partitions().is_empty());
     assert!(!exists, "the broker must not have auto-created it");
 }
