@@ -49,15 +49,6 @@ fn on_cluster(cluster: &ThrowawayCluster) -> services::Services {
     services::Services { pg_url: cluster.url(), ..services::services() }
 }
 
-/// Inserts `n` single-row transactions of `aggregate_type`; returns the ids.
-async fn insert_rows(h: &Harness, c: &mut tokio_postgres::Client, aggregate_type: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.extend(h.insert_txn(c, &[(aggregate_type, "k", "T", format!(r#"{{"n": {i}}}"#))]).await);
-    }
-    ids
-}
-
 fn ids_of(records: &[relay::Record]) -> Vec<String> {
     records.iter().map(|r| r.header("id").unwrap()).collect()
 }
@@ -181,7 +172,7 @@ async fn a_row_of_an_unmapped_published_table_stops_the_relay_unless_ignored() {
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let mut c = h.db.client().await;
-    let mut expected: HashSet<String> = insert_rows(&h, &mut c, "order", 2).await.into_iter().collect();
+    let mut expected: HashSet<String> = h.insert_rows(&mut c, "order", 2).await.into_iter().collect();
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 2, Duration::from_secs(30));
     let before = h.confirmed_flush().await;
     c.batch_execute("INSERT INTO other (note) VALUES ('not an event')").await.unwrap();
@@ -195,7 +186,7 @@ async fn a_row_of_an_unmapped_published_table_stops_the_relay_unless_ignored() {
     });
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
-    expected.extend(insert_rows(&h, &mut c, "order", 2).await);
+    expected.extend(h.insert_rows(&mut c, "order", 2).await);
     let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 4, Duration::from_secs(30));
     assert_exactly(&records, &expected, &relay.log_text());
     assert_eq!(h.metric("outbox_relay_unmapped_rows_total"), Some(1.0));
@@ -296,20 +287,20 @@ async fn a_stalled_cut_or_killed_replication_connection_is_noticed_and_replaced(
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let mut c = h.db.client().await;
-    let mut expected: HashSet<String> = insert_rows(&h, &mut c, "order", 3).await.into_iter().collect();
+    let mut expected: HashSet<String> = h.insert_rows(&mut c, "order", 3).await.into_iter().collect();
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 3, Duration::from_secs(30));
 
     let walsender = "SELECT r.client_port, r.pid FROM pg_stat_replication r JOIN pg_replication_slots s \
                      ON s.active_pid = r.pid WHERE s.slot_name = $1";
     let row = c.query_one(walsender, &[&h.slot()]).await.unwrap();
     assert!(proxy.stall_connection(u16::try_from(row.get::<_, i32>(0)).unwrap()));
-    expected.extend(insert_rows(&h, &mut c, "order", 3).await);
+    expected.extend(h.insert_rows(&mut c, "order", 3).await);
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 6, Duration::from_secs(60));
     assert!(relay.log_text().contains("replication connection silent"), "{}", relay.log_text());
 
     // Cut: every connection closed, new ones refused for a while.
     proxy.cut();
-    expected.extend(insert_rows(&h, &mut c, "order", 3).await);
+    expected.extend(h.insert_rows(&mut c, "order", 3).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 9, Duration::from_secs(60));
@@ -318,7 +309,7 @@ async fn a_stalled_cut_or_killed_replication_connection_is_noticed_and_replaced(
     let row = c.query_one(walsender, &[&h.slot()]).await.unwrap();
     let killed: bool = c.query_one("SELECT pg_terminate_backend($1)", &[&row.get::<_, i32>(1)]).await.unwrap().get(0);
     assert!(killed);
-    expected.extend(insert_rows(&h, &mut c, "order", 3).await);
+    expected.extend(h.insert_rows(&mut c, "order", 3).await);
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 12, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly(&h.read_committed(&[h.topic("order")]), &expected, &relay.log_text());
@@ -332,11 +323,11 @@ async fn a_postgres_restart_is_survived_exactly_once() {
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let mut c = h.db.client().await;
-    let mut expected: HashSet<String> = insert_rows(&h, &mut c, "order", 5).await.into_iter().collect();
+    let mut expected: HashSet<String> = h.insert_rows(&mut c, "order", 5).await.into_iter().collect();
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 5, Duration::from_secs(30));
     cluster.restart();
     let mut c = h.db.client().await;
-    expected.extend(insert_rows(&h, &mut c, "order", 5).await);
+    expected.extend(h.insert_rows(&mut c, "order", 5).await);
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 10, Duration::from_secs(90));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly(&h.read_committed(&[h.topic("order")]), &expected, &relay.log_text());
@@ -365,13 +356,7 @@ async fn a_checkpoint_of_another_cluster_or_ahead_of_the_wal_is_refused() {
     let a = logical_cluster(&[]);
     let b = logical_cluster(&[]);
     let h = Harness::new_on(on_cluster(&a), "foreign", Options::default()).await;
-    let mut relay = h.spawn(&[], &[]);
-    relay.wait_log(STARTED, Duration::from_secs(60));
-    let mut c = h.db.client().await;
-    insert_rows(&h, &mut c, "order", 2).await;
-    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 2, Duration::from_secs(30));
-    relay.terminate();
-    assert!(relay.wait_exit(Duration::from_secs(40)).unwrap().success());
+    h.deliver_then_stop(2, 2).await;
     let cp = checkpoint_json(&h);
     assert!(cp["source"]["system_id"].as_str().is_some_and(|s| !s.is_empty()), "the checkpoint names its server: {cp}");
 
@@ -397,7 +382,7 @@ async fn a_checkpoint_of_another_cluster_or_ahead_of_the_wal_is_refused() {
     let mut relay = h.spawn(&["--accept-gap"], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let mut cb = other.client().await;
-    let ids = insert_rows(&h, &mut cb, "order", 2).await;
+    let ids = h.insert_rows(&mut cb, "order", 2).await;
     let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 4, Duration::from_secs(30));
     assert!(ids.iter().all(|id| ids_of(&records).contains(id)));
     drop(relay);
@@ -407,17 +392,12 @@ async fn a_checkpoint_of_another_cluster_or_ahead_of_the_wal_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_lsn_is_checked_against_the_checkpoint() {
     let h = Harness::new("startlsn", Options { heartbeat_interval_ms: 0, ..Options::default() }).await;
-    let mut relay = h.spawn(&[], &[]);
-    relay.wait_log(STARTED, Duration::from_secs(60));
+    h.deliver_then_stop(1, 1).await;
     let mut c = h.db.client().await;
-    insert_rows(&h, &mut c, "order", 1).await;
-    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 1, Duration::from_secs(30));
-    relay.terminate();
-    assert!(relay.wait_exit(Duration::from_secs(40)).unwrap().success());
     // Killed after the Kafka commit, before the acknowledgement: the checkpoint is ahead of the slot.
     let mut crashing = h.spawn(&[], &[("OUTBOX_RELAY_FAILPOINT", "after_commit_before_ack")]);
     crashing.wait_log(STARTED, Duration::from_secs(60));
-    insert_rows(&h, &mut c, "order", 1).await;
+    h.insert_rows(&mut c, "order", 1).await;
     crashing.wait_exit(Duration::from_secs(30)).expect("aborts at the failpoint");
     let slot: String = c
         .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&h.slot()])
@@ -451,7 +431,7 @@ async fn start_lsn_is_checked_against_the_checkpoint() {
     // A normal start resumes from the checkpoint: the row committed before the crash is not produced again.
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
-    insert_rows(&h, &mut c, "order", 1).await;
+    h.insert_rows(&mut c, "order", 1).await;
     let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 3, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = h.read_committed(&[h.topic("order")]);
@@ -461,13 +441,8 @@ async fn start_lsn_is_checked_against_the_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_slot_is_named_and_recreated_only_when_accepted() {
     let h = Harness::new("slotlost", Options::default()).await;
-    let mut relay = h.spawn(&[], &[]);
-    relay.wait_log(STARTED, Duration::from_secs(60));
+    h.deliver_then_stop(1, 1).await;
     let mut c = h.db.client().await;
-    insert_rows(&h, &mut c, "order", 1).await;
-    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 1, Duration::from_secs(30));
-    relay.terminate();
-    assert!(relay.wait_exit(Duration::from_secs(40)).unwrap().success());
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.execute("SELECT pg_drop_replication_slot($1)", &[&h.slot()]).await.unwrap();
     let mut relay = h.spawn(&[], &[]);
@@ -475,7 +450,7 @@ async fn a_dropped_slot_is_named_and_recreated_only_when_accepted() {
     assert!(log.contains("does not exist but the checkpoint") && log.contains("--accept-gap"), "{log}");
     let mut relay = h.spawn(&["--accept-gap"], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
-    insert_rows(&h, &mut c, "order", 1).await;
+    h.insert_rows(&mut c, "order", 1).await;
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 2, Duration::from_secs(30));
 }
 
@@ -485,8 +460,7 @@ async fn an_invalidated_slot_is_named() {
     let h = Harness::new_on(on_cluster(&cluster), "slotinval", Options::default()).await;
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
-    relay.terminate();
-    assert!(relay.wait_exit(Duration::from_secs(40)).unwrap().success());
+    relay.stop();
     // The relay is down; the database writes well past max_slot_wal_keep_size and checkpoints.
     let c = h.db.client().await;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -515,13 +489,7 @@ async fn an_invalidated_slot_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_checkpoint_topic_is_a_named_gap() {
     let h = Harness::new("cpdeleted", Options::default()).await;
-    let mut relay = h.spawn(&[], &[]);
-    relay.wait_log(STARTED, Duration::from_secs(60));
-    let mut c = h.db.client().await;
-    insert_rows(&h, &mut c, "order", 1).await;
-    h.wait_for_records_of(Some(&relay), &[h.topic("order")], 1, Duration::from_secs(30));
-    relay.terminate();
-    assert!(relay.wait_exit(Duration::from_secs(40)).unwrap().success());
+    h.deliver_then_stop(1, 1).await;
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &h.services.kafka_bootstrap).create().unwrap();
     let deleted = admin.delete_topics(&[&h.checkpoint_topic], &AdminOptions::new()).await.unwrap();
@@ -555,7 +523,7 @@ async fn an_open_transaction_of_another_connector_does_not_hide_the_checkpoint()
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let mut c = h.db.client().await;
-    let mut expected: HashSet<String> = insert_rows(&h, &mut c, "order", 3).await.into_iter().collect();
+    let mut expected: HashSet<String> = h.insert_rows(&mut c, "order", 3).await.into_iter().collect();
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 3, Duration::from_secs(30));
 
     // Another connector sharing the checkpoint topic opens a transaction there and keeps it open.
@@ -571,7 +539,7 @@ async fn an_open_transaction_of_another_connector_does_not_hide_the_checkpoint()
     other.flush(Duration::from_secs(10)).unwrap();
 
     // This connector commits newer checkpoints behind that open transaction, then dies.
-    expected.extend(insert_rows(&h, &mut c, "order", 3).await);
+    expected.extend(h.insert_rows(&mut c, "order", 3).await);
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 6, Duration::from_secs(30));
     relay.kill9();
 
@@ -580,7 +548,7 @@ async fn an_open_transaction_of_another_connector_does_not_hide_the_checkpoint()
     tokio::time::sleep(Duration::from_secs(2)).await;
     other.commit_transaction(Duration::from_secs(30)).unwrap();
     relay.wait_log(STARTED, Duration::from_secs(60));
-    expected.extend(insert_rows(&h, &mut c, "order", 3).await);
+    expected.extend(h.insert_rows(&mut c, "order", 3).await);
     h.wait_for_records_of(Some(&relay), &[h.topic("order")], 9, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly(&h.read_committed(&[h.topic("order")]), &expected, &relay.log_text());
@@ -600,7 +568,7 @@ async fn a_broker_stalled_longer_than_every_client_timeout_is_survived_without_a
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(90));
     let mut c = h.db.client().await;
-    let mut expected: HashSet<String> = insert_rows(&h, &mut c, "order", 5).await.into_iter().collect();
+    let mut expected: HashSet<String> = h.insert_rows(&mut c, "order", 5).await.into_iter().collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while read(&topics).len() < 5 {
         assert!(Instant::now() < deadline, "{}", relay.log_text());
@@ -612,7 +580,7 @@ async fn a_broker_stalled_longer_than_every_client_timeout_is_survived_without_a
     // transaction 60 s, message 60 s).
     proxy.stall();
     let stalled_at = Instant::now();
-    expected.extend(insert_rows(&h, &mut c, "order", 5).await);
+    expected.extend(h.insert_rows(&mut c, "order", 5).await);
     let mut saw_unready = false;
     let mut saw_unhealthy = false;
     while stalled_at.elapsed() < Duration::from_secs(130) {
@@ -626,7 +594,7 @@ async fn a_broker_stalled_longer_than_every_client_timeout_is_survived_without_a
     assert!(saw_unhealthy, "/health must turn 503 after metrics.unhealthy_after_ms without delivering");
 
     proxy.restore();
-    expected.extend(insert_rows(&h, &mut c, "order", 5).await);
+    expected.extend(h.insert_rows(&mut c, "order", 5).await);
     let deadline = Instant::now() + Duration::from_secs(180);
     while read(&topics).len() < 15 {
         assert!(Instant::now() < deadline, "not resumed after the outage; log:\n{}", relay.log_text());

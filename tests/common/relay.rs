@@ -221,6 +221,27 @@ listen = "{metrics}"
         RelayProcess { child: Some(child), log }
     }
 
+    /// Inserts `n` single-row transactions of `aggregate_type`; returns the ids.
+    pub async fn insert_rows(&self, c: &mut tokio_postgres::Client, aggregate_type: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.extend(self.insert_txn(c, &[(aggregate_type, "k", "T", format!(r#"{{"n": {i}}}"#))]).await);
+        }
+        ids
+    }
+
+    /// Starts the relay, relays `n` single-row transactions of `order` (waiting until Kafka has `expect_total`
+    /// records of it), and stops it with SIGTERM, which must exit 0. Returns the new rows' ids.
+    pub async fn deliver_then_stop(&self, n: usize, expect_total: usize) -> Vec<String> {
+        let mut relay = self.spawn(&[], &[]);
+        relay.wait_log("replication started", Duration::from_secs(60));
+        let mut c = self.db.client().await;
+        let ids = self.insert_rows(&mut c, "order", n).await;
+        self.wait_for_records_of(Some(&relay), &[self.topic("order")], expect_total, Duration::from_secs(30));
+        relay.stop();
+        ids
+    }
+
     /// Inserts one transaction of outbox rows `(aggregatetype, aggregateid, type, payload)`; returns their ids.
     pub async fn insert_txn(
         &self,
@@ -428,6 +449,13 @@ impl RelayProcess {
         if let Some(c) = &self.child {
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         }
+    }
+
+    /// SIGTERM, then waits for a clean exit (status 0) within the 30 s drain; panics otherwise.
+    pub fn stop(&mut self) {
+        self.terminate();
+        let status = self.wait_exit(Duration::from_secs(40)).expect("exits within the grace period");
+        assert!(status.success(), "SIGTERM must exit 0: {status:?}\n{}", self.log_text());
     }
 
     /// Waits for the process to exit.
