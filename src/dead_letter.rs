@@ -21,9 +21,47 @@
 //! when the refused record itself was too large.
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::pg::lsn::Lsn;
 use crate::pg::pgoutput::{Relation, TupleColumn, TupleData};
+
+/// What happens to an event that cannot be mapped, encoded or produced.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `stop`: the relay stops with a named error and the checkpoint untouched (restarting it fails the same way
+    /// until the cause is fixed). `dead_letter`: the event goes to `dead_letter_topic` instead, inside the same
+    /// Kafka transaction as the rest of its PostgreSQL transaction and the checkpoint, so it too appears exactly
+    /// once.
+    #[serde(default)]
+    pub mode: ErrorMode,
+    /// Dead-letter topic. Default: `<connector_name>.dead-letter`.
+    #[serde(default)]
+    pub dead_letter_topic: String,
+}
+
+impl ErrorsConfig {
+    pub(crate) fn validate(&self, kafka: &crate::config::KafkaConfig, report: &mut impl FnMut(&str, String)) {
+        if let Err(reason) = crate::kafka::topic::validate_name(&self.dead_letter_topic) {
+            report("errors.dead_letter_topic", reason);
+        }
+        if self.dead_letter_topic == kafka.checkpoint_topic {
+            report("errors.dead_letter_topic", "must differ from kafka.checkpoint_topic".to_owned());
+        }
+    }
+}
+
+/// See [`ErrorsConfig::mode`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorMode {
+    /// Stop the relay.
+    #[default]
+    Stop,
+    /// Send the event to the dead-letter topic.
+    DeadLetter,
+}
 
 /// Header: where the event came from.
 pub const SOURCE: &str = "outbox.dlq.source";

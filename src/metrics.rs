@@ -20,9 +20,57 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9187".to_owned()
+}
+const fn default_unhealthy_after_ms() -> u64 {
+    300_000
+}
+
+/// Metrics settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the HTTP endpoint serving Prometheus `/metrics` and `/health`; empty disables it.
+    /// Env: `OUTBOX_RELAY_METRICS_LISTEN`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+    /// `/health` answers 503 once the relay has been unable to deliver for this long, in milliseconds: no
+    /// replication session streaming, or records waiting for a Kafka commit that does not come (a stuck producer,
+    /// a restart loop, an unreachable service). `/ready` turns 503 as soon as that starts.
+    #[serde(default = "default_unhealthy_after_ms")]
+    pub unhealthy_after_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: default_metrics_listen(), unhealthy_after_ms: default_unhealthy_after_ms() }
+    }
+}
+
+impl MetricsConfig {
+    pub(crate) fn validate(&self, report: &mut impl FnMut(&str, String)) {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            report(
+                "metrics.listen",
+                format!("`{}` is not an address like 127.0.0.1:9187 or [::]:9187 (empty disables)", self.listen),
+            );
+        }
+        if self.unhealthy_after_ms == 0 {
+            report("metrics.unhealthy_after_ms", "must be at least 1".to_owned());
+        }
+    }
+
+    /// The listen address, or `None` when the endpoint is disabled.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        if self.listen.is_empty() { None } else { self.listen.parse().ok() }
+    }
+}
 
 /// Events committed to Kafka.
 pub const EVENTS: &str = "outbox_relay_events_total";

@@ -51,7 +51,7 @@ use crate::kafka::{
     Checkpoint, EventPos, KafkaSettings, OutRecord, Refusal, SinkError, TopicState, Topics, TxnProducer,
 };
 use crate::metrics::Stats;
-use crate::outbox::{EventMapping, MapError, MessageMapper, OutboxEvent, TableMapper};
+use crate::outbox::{MapError, MessageMapper, OutboxEvent, OutboxTableConfig, TableMapper};
 use crate::pg::identity::{NotResumable, SourceIdentity, check_resumable, parse_timeline_history};
 use crate::pg::lsn::{Lsn, PgTimestamp};
 use crate::pg::pgoutput::{DecodeError, Decoder, DecoderOptions, Oid, Relation};
@@ -333,7 +333,7 @@ impl ToSink {
 struct Relay {
     cfg: Config,
     kafka: KafkaSettings,
-    tables: Vec<(TableName, EventMapping)>,
+    tables: Vec<(TableName, OutboxTableConfig)>,
     messages: Option<MessageMapper>,
     /// Value encoder (the envelope over all tables' and the message outbox's fields).
     value_encoder: Arc<dyn ValueEncoder>,
@@ -370,10 +370,10 @@ pub async fn run(
     for t in &cfg.outbox.tables {
         let name = TableName::parse(&t.table)
             .ok_or_else(|| PipelineError::Config(format!("outbox.tables.table {:?} is not a table name", t.table)))?;
-        tables.push((name, EventMapping::from(t)));
+        tables.push((name, t.clone()));
     }
     let messages = if cfg.outbox.messages.enabled {
-        let mapping = EventMapping::for_messages(&cfg.outbox);
+        let mapping = cfg.outbox.message_mapping();
         Some(
             MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping)
                 .map_err(|e| PipelineError::Config(e.to_string()))?,
@@ -386,7 +386,7 @@ pub async fn run(
             .map_err(|e| PipelineError::Config(e.to_string()))?,
     );
     // One envelope schema for every table and the message outbox: a topic fed by two tables keeps one schema.
-    let message_mapping = EventMapping::for_messages(&cfg.outbox);
+    let message_mapping = cfg.outbox.message_mapping();
     let extra = crate::outbox::envelope_fields(tables.iter().map(|(_, m)| m).chain(std::iter::once(&message_mapping)));
     let value_encoder: Arc<dyn ValueEncoder> =
         Arc::new(EnvelopeEncoder::new(Arc::clone(&registry), extra).map_err(|e| PipelineError::Config(e.to_string()))?);

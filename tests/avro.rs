@@ -16,7 +16,7 @@ use outbox_relay::avro::{
     EncodeError, EnvelopeEncoder, KeyEncoder, RegistryDecoder, RegistrySettings, RetryPolicy, SchemaId, SchemaRegistry,
     ValueEncoder, envelope_schema,
 };
-use outbox_relay::outbox::{AdditionalField, Cell, EventMapping, OutboxEvent, Placement, TableMapper};
+use outbox_relay::outbox::{AdditionalField, Cell, OutboxEvent, OutboxTableConfig, Placement, TableMapper};
 use outbox_relay::pg::lsn::{Lsn, PgTimestamp};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -109,13 +109,13 @@ async fn schema_registered_through_the_converter_round_trips_in_wire_format() {
 async fn envelope_of_a_mapped_row_decodes_back_to_the_same_fields() {
     let url = registry_url();
     let prefix = unique_topic("avro-env");
-    let mapping = EventMapping {
+    let mapping = OutboxTableConfig {
         route_topic_replacement: format!("{prefix}.${{routedByValue}}"),
         additional_fields: vec![
             AdditionalField { column: "tenant".into(), placement: Placement::Envelope, alias: "tenant_id".into() },
             AdditionalField { column: "region".into(), placement: Placement::Envelope, alias: String::new() },
         ],
-        ..EventMapping::default()
+        ..OutboxTableConfig::default()
     };
     let columns = [
         ("id", 2950),

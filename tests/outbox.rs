@@ -7,7 +7,7 @@
 mod services;
 
 use outbox_relay::outbox::{
-    AdditionalField, BYTEA_OID, Cell, EventMapping, MapErrorKind, Placement, TableMapper, decode_bytea_hex,
+    AdditionalField, BYTEA_OID, Cell, MapErrorKind, OutboxTableConfig, Placement, TableMapper, decode_bytea_hex,
     parse_pg_timestamp,
 };
 use outbox_relay::pg::lsn::{Lsn, PgTimestamp};
@@ -138,14 +138,14 @@ async fn mapper_binds_to_a_real_outbox_table_and_maps_its_rows() {
     let cells: Vec<Cell<'_>> =
         texts.iter().map(|t| t.as_deref().map_or(Cell::Null, |t| Cell::Text(t.as_bytes()))).collect();
 
-    let mapping = EventMapping {
-        field_event_timestamp: Some("created_at".into()),
+    let mapping = OutboxTableConfig {
+        field_event_timestamp: "created_at".into(),
         additional_fields: vec![
             AdditionalField { column: "tenant".into(), placement: Placement::Header, alias: String::new() },
             AdditionalField { column: "tenant".into(), placement: Placement::Envelope, alias: "tenant_id".into() },
             AdditionalField { column: "shard".into(), placement: Placement::Partition, alias: String::new() },
         ],
-        ..EventMapping::default()
+        ..OutboxTableConfig::default()
     };
     let mapper =
         TableMapper::bind(&mapping, "public", "outbox", columns.iter().map(|(n, o)| (n.as_str(), *o))).unwrap();
@@ -163,7 +163,7 @@ async fn mapper_binds_to_a_real_outbox_table_and_maps_its_rows() {
     assert_eq!(event.source, "public.outbox");
 
     // A bytea payload column is decoded from its hex output.
-    let bytea_mapping = EventMapping { field_event_payload: "body_bytes".into(), ..EventMapping::default() };
+    let bytea_mapping = OutboxTableConfig { field_event_payload: "body_bytes".into(), ..OutboxTableConfig::default() };
     assert!(columns.iter().any(|(n, o)| n == "body_bytes" && *o == BYTEA_OID));
     let mapper =
         TableMapper::bind(&bytea_mapping, "public", "outbox", columns.iter().map(|(n, o)| (n.as_str(), *o))).unwrap();
@@ -176,7 +176,7 @@ async fn mapper_binds_to_a_real_outbox_table_and_maps_its_rows() {
     client.batch_execute("CREATE TABLE not_outbox (id uuid, aggregatetype text, payload jsonb)").await.unwrap();
     let columns = relation_columns(&client, "not_outbox").await;
     let err = TableMapper::bind(
-        &EventMapping::default(),
+        &OutboxTableConfig::default(),
         "public",
         "not_outbox",
         columns.iter().map(|(n, o)| (n.as_str(), *o)),
@@ -205,14 +205,14 @@ fn mapping_cost_per_row() {
         ("created_at", 1184),
         ("tenant", 25),
     ];
-    let mapping = EventMapping {
-        field_event_timestamp: Some("created_at".into()),
+    let mapping = OutboxTableConfig {
+        field_event_timestamp: "created_at".into(),
         additional_fields: vec![AdditionalField {
             column: "tenant".into(),
             placement: Placement::Header,
             alias: String::new(),
         }],
-        ..EventMapping::default()
+        ..OutboxTableConfig::default()
     };
     let mapper = TableMapper::bind(&mapping, "public", "outbox", columns).unwrap();
     let payload =

@@ -1,6 +1,7 @@
 //! PostgreSQL: positions, the pgoutput decoder, the replication client, transaction assembly, slot management,
 //! and which server a checkpoint belongs to.
 
+pub mod config;
 pub mod identity;
 pub mod lsn;
 pub mod pgoutput;

@@ -19,6 +19,8 @@
 //! Values arrive in PostgreSQL's text output format (pgoutput without `binary`). The replication connection must use
 //! `DateStyle=ISO` (the server default) for [`parse_pg_timestamp`] to read `timestamptz` columns.
 
+pub mod config;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -58,105 +60,25 @@ pub struct OutboxEvent {
     pub commit_lsn: Lsn,
 }
 
-pub use crate::config::{AdditionalField, Placement, ROUTED_BY_VALUE};
+pub use config::{AdditionalField, OutboxConfig, OutboxTableConfig, Placement, ROUTED_BY_VALUE};
 
 /// PostgreSQL's type oid of `bytea`: such a payload arrives as `\x<hex>` and is decoded to its bytes.
 pub const BYTEA_OID: u32 = 17;
-
-/// Longest legal Kafka topic name.
-pub const MAX_TOPIC_LEN: usize = 249;
 
 /// The header or envelope field name of an additional field: its alias, or its column when the alias is empty.
 pub fn output_name(field: &AdditionalField) -> &str {
     if field.alias.is_empty() { &field.column } else { &field.alias }
 }
 
-/// How outbox columns (or logical-message JSON fields) map to an event: the settings the pipeline builds from one
-/// `[[outbox.tables]]` entry (or `[outbox.messages]`). Defaults are Debezium's Outbox Event Router defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventMapping {
-    /// Column of the event id.
-    pub field_event_id: String,
-    /// Column of the aggregate id (the record key).
-    pub field_event_key: String,
-    /// Column of the event type.
-    pub field_event_type: String,
-    /// Column of the payload.
-    pub field_event_payload: String,
-    /// Column of the event timestamp; `None` uses the commit time of the PostgreSQL transaction.
-    pub field_event_timestamp: Option<String>,
-    /// Column whose value routes the event (replaces [`ROUTED_BY_VALUE`] in the topic template).
-    pub route_by_field: String,
-    /// Topic template.
-    pub route_topic_replacement: String,
-    /// Additional columns.
-    pub additional_fields: Vec<AdditionalField>,
-}
-
-impl Default for EventMapping {
-    fn default() -> Self {
-        EventMapping {
-            field_event_id: "id".to_owned(),
-            field_event_key: "aggregateid".to_owned(),
-            field_event_type: "type".to_owned(),
-            field_event_payload: "payload".to_owned(),
-            field_event_timestamp: None,
-            route_by_field: "aggregatetype".to_owned(),
-            route_topic_replacement: format!("outbox.event.{ROUTED_BY_VALUE}"),
-            additional_fields: Vec::new(),
-        }
-    }
-}
-
-impl From<&crate::config::OutboxTableConfig> for EventMapping {
-    fn from(t: &crate::config::OutboxTableConfig) -> Self {
-        EventMapping {
-            field_event_id: t.field_event_id.clone(),
-            field_event_key: t.field_event_key.clone(),
-            field_event_type: t.field_event_type.clone(),
-            field_event_payload: t.field_event_payload.clone(),
-            field_event_timestamp: t.timestamp_column().map(str::to_owned),
-            route_by_field: t.route_by_field.clone(),
-            route_topic_replacement: t.route_topic_replacement.clone(),
-            additional_fields: t.additional_fields.clone(),
-        }
-    }
-}
-
-impl EventMapping {
-    /// Checks what can be checked without a table: the topic template, at most one partition field, no two
-    /// headers or envelope fields with the same output name.
-    pub fn validate(&self) -> Result<(), MapError> {
-        RouteTemplate::parse(&self.route_topic_replacement)?;
-        let invalid = |reason: String| MapError::new("configuration", MapErrorKind::InvalidMapping(reason));
-        let partitions = self.additional_fields.iter().filter(|f| f.placement == Placement::Partition).count();
-        if partitions > 1 {
-            return Err(invalid(format!("{partitions} additional fields have placement = partition; at most one may")));
-        }
-        for (i, f) in self.additional_fields.iter().enumerate() {
-            if f.column.is_empty() {
-                return Err(invalid("an additional field has an empty column name".to_owned()));
-            }
-            let dup = self.additional_fields.iter().take(i).any(|g| {
-                g.placement == f.placement && f.placement != Placement::Partition && output_name(g) == output_name(f)
-            });
-            if dup {
-                return Err(invalid(format!(
-                    "two additional {:?} fields are both named {:?}",
-                    f.placement,
-                    output_name(f)
-                )));
-            }
-        }
-        Ok(())
-    }
-
+impl OutboxConfig {
     /// The mapping of the tableless outbox: its JSON members are named like the columns of the first configured
     /// table, or of the defaults when only messages are relayed.
-    pub fn for_messages(config: &crate::config::OutboxConfig) -> EventMapping {
-        config.tables.first().map(EventMapping::from).unwrap_or_default()
+    pub fn message_mapping(&self) -> OutboxTableConfig {
+        self.tables.first().cloned().unwrap_or_default()
     }
+}
 
+impl OutboxTableConfig {
     /// Names of the envelope fields, in configuration order: the Avro envelope gets one field each.
     pub fn envelope_field_names(&self) -> impl Iterator<Item = &str> {
         self.additional_fields.iter().filter(|f| f.placement == Placement::Envelope).map(output_name)
@@ -165,9 +87,9 @@ impl EventMapping {
 
 /// The envelope field names of several mappings (every table and the message outbox) in first-seen order, without
 /// duplicates: the extra fields of the one envelope schema they share.
-pub fn envelope_fields<'a>(mappings: impl IntoIterator<Item = &'a EventMapping>) -> Vec<String> {
+pub fn envelope_fields<'a>(mappings: impl IntoIterator<Item = &'a OutboxTableConfig>) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for name in mappings.into_iter().flat_map(EventMapping::envelope_field_names) {
+    for name in mappings.into_iter().flat_map(OutboxTableConfig::envelope_field_names) {
         if !names.iter().any(|n| n == name) {
             names.push(name.to_owned());
         }
@@ -279,28 +201,6 @@ impl MapError {
     }
 }
 
-/// Checks a Kafka topic name: 1..=249 characters from `[a-zA-Z0-9._-]`, and not `.` or `..`.
-pub fn validate_topic_name(topic: &str) -> Result<(), &'static str> {
-    if topic.is_empty() {
-        return Err("empty");
-    }
-    if topic.len() > MAX_TOPIC_LEN {
-        return Err("longer than 249 characters");
-    }
-    if topic == "." || topic == ".." {
-        return Err("\".\" and \"..\" are reserved");
-    }
-    if !topic.bytes().all(is_topic_byte) {
-        return Err("only [a-zA-Z0-9._-] are allowed");
-    }
-    Ok(())
-}
-
-#[inline]
-fn is_topic_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
-}
-
 /// A parsed topic template: literal pieces between occurrences of [`ROUTED_BY_VALUE`], all pre-validated, so that
 /// rendering only has to check the routing value.
 #[derive(Debug, Clone)]
@@ -312,19 +212,9 @@ struct RouteTemplate {
 impl RouteTemplate {
     fn parse(template: &str) -> Result<RouteTemplate, MapError> {
         let invalid = |reason: String| MapError::new("configuration", MapErrorKind::InvalidMapping(reason));
+        crate::kafka::topic::validate_template(template)
+            .map_err(|reason| invalid(format!("route_topic_replacement: {reason}")))?;
         let pieces: Vec<String> = template.split(ROUTED_BY_VALUE).map(str::to_owned).collect();
-        for p in &pieces {
-            if !p.bytes().all(is_topic_byte) {
-                return Err(invalid(format!(
-                    "route_topic_replacement {template:?} has characters outside [a-zA-Z0-9._-] besides the \
-                     {ROUTED_BY_VALUE} placeholder"
-                )));
-            }
-        }
-        if pieces.len() == 1 {
-            validate_topic_name(template)
-                .map_err(|r| invalid(format!("route_topic_replacement {template:?} is not a valid topic: {r}")))?;
-        }
         let literal_len = pieces.iter().map(String::len).sum();
         Ok(RouteTemplate { pieces, literal_len })
     }
@@ -337,7 +227,7 @@ impl RouteTemplate {
             }
             topic.push_str(p);
         }
-        match validate_topic_name(&topic) {
+        match crate::kafka::topic::check_name(&topic) {
             Ok(()) => Ok(topic),
             Err(reason) => Err(MapErrorKind::InvalidTopic { topic, reason }),
         }
@@ -405,7 +295,7 @@ struct BoundField {
     name: String,
 }
 
-/// An [`EventMapping`] bound to one table's column list: every name resolved to an index.
+/// An [`OutboxTableConfig`] bound to one table's column list: every name resolved to an index.
 #[derive(Debug, Clone)]
 pub struct TableMapper {
     source: String,
@@ -425,15 +315,14 @@ pub struct TableMapper {
 }
 
 impl TableMapper {
-    /// Binds `mapping` to the table `namespace.table` whose columns (name, type oid) are given in relation order.
-    /// Fails naming every configured column the table lacks.
+    /// Binds `mapping` (validated with the configuration) to the table `namespace.table` whose columns (name, type
+    /// oid) are given in relation order. Fails naming every configured column the table lacks.
     pub fn bind<'a>(
-        mapping: &EventMapping,
+        mapping: &OutboxTableConfig,
         namespace: &str,
         table: &str,
         columns: impl IntoIterator<Item = (&'a str, u32)>,
     ) -> Result<TableMapper, MapError> {
-        mapping.validate()?;
         let source = format!("{namespace}.{table}");
         let cols: Vec<(&str, u32)> = columns.into_iter().collect();
         let mut missing = Vec::new();
@@ -453,7 +342,7 @@ impl TableMapper {
         let event_type = find(&mapping.field_event_type, "field_event_type");
         let route = find(&mapping.route_by_field, "route_by_field");
         let payload = find(&mapping.field_event_payload, "field_event_payload");
-        let timestamp = mapping.field_event_timestamp.as_deref().map(|c| find(c, "field_event_timestamp"));
+        let timestamp = mapping.timestamp_column().map(|c| find(c, "field_event_timestamp"));
         let mut headers = Vec::new();
         let mut envelope = Vec::new();
         let mut partition = None;
@@ -488,7 +377,7 @@ impl TableMapper {
     }
 
     /// Binds `mapping` to a pgoutput [`Relation`].
-    pub fn bind_relation(mapping: &EventMapping, relation: &Relation) -> Result<TableMapper, MapError> {
+    pub fn bind_relation(mapping: &OutboxTableConfig, relation: &Relation) -> Result<TableMapper, MapError> {
         let columns = relation.columns.iter().map(|c| (c.name.as_str(), c.type_oid.0));
         TableMapper::bind(mapping, relation.schema(), &relation.name, columns)
     }
@@ -639,7 +528,7 @@ fn parse_partition(v: &str) -> Option<i32> {
 
 /// Maps transactional logical messages (`pg_logical_emit_message(true, prefix, content)`) with one prefix to events.
 ///
-/// The content is a JSON object whose members are named like the table columns of the same [`EventMapping`]:
+/// The content is a JSON object whose members are named like the table columns of the same mapping:
 /// `{"id": "...", "aggregatetype": "...", "aggregateid": "...", "type": "...", "payload": <any JSON>,
 /// "timestamp"?: ..., <additional fields>}`. The payload's JSON text is kept byte for byte. The timestamp member is
 /// `field_event_timestamp` when configured, else `timestamp`; it is optional (commit time when absent or null) and
@@ -648,20 +537,19 @@ fn parse_partition(v: &str) -> Option<i32> {
 pub struct MessageMapper {
     prefix: String,
     source: String,
-    mapping: EventMapping,
+    mapping: OutboxTableConfig,
     timestamp_field: String,
     route_template: RouteTemplate,
 }
 
 impl MessageMapper {
     /// A mapper for messages with `prefix`.
-    pub fn new(prefix: impl Into<String>, mapping: &EventMapping) -> Result<MessageMapper, MapError> {
-        mapping.validate()?;
+    pub fn new(prefix: impl Into<String>, mapping: &OutboxTableConfig) -> Result<MessageMapper, MapError> {
         let prefix = prefix.into();
         Ok(MessageMapper {
             source: format!("message:{prefix}"),
             prefix,
-            timestamp_field: mapping.field_event_timestamp.clone().unwrap_or_else(|| "timestamp".to_owned()),
+            timestamp_field: mapping.timestamp_column().unwrap_or("timestamp").to_owned(),
             route_template: RouteTemplate::parse(&mapping.route_topic_replacement)?,
             mapping: mapping.clone(),
         })
@@ -992,13 +880,13 @@ mod tests {
         vec![t("0b9e5a6e-8f1c-4e0a-9a43-7f2b8c1d2e3f"), t("order"), t("o-42"), t("OrderCreated"), t(r#"{"total": 7}"#)]
     }
 
-    fn bind(mapping: &EventMapping, cols: &[(&'static str, u32)]) -> TableMapper {
+    fn bind(mapping: &OutboxTableConfig, cols: &[(&'static str, u32)]) -> TableMapper {
         TableMapper::bind(mapping, "public", "outbox", cols.iter().copied()).unwrap()
     }
 
     #[test]
     fn defaults_follow_debezium() {
-        let m = bind(&EventMapping::default(), &default_columns());
+        let m = bind(&OutboxTableConfig::default(), &default_columns());
         let ev = m.map_row(default_row().as_slice(), LSN, COMMIT).unwrap();
         assert_eq!(
             ev,
@@ -1021,15 +909,16 @@ mod tests {
 
     #[test]
     fn custom_columns_any_order_and_timestamp_column() {
-        let mapping = EventMapping {
+        let mapping = OutboxTableConfig {
             field_event_id: "event_id".into(),
             field_event_key: "key".into(),
             field_event_type: "kind".into(),
             field_event_payload: "body".into(),
-            field_event_timestamp: Some("created_at".into()),
+            field_event_timestamp: "created_at".into(),
             route_by_field: "stream".into(),
             route_topic_replacement: "app.${routedByValue}.events".into(),
             additional_fields: vec![],
+            ..OutboxTableConfig::default()
         };
         let cols = [
             ("body", JSONB),
@@ -1059,7 +948,7 @@ mod tests {
 
     #[test]
     fn additional_fields_go_to_header_envelope_and_partition() {
-        let mapping = EventMapping {
+        let mapping = OutboxTableConfig {
             additional_fields: vec![
                 AdditionalField { column: "tenant".into(), placement: Placement::Header, alias: String::new() },
                 AdditionalField { column: "trace".into(), placement: Placement::Header, alias: "traceparent".into() },
@@ -1067,7 +956,7 @@ mod tests {
                 AdditionalField { column: "note".into(), placement: Placement::Envelope, alias: String::new() },
                 AdditionalField { column: "shard".into(), placement: Placement::Partition, alias: String::new() },
             ],
-            ..EventMapping::default()
+            ..OutboxTableConfig::default()
         };
         assert_eq!(mapping.envelope_field_names().collect::<Vec<_>>(), ["tenant_id", "note"]);
         let mut cols = default_columns();
@@ -1119,7 +1008,7 @@ mod tests {
                 })
                 .collect(),
         };
-        let m = TableMapper::bind_relation(&EventMapping::default(), &relation).unwrap();
+        let m = TableMapper::bind_relation(&OutboxTableConfig::default(), &relation).unwrap();
         assert_eq!(m.source(), "app.outbox");
         let tuple = TupleData {
             columns: ["e1", "order", "o1", "T", "{}"]
@@ -1158,19 +1047,16 @@ mod tests {
             ],
             ..OutboxConfig::default()
         };
-        let a = EventMapping::from(&config.tables[0]);
-        let b = EventMapping::from(&config.tables[1]);
-        assert_eq!(a.field_event_timestamp.as_deref(), Some("created_at"));
-        assert_eq!(envelope_fields([&a, &b]), ["tenant", "r"]);
-        assert_eq!(EventMapping::for_messages(&config), a);
+        let (a, b) = (&config.tables[0], &config.tables[1]);
+        assert_eq!(envelope_fields([a, b]), ["tenant", "r"]);
+        assert_eq!(&config.message_mapping(), a);
         let messages_only = OutboxConfig { tables: vec![], ..OutboxConfig::default() };
-        assert_eq!(EventMapping::for_messages(&messages_only), EventMapping::default());
-        assert_eq!(EventMapping::from(&OutboxTableConfig::default()), EventMapping::default());
+        assert_eq!(messages_only.message_mapping(), OutboxTableConfig::default());
     }
 
     #[test]
     fn null_payload_is_none() {
-        let m = bind(&EventMapping::default(), &default_columns());
+        let m = bind(&OutboxTableConfig::default(), &default_columns());
         let mut row = default_row();
         row[4] = Cell::Null;
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload, None);
@@ -1180,7 +1066,7 @@ mod tests {
     fn bytea_payload_is_decoded_and_must_be_utf8() {
         let mut cols = default_columns();
         cols[4].1 = BYTEA_OID;
-        let m = bind(&EventMapping::default(), &cols);
+        let m = bind(&OutboxTableConfig::default(), &cols);
         let mut row = default_row();
         row[4] = t("\\x7b2261223a317d");
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.as_deref(), Some(r#"{"a":1}"#));
@@ -1190,19 +1076,19 @@ mod tests {
         row[4] = t("\\x7");
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap_err().kind, MapErrorKind::InvalidBytea);
         // A text payload that looks like bytea stays as it is.
-        let m = bind(&EventMapping::default(), &default_columns());
+        let m = bind(&OutboxTableConfig::default(), &default_columns());
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.as_deref(), Some("\\x7"));
     }
 
     #[test]
     fn missing_columns_are_all_named_at_bind_time() {
-        let mapping = EventMapping {
+        let mapping = OutboxTableConfig {
             additional_fields: vec![AdditionalField {
                 column: "tenant".into(),
                 placement: Placement::Header,
                 alias: String::new(),
             }],
-            ..EventMapping::default()
+            ..OutboxTableConfig::default()
         };
         let cols = [("id", UUID), ("aggregatetype", TEXT), ("type", TEXT), ("payload", JSONB)];
         let e = TableMapper::bind(&mapping, "public", "outbox", cols.iter().copied()).unwrap_err();
@@ -1222,7 +1108,7 @@ mod tests {
 
     #[test]
     fn null_required_column_names_event_and_column() {
-        let m = bind(&EventMapping::default(), &default_columns());
+        let m = bind(&OutboxTableConfig::default(), &default_columns());
         let mut row = default_row();
         row[2] = Cell::Null;
         let e = m.map_row(row.as_slice(), LSN, COMMIT).unwrap_err();
@@ -1239,7 +1125,7 @@ mod tests {
 
     #[test]
     fn toast_binary_short_rows_and_bad_utf8_are_named_errors() {
-        let m = bind(&EventMapping::default(), &default_columns());
+        let m = bind(&OutboxTableConfig::default(), &default_columns());
         let mut row = default_row();
         row[3] = Cell::UnchangedToast;
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap_err().kind, MapErrorKind::UnchangedToast);
@@ -1253,7 +1139,7 @@ mod tests {
 
     #[test]
     fn routing_value_that_makes_a_bad_topic_is_an_error() {
-        let m = bind(&EventMapping::default(), &default_columns());
+        let m = bind(&OutboxTableConfig::default(), &default_columns());
         let long = "x".repeat(237);
         for bad in ["order/v2", "ord er", "ördér", long.as_str()] {
             let mut row = default_row();
@@ -1268,7 +1154,8 @@ mod tests {
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap().topic.len(), 249);
 
         // A template routing to the value alone: "." and ".." are reserved.
-        let mapping = EventMapping { route_topic_replacement: ROUTED_BY_VALUE.into(), ..EventMapping::default() };
+        let mapping =
+            OutboxTableConfig { route_topic_replacement: ROUTED_BY_VALUE.into(), ..OutboxTableConfig::default() };
         let m = bind(&mapping, &default_columns());
         for bad in [".", "..", ""] {
             let mut row = default_row();
@@ -1278,32 +1165,6 @@ mod tests {
                 MapErrorKind::InvalidTopic { .. }
             ));
         }
-    }
-
-    #[test]
-    fn invalid_mappings_are_rejected() {
-        for template in ["outbox/${routedByValue}", "", "${other}"] {
-            let mapping = EventMapping { route_topic_replacement: template.into(), ..EventMapping::default() };
-            assert!(matches!(mapping.validate().unwrap_err().kind, MapErrorKind::InvalidMapping(_)), "{template}");
-        }
-        let p = |c: &str| AdditionalField { column: c.into(), placement: Placement::Partition, alias: String::new() };
-        let mapping = EventMapping { additional_fields: vec![p("a"), p("b")], ..EventMapping::default() };
-        assert!(mapping.validate().is_err());
-        let h = |c: &str, a: &str| AdditionalField { column: c.into(), placement: Placement::Header, alias: a.into() };
-        let mapping = EventMapping { additional_fields: vec![h("a", "x"), h("b", "x")], ..EventMapping::default() };
-        assert!(mapping.validate().is_err());
-        // A static topic is fine.
-        let mapping = EventMapping { route_topic_replacement: "all.events".into(), ..EventMapping::default() };
-        assert!(mapping.validate().is_ok());
-    }
-
-    #[test]
-    fn topic_names() {
-        assert!(validate_topic_name("outbox.event.Order_v2-x").is_ok());
-        for bad in ["", ".", "..", "a b", "a/b", "a:b", &"a".repeat(250)] {
-            assert!(validate_topic_name(bad).is_err(), "{bad}");
-        }
-        assert!(validate_topic_name(&"a".repeat(249)).is_ok());
     }
 
     fn ts(s: &str) -> i64 {
@@ -1398,13 +1259,13 @@ mod tests {
     }
 
     fn messages() -> MessageMapper {
-        let mapping = EventMapping {
+        let mapping = OutboxTableConfig {
             additional_fields: vec![
                 AdditionalField { column: "tenant".into(), placement: Placement::Header, alias: String::new() },
                 AdditionalField { column: "note".into(), placement: Placement::Envelope, alias: String::new() },
                 AdditionalField { column: "shard".into(), placement: Placement::Partition, alias: String::new() },
             ],
-            ..EventMapping::default()
+            ..OutboxTableConfig::default()
         };
         MessageMapper::new("outbox", &mapping).unwrap()
     }

@@ -21,6 +21,8 @@
 //!
 //! [`ValueEncoder`] is the seam for further value modes (a registry-governed schema per event type).
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};

@@ -47,6 +47,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+pub mod config;
+pub mod topic;
+
 use crate::config::TopicCreationConfig;
 use crate::pg::identity::SourceIdentity;
 use crate::pg::lsn::Lsn;

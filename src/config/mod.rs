@@ -1,0 +1,763 @@
+//! Configuration: a TOML file, environment overrides and connection strings.
+//!
+//! Invariant: a [`Config`] returned by [`Config::load`], [`Config::from_file`] or [`Config::from_toml_str`] is
+//! complete and valid — every derived default (slot, publication, transactional id, spill directory, table schema,
+//! field aliases) is filled in and every value was checked — so later modules rely on it without checking again.
+//! No secret it holds (passwords in connection strings, registry credentials, secret librdkafka properties) appears
+//! in its `Debug` output, in [`Config::redacted`] or in any error this module returns.
+//!
+//! Loading order: defaults, then the TOML file, then the environment variables in [`ENV_OVERRIDES`] (a variable
+//! that is set and not empty wins over the file), then derived defaults, then validation. Validation reports every
+//! problem it finds at once, each naming its key (`kafka.max_batch_events`) and what to change.
+//!
+//! Each component's settings type lives next to the component and validates itself ([`crate::pg::config`],
+//! [`crate::outbox::config`], [`crate::kafka::config`], [`crate::avro::config`], [`crate::metrics`],
+//! [`crate::dead_letter`]); this module holds the file's top level, loading, environment overrides, the rules that
+//! span sections, and redaction ([`redact`]). The settings types are re-exported here: together they are the schema
+//! of the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod redact;
+
+pub use crate::avro::config::{KeyFormat, SchemaRegistryConfig, ValueMode};
+pub use crate::dead_letter::{ErrorMode, ErrorsConfig};
+pub use crate::kafka::config::{KafkaConfig, TopicCreationConfig};
+pub use crate::metrics::MetricsConfig;
+pub use crate::outbox::config::{
+    AdditionalField, OutboxConfig, OutboxMessagesConfig, OutboxTableConfig, Placement, ROUTED_BY_VALUE,
+    UnmappedRelations,
+};
+pub use crate::pg::config::{ConnectError, PgSslMode, PgTls, PostgresConfig, derive_pg_identifier};
+pub use redact::{REDACTED, is_secret_property, redact_secret, redact_url};
+pub(crate) use redact::{percent_decode, scrub_secrets};
+
+/// Environment variable naming the configuration file (read by the CLI's `--config`).
+pub const CONFIG_PATH_ENV: &str = "OUTBOX_RELAY_CONFIG";
+
+/// Environment variables that override single configuration keys, as `(variable, key)`.
+///
+/// A variable overrides its key when it is set and not empty.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("OUTBOX_RELAY_CONNECTOR_NAME", "connector_name"),
+    ("OUTBOX_RELAY_POSTGRES_URL", "postgres.url"),
+    ("OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
+    ("OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID", "kafka.transactional_id"),
+    ("OUTBOX_RELAY_SCHEMA_REGISTRY_URL", "schema_registry.url"),
+    ("OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME", "schema_registry.username"),
+    ("OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD", "schema_registry.password"),
+    ("OUTBOX_RELAY_METRICS_LISTEN", "metrics.listen"),
+];
+
+/// Longest accepted [`Config::connector_name`].
+pub const MAX_CONNECTOR_NAME_LEN: usize = 200;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Defaults
+// ---------------------------------------------------------------------------------------------------------------
+
+fn default_connector_name() -> String {
+    "outbox-relay".to_owned()
+}
+pub(crate) const fn default_true() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Configuration structs
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The whole configuration of one relay (one connector).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this connector: `[a-zA-Z0-9._-]+`, at most 200 characters. Derives the default slot, publication and
+    /// Kafka `transactional.id`, and keys the checkpoint record, so it must stay the same across restarts of the
+    /// same relay and be unique among relays sharing a Kafka cluster. Env: `OUTBOX_RELAY_CONNECTOR_NAME`.
+    #[serde(default = "default_connector_name")]
+    pub connector_name: String,
+    /// PostgreSQL source.
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    /// The outbox table(s) and the tableless (logical message) outbox.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Kafka sink.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Confluent-compatible schema registry.
+    #[serde(default)]
+    pub schema_registry: SchemaRegistryConfig,
+    /// What happens to an event that cannot be mapped, encoded or produced.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+    /// Prometheus metrics and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            connector_name: default_connector_name(),
+            postgres: PostgresConfig::default(),
+            outbox: OutboxConfig::default(),
+            kafka: KafkaConfig::default(),
+            schema_registry: SchemaRegistryConfig::default(),
+            errors: ErrorsConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Why a configuration did not load.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown key or a value of the wrong type.
+    #[error("{origin}: {section}: {detail}")]
+    Parse {
+        /// The file (or `<string>`).
+        origin: String,
+        /// The enclosing section, e.g. `[postgres]`, or `top level`.
+        section: String,
+        /// toml's message: position, the offending line and, for unknown keys, the key and the keys allowed.
+        detail: String,
+    },
+    /// Values are missing or out of range; every problem found is listed.
+    #[error("invalid configuration ({origin}):{}", ProblemList(problems))]
+    Invalid {
+        /// The file (or `<string>`).
+        origin: String,
+        /// The problems, each naming its key.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One invalid value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, `section.key` (`outbox.tables[0].table`), with the environment variable when it supplied the value.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in self.0 {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Loads the configuration file at `path` (or only defaults when `None`) and applies the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        match path {
+            Some(path) => Config::from_file(path, env),
+            None => Config::parse("", "defaults and environment", env),
+        }
+    }
+
+    /// Loads the configuration file at `path`, taking environment variables from `env`.
+    pub fn from_file<F>(path: &Path, env: F) -> Result<Config, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses TOML text, taking environment variables from `env` (pass `|_| None` for none).
+    pub fn from_toml_str<F>(text: &str, env: F) -> Result<Config, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        Config::parse(text, "<string>", env)
+    }
+
+    fn parse<F>(text: &str, origin: &str, env: F) -> Result<Config, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            section: enclosing_section(text, e.span()),
+            detail: scrub_secrets(e.to_string().trim_end()),
+        })?;
+        let mut from_env: BTreeMap<&'static str, &'static str> = BTreeMap::new();
+        for &(var, key) in ENV_OVERRIDES {
+            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+                *config.env_target(key) = value;
+                from_env.insert(key, var);
+            }
+        }
+        config.fill_derived_defaults();
+        let mut problems = Vec::new();
+        config.validate(&mut problems);
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        for problem in &mut problems {
+            if let Some(var) = from_env.get(problem.key.as_str()) {
+                problem.key = format!("{} (from environment variable {var})", problem.key);
+            }
+        }
+        Err(ConfigError::Invalid { origin: origin.to_owned(), problems })
+    }
+
+    fn env_target(&mut self, key: &str) -> &mut String {
+        match key {
+            "postgres.url" => &mut self.postgres.url,
+            "kafka.bootstrap_servers" => &mut self.kafka.bootstrap_servers,
+            "kafka.transactional_id" => &mut self.kafka.transactional_id,
+            "schema_registry.url" => &mut self.schema_registry.url,
+            "schema_registry.username" => &mut self.schema_registry.username,
+            "schema_registry.password" => &mut self.schema_registry.password,
+            "metrics.listen" => &mut self.metrics.listen,
+            _ => &mut self.connector_name,
+        }
+    }
+
+    fn fill_derived_defaults(&mut self) {
+        let derived = derive_pg_identifier(&self.connector_name);
+        if self.postgres.slot.is_empty() {
+            self.postgres.slot.clone_from(&derived);
+        }
+        if self.postgres.publication.is_empty() {
+            self.postgres.publication = derived;
+        }
+        if self.postgres.spill_dir.as_os_str().is_empty() {
+            self.postgres.spill_dir = std::env::temp_dir();
+        }
+        if self.kafka.transactional_id.is_empty() {
+            self.kafka.transactional_id = format!("outbox-relay-{}", self.connector_name);
+        }
+        if self.errors.dead_letter_topic.is_empty() {
+            self.errors.dead_letter_topic = format!("{}.dead-letter", self.connector_name);
+        }
+        for table in &mut self.outbox.tables {
+            if !table.table.is_empty() && !table.table.contains('.') {
+                table.table = format!("public.{}", table.table);
+            }
+            for field in &mut table.additional_fields {
+                if field.alias.is_empty() {
+                    field.alias.clone_from(&field.column);
+                }
+            }
+        }
+    }
+
+    fn validate(&self, problems: &mut Vec<Problem>) {
+        let mut report = |key: &str, message: String| problems.push(Problem { key: key.to_owned(), message });
+        validate_connector_name(&self.connector_name, &mut report);
+        self.postgres.validate(&mut report);
+        self.outbox.validate(&mut report);
+        self.kafka.validate(&mut report);
+        self.schema_registry.validate(&mut report);
+        self.errors.validate(&self.kafka, &mut report);
+        self.metrics.validate(&mut report);
+        // Rules that span sections.
+        let messages = &self.outbox.messages;
+        if messages.enabled && messages.prefix == self.postgres.heartbeat_prefix {
+            report(
+                "outbox.messages.prefix",
+                format!("`{}` is also postgres.heartbeat_prefix; choose a different prefix", messages.prefix),
+            );
+        }
+    }
+
+    /// Non-fatal observations worth a warning log line: settings that are legal but probably not intended.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (i, table) in self.outbox.tables.iter().enumerate() {
+            if !table.route_topic_replacement.contains(ROUTED_BY_VALUE) {
+                warnings.push(format!(
+                    "outbox.tables[{i}].route_topic_replacement `{}` has no {ROUTED_BY_VALUE}: every event of {} goes to \
+                     that one topic",
+                    table.route_topic_replacement, table.table
+                ));
+            }
+        }
+        if self.postgres.protocol_version == 1 && self.postgres.streaming {
+            warnings.push(
+                "postgres.streaming is ignored with protocol_version = 1 (streaming needs 2 or higher): large \
+                 transactions are decoded only after they commit"
+                    .to_owned(),
+            );
+        }
+        if self.postgres.status_interval_ms >= 60_000 {
+            warnings.push(format!(
+                "postgres.status_interval_ms = {} is not below PostgreSQL's default wal_sender_timeout (60 s); the \
+                 server may drop the connection",
+                self.postgres.status_interval_ms
+            ));
+        }
+        if self.schema_registry.url.starts_with("http://") && self.schema_registry.basic_auth().is_some() {
+            warnings.push("schema registry credentials are sent over plain http".to_owned());
+        }
+        warnings
+    }
+
+    /// The PostgreSQL connection URL exactly as configured (it holds the password: never log it, see
+    /// [`redact_url`]).
+    pub fn postgres_url(&self) -> String {
+        self.postgres.url.clone()
+    }
+
+    /// See [`PostgresConfig::tokio_postgres_config`].
+    pub fn tokio_postgres_config(&self) -> Result<tokio_postgres::Config, ConnectError> {
+        self.postgres.tokio_postgres_config()
+    }
+
+    /// See [`PostgresConfig::connect_sql`].
+    pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, ConnectError> {
+        self.postgres.connect_sql().await
+    }
+
+    /// A copy with every secret replaced by [`REDACTED`], for display (`print-config`).
+    pub fn redacted(&self) -> Config {
+        let mut copy = self.clone();
+        copy.postgres.url = redact_url(&self.postgres.url);
+        copy.kafka.properties = self.kafka.redacted_properties();
+        copy.schema_registry.url = redact_url(&self.schema_registry.url);
+        copy.schema_registry.password = redact_secret(&self.schema_registry.password);
+        copy
+    }
+
+    /// The redacted configuration as TOML.
+    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(&self.redacted())
+    }
+}
+
+/// The `[section]` or `[[section]]` header above byte `span.start` of `text`, for error messages.
+fn enclosing_section(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let end = span.map_or(0, |s| s.start).min(text.len());
+    let before = text.get(..end).unwrap_or("");
+    before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .map(|line| {
+            // Keep the header, drop a trailing comment.
+            let close = if line.starts_with("[[") { "]]" } else { "]" };
+            match line.find(close) {
+                Some(i) => format!("section {}", &line[..i + close.len()]),
+                None => format!("section {line}"),
+            }
+        })
+        .unwrap_or_else(|| "top level".to_owned())
+}
+
+fn validate_connector_name(name: &str, report: &mut impl FnMut(&str, String)) {
+    if name.is_empty() {
+        report("connector_name", "must not be empty".to_owned());
+    } else if name.len() > MAX_CONNECTOR_NAME_LEN {
+        report("connector_name", format!("is {} characters long; at most {MAX_CONNECTOR_NAME_LEN}", name.len()));
+    } else if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        report("connector_name", format!("`{name}` contains {c:?}; use only letters, digits, '.', '_' and '-'"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// kafka.properties values
+// ---------------------------------------------------------------------------------------------------------------
+
+pub(crate) fn deserialize_properties<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let map: BTreeMap<String, PropertyValue> = BTreeMap::deserialize(deserializer)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// A librdkafka property value written as a TOML string, integer, float or boolean.
+struct PropertyValue(String);
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PropertyValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean (librdkafka property value)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [postgres]
+        url = "postgres://relay:pg-secret@db.example:5432/app?sslmode=disable"
+        [kafka]
+        bootstrap_servers = "k1:9092,k2:9092"
+        [schema_registry]
+        url = "http://registry:8081"
+    "#;
+
+    fn minimal() -> Config {
+        Config::from_toml_str(MINIMAL, |_| None).unwrap()
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::from_toml_str(text, |_| None) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected an invalid configuration, got {other:?}"),
+        }
+    }
+
+    fn problem_keys(text: &str) -> Vec<String> {
+        problems(text).into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let c = minimal();
+        assert_eq!(c.connector_name, "outbox-relay");
+        assert_eq!(c.postgres.slot, "outbox_relay");
+        assert_eq!(c.postgres.publication, "outbox_relay");
+        assert_eq!(c.kafka.transactional_id, "outbox-relay-outbox-relay");
+        assert_eq!(c.postgres.spill_dir, std::env::temp_dir());
+        assert_eq!(c.outbox.tables, vec![OutboxTableConfig::default()]);
+        assert_eq!(c.outbox.tables[0].schema(), "public");
+        assert_eq!(c.outbox.tables[0].name(), "outbox");
+        assert_eq!(c.outbox.tables[0].topic_for("Order"), "outbox.event.Order");
+        assert_eq!(c.metrics.listen_addr(), Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(c.postgres.heartbeat_interval(), Some(Duration::from_secs(10)));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn derived_names_follow_the_connector_name() {
+        let c = Config::from_toml_str(&format!("connector_name = \"Billing.EU-1\"\n{MINIMAL}"), |_| None).unwrap();
+        assert_eq!(c.postgres.slot, "billing_eu_1");
+        assert_eq!(c.postgres.publication, "billing_eu_1");
+        assert_eq!(c.kafka.transactional_id, "outbox-relay-Billing.EU-1");
+        assert_eq!(derive_pg_identifier(&"x".repeat(200)).len(), 63);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_section() {
+        let text = format!("{MINIMAL}\n[kafka.properties]\n\"a\" = \"b\"\n[metrics]\nlisten = \"\"\nlistn = 1\n");
+        let err = Config::from_toml_str(&text, |_| None).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("listn"), "{msg}");
+        assert!(msg.contains("section [metrics]"), "{msg}");
+        let top = Config::from_toml_str("bogus = 1\n[postgres]\n", |_| None).unwrap_err().to_string();
+        assert!(top.contains("top level") && top.contains("bogus"), "{top}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_is_named_in_errors() {
+        let env = |name: &str| match name {
+            "OUTBOX_RELAY_POSTGRES_URL" => Some("postgres://u@other:6432/db".to_owned()),
+            "OUTBOX_RELAY_CONNECTOR_NAME" => Some("from-env".to_owned()),
+            "OUTBOX_RELAY_METRICS_LISTEN" => Some(String::new()),
+            _ => None,
+        };
+        let c = Config::from_toml_str(MINIMAL, env).unwrap();
+        assert_eq!(c.postgres.url, "postgres://u@other:6432/db");
+        assert_eq!(c.connector_name, "from-env");
+        assert_eq!(c.postgres.slot, "from_env");
+        assert_eq!(c.metrics.listen, "127.0.0.1:9187", "an empty variable does not override");
+
+        let bad = |name: &str| (name == "OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS").then(|| "nope".to_owned());
+        let Err(ConfigError::Invalid { problems, .. }) = Config::from_toml_str(MINIMAL, bad) else {
+            panic!("expected invalid")
+        };
+        assert_eq!(
+            problems[0].key,
+            "kafka.bootstrap_servers (from environment variable OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS)"
+        );
+    }
+
+    #[test]
+    fn missing_required_values_name_key_and_env_var() {
+        let problems = problems("");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["postgres.url", "kafka.bootstrap_servers", "schema_registry.url"]);
+        assert!(problems[0].message.contains("OUTBOX_RELAY_POSTGRES_URL"));
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported() {
+        let text = r#"
+            connector_name = "bad name"
+            [postgres]
+            url = "postgres://u:p@h/db?sslmode=verify-everything"
+            protocol_version = 5
+            reconnect_backoff_initial_ms = 100
+            reconnect_backoff_max_ms = 10
+            [[outbox.tables]]
+            table = "outbox"
+            route_topic_replacement = "events/${routedByValue}"
+            additional_fields = [
+                { column = "a", placement = "partition" },
+                { column = "b", placement = "partition" },
+            ]
+            [[outbox.tables]]
+            table = "public.outbox"
+            [kafka]
+            bootstrap_servers = "k1"
+            max_batch_events = 0
+            transaction_timeout_ms = 100
+            checkpoint_topic = "bad topic"
+            [kafka.properties]
+            "transactional.id" = "x"
+            [schema_registry]
+            url = "ftp://registry"
+            password = "pw"
+            [metrics]
+            listen = "nowhere"
+        "#;
+        let problems = problems(text);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "connector_name",
+            "postgres.url",
+            "postgres.protocol_version",
+            "postgres.reconnect_backoff_max_ms",
+            "outbox.tables[0].route_topic_replacement",
+            "outbox.tables[0].additional_fields",
+            "outbox.tables[1].table",
+            "kafka.bootstrap_servers",
+            "kafka.checkpoint_topic",
+            "kafka.transaction_timeout_ms",
+            "kafka.max_batch_events",
+            "kafka.properties.\"transactional.id\"",
+            "schema_registry.url",
+            "schema_registry.password",
+            "metrics.listen",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {problems:#?}");
+        }
+        let sslmode = problems.iter().find(|p| p.key == "postgres.url").unwrap();
+        assert!(sslmode.message.contains("verify-everything"), "{sslmode}");
+        let dup = problems.iter().find(|p| p.key == "outbox.tables[1].table").unwrap();
+        assert!(dup.message.contains("twice"), "{dup}");
+        let err = Config::from_toml_str(text, |_| None).unwrap_err().to_string();
+        assert!(!err.contains(":p@"), "password leaked into {err}");
+    }
+
+    #[test]
+    fn redacted_toml_parses_back_to_the_same_configuration() {
+        let text = format!(
+            "{MINIMAL}\n[[outbox.tables]]\nadditional_fields = [{{ column = \"t\", placement = \"partition\" }}]\n\
+             [kafka.properties]\n\"linger.ms\" = 5\n"
+        );
+        let printed = Config::from_toml_str(&text, |_| None).unwrap().to_redacted_toml().unwrap();
+        let reparsed = Config::from_toml_str(&printed, |_| None).unwrap();
+        assert_eq!(reparsed.to_redacted_toml().unwrap(), printed);
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_secrets() {
+        for broken in [
+            "[postgres]\nurl = \"postgres://u:pg-secret@h/db\nslot = 1\n",
+            "[postgres]\nurl = 5 # postgres://u:pg-secret@h/db\n",
+            "[kafka.properties]\n\"sasl.password\" = kafka-secret\n",
+            "[schema_registry]\npassword = [\"sr-secret\"\n",
+        ] {
+            let err = Config::from_toml_str(broken, |_| None).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(matches!(err, ConfigError::Parse { .. }), "{text}");
+            assert!(!text.contains("secret"), "secret quoted in {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_placement_is_a_parse_error_naming_the_variants() {
+        let text = format!(
+            "{MINIMAL}\n[[outbox.tables]]\nadditional_fields = [{{ column = \"t\", placement = \"footer\" }}]\n"
+        );
+        let msg = Config::from_toml_str(&text, |_| None).unwrap_err().to_string();
+        assert!(msg.contains("footer") && msg.contains("header") && msg.contains("[[outbox.tables]]"), "{msg}");
+    }
+
+    #[test]
+    fn explicit_empty_table_list_needs_messages() {
+        let keys = problem_keys(&format!("{MINIMAL}\n[outbox]\ntables = []\n"));
+        assert_eq!(keys, ["outbox.tables"]);
+        let c = Config::from_toml_str(
+            &format!("{MINIMAL}\n[outbox]\ntables = []\nmessages = {{ enabled = true }}\n"),
+            |_| None,
+        )
+        .unwrap();
+        assert!(c.outbox.tables.is_empty());
+    }
+
+    #[test]
+    fn template_without_placeholder_is_a_warning() {
+        let text = format!("{MINIMAL}\n[[outbox.tables]]\nroute_topic_replacement = \"all-events\"\n");
+        let c = Config::from_toml_str(&text, |_| None).unwrap();
+        assert_eq!(c.warnings().len(), 1);
+        assert!(c.warnings()[0].contains("all-events"));
+    }
+
+    #[test]
+    fn aliases_default_to_column_and_required_columns_are_listed() {
+        let text = format!(
+            "{MINIMAL}\n[[outbox.tables]]\ntable = \"app.events\"\nfield_event_timestamp = \"created_at\"\n\
+             additional_fields = [{{ column = \"tenant\", placement = \"header\" }}, \
+             {{ column = \"type\", placement = \"envelope\", alias = \"eventType\" }}]\n"
+        );
+        let c = Config::from_toml_str(&text, |_| None).unwrap();
+        let t = &c.outbox.tables[0];
+        assert_eq!(t.additional_fields[0].alias, "tenant");
+        assert_eq!(
+            t.required_columns(),
+            ["id", "aggregateid", "type", "payload", "aggregatetype", "created_at", "tenant"]
+        );
+        assert_eq!((t.schema(), t.name()), ("app", "events"));
+    }
+
+    #[test]
+    fn kafka_properties_accept_scalars() {
+        let text = format!(
+            "{MINIMAL}\n[kafka.properties]\n\"linger.ms\" = 5\n\"enable.ssl.certificate.verification\" = false\n"
+        );
+        let c = Config::from_toml_str(&text, |_| None).unwrap();
+        assert_eq!(c.kafka.properties["linger.ms"], "5");
+        assert_eq!(c.kafka.properties["enable.ssl.certificate.verification"], "false");
+    }
+
+    #[test]
+    fn secrets_are_absent_from_debug_and_redacted_output() {
+        let text = r#"
+            [postgres]
+            url = "postgres://relay:pg-secret-1@db:5432/app?sslmode=disable&password=pg-secret-2"
+            [kafka]
+            bootstrap_servers = "k:9092"
+            [kafka.properties]
+            "sasl.password" = "kafka-secret-1"
+            "sasl.jaas.config" = "kafka-secret-2"
+            "ssl.key.pem" = "kafka-secret-3"
+            "sasl.oauthbearer.client.secret" = "kafka-secret-4"
+            "client.id" = "visible-client-id"
+            [schema_registry]
+            url = "https://sr-user:sr-secret-1@registry:8081"
+        "#;
+        let c = Config::from_toml_str(text, |_| None).unwrap();
+        let mut with_password = c.clone();
+        with_password.schema_registry.url = "https://registry:8081".to_owned();
+        with_password.schema_registry.username = "u".to_owned();
+        with_password.schema_registry.password = "sr-secret-2".to_owned();
+        for output in [
+            format!("{c:?}"),
+            format!("{c:#?}"),
+            format!("{with_password:?}"),
+            c.to_redacted_toml().unwrap(),
+            with_password.to_redacted_toml().unwrap(),
+        ] {
+            assert!(!output.contains("secret-"), "secret in {output}");
+            assert!(output.contains(REDACTED), "{output}");
+            assert!(output.contains("visible-client-id"), "non-secret property hidden in {output}");
+            assert!(output.contains("relay"), "user name hidden in {output}");
+        }
+        // The real values stay usable.
+        assert!(c.postgres_url().contains("pg-secret-1"));
+        assert_eq!(c.schema_registry.basic_auth(), Some(("sr-user".to_owned(), "sr-secret-1".to_owned())));
+        assert_eq!(c.schema_registry.base_url(), "https://registry:8081");
+    }
+
+    #[test]
+    fn redact_url_handles_urls_and_non_urls() {
+        assert_eq!(redact_url("postgres://u:p@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://u:p@h1:5432,h2:5433/db?x=1"), "postgres://u:***@h1:5432,h2:5433/db?x=1");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=p&sslmode=disable"),
+            "postgres://u@h/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("http://h:8081/apis"), "http://h:8081/apis");
+        assert_eq!(redact_url("u:p@h"), "u:***@h");
+        assert_eq!(redact_url("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u:p?ss#x@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("http://h/path@x"), "http://h/path@x");
+        assert_eq!(redact_url("http://u:p%40ss@h/path@x"), "http://u:***@h/path@x");
+    }
+
+    #[test]
+    fn postgres_url_is_split_into_tokio_config_and_tls() {
+        let mut pg = minimal().postgres;
+        pg.url = "postgresql://u:p@h1:6432/app?sslmode=verify-full&application_name=x&connect_timeout=3".to_owned();
+        let config = pg.tokio_postgres_config().unwrap();
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(config.get_application_name(), Some("x"));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(pg.tls().unwrap().mode, PgSslMode::VerifyFull);
+        assert_eq!(pg.target(), "h1:6432");
+        pg.tls_connector().unwrap();
+
+        pg.url = "postgres://u@h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem".to_owned();
+        let msg = pg.tls().unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/ca.pem"), "{msg}");
+
+        pg.url = "postgres://u@h/db".to_owned();
+        assert_eq!(pg.tls().unwrap().mode, PgSslMode::Prefer);
+        assert_eq!(pg.tokio_postgres_config().unwrap().get_application_name(), Some("outbox-relay"));
+
+        for bad in ["mysql://u@h/db", "postgres://u@h/db?frobnicate=1", "postgres:///db"] {
+            pg.url = bad.to_owned();
+            assert!(pg.tls().is_err(), "{bad} accepted");
+        }
+    }
+}
