@@ -439,7 +439,7 @@ async fn probe_postgres(config: &Config, options: &CheckOptions, report: &mut Se
             .query_opt(
                 "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&table.schema(), &table.name()],
+                &[&table.table.schema, &table.table.name],
             )
             .await
             .map_err(query_err("pg_class"))?
@@ -449,7 +449,7 @@ async fn probe_postgres(config: &Config, options: &CheckOptions, report: &mut Se
         let Some(oid) = oid else {
             report.problems.push(CheckError::OutboxTableMissing {
                 index,
-                table: table.table.clone(),
+                table: table.table.to_string(),
                 database: database.clone(),
             });
             continue;
@@ -474,7 +474,7 @@ async fn probe_postgres(config: &Config, options: &CheckOptions, report: &mut Se
         if missing.is_empty() {
             report.facts.push(format!("outbox table {} ok", table.table));
         } else {
-            report.problems.push(CheckError::OutboxColumnsMissing { index, table: table.table.clone(), missing });
+            report.problems.push(CheckError::OutboxColumnsMissing { index, table: table.table.to_string(), missing });
         }
     }
 
@@ -541,7 +541,7 @@ async fn probe_postgres(config: &Config, options: &CheckOptions, report: &mut Se
                 .collect::<Result<_, _>>()
                 .map_err(query_err("pg_publication_tables.tablename"))?;
             for table in &config.outbox.tables {
-                if !published.contains(&table.table) {
+                if !published.contains(&table.table.to_string()) {
                     report.warnings.push(format!(
                         "publication {} does not include {} (ALTER PUBLICATION {} ADD TABLE {})",
                         pg.publication, table.table, pg.publication, table.table

@@ -169,7 +169,7 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     // One line that says what this relay is, with nothing secret in it.
-    let tables: Vec<&str> = config.outbox.tables.iter().map(|t| t.table.as_str()).collect();
+    let tables: Vec<String> = config.outbox.tables.iter().map(|t| t.table.to_string()).collect();
     tracing::info!(
         connector = %config.connector_name,
         postgres = %outbox_relay::config::redact_url(&config.postgres.url),

@@ -368,9 +368,7 @@ pub async fn run(
 ) -> Result<(), PipelineError> {
     let mut tables = Vec::new();
     for t in &cfg.outbox.tables {
-        let name = TableName::parse(&t.table)
-            .ok_or_else(|| PipelineError::Config(format!("outbox.tables.table {:?} is not a table name", t.table)))?;
-        tables.push((name, t.clone()));
+        tables.push((t.table.clone(), t.clone()));
     }
     let messages = if cfg.outbox.messages.enabled {
         let mapping = cfg.outbox.message_mapping();

@@ -202,6 +202,35 @@ async fn outbox_table_missing() {
     assert!(message.contains("outbox.tables[0].table"), "{message}");
 }
 
+/// Table names are read like SQL, by `check` and `run` alike: `public.Outbox` is the table `outbox`; only
+/// `public."Outbox"` is the mixed-case table. (`check` once looked `Outbox` up case-sensitively while `run` mapped
+/// `outbox`, so a green check did not mean the relay would find its table.)
+#[tokio::test]
+async fn table_names_fold_like_sql_in_check_and_run() {
+    let s = services();
+    let db = TestDb::create(&s, "check").await;
+    db.execute(&OUTBOX_TABLE.replace("public.outbox", "public.\"Outbox\"")).await;
+    let with_table = |table: &str| {
+        let connector = services::unique_name("check");
+        let text = config_toml(&db.url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
+            .replace("table = \"outbox\"", &format!("table = '{table}'"));
+        Config::from_toml_str(&text, |_| None).unwrap()
+    };
+    let folded = with_table("public.Outbox");
+    assert_eq!(folded.outbox.tables[0].table.name, "outbox", "unquoted names fold to lower case");
+    let report = check::check_postgres(&folded, &options()).await;
+    assert!(
+        matches!(only_problem(&report), CheckError::OutboxTableMissing { table, .. } if table == "public.outbox"),
+        "{report:#?}"
+    );
+    let quoted = with_table("public.\"Outbox\"");
+    assert_eq!(quoted.outbox.tables[0].table.name, "Outbox");
+    let report = check::check_postgres(&quoted, &options()).await;
+    assert!(report.problems.is_empty(), "{report:#?}");
+    // The same name reaches the publication the relay creates.
+    assert!(quoted.to_redacted_toml().unwrap().contains("table = 'public.\"Outbox\"'"));
+}
+
 #[tokio::test]
 async fn outbox_columns_missing() {
     let s = services();

@@ -270,9 +270,6 @@ impl Config {
             self.errors.dead_letter_topic = format!("{}.dead-letter", self.connector_name);
         }
         for table in &mut self.outbox.tables {
-            if !table.table.is_empty() && !table.table.contains('.') {
-                table.table = format!("public.{}", table.table);
-            }
             for field in &mut table.additional_fields {
                 if field.alias.is_empty() {
                     field.alias.clone_from(&field.column);
@@ -478,8 +475,8 @@ mod tests {
         assert_eq!(c.kafka.transactional_id, "outbox-relay-outbox-relay");
         assert_eq!(c.postgres.spill_dir, std::env::temp_dir());
         assert_eq!(c.outbox.tables, vec![OutboxTableConfig::default()]);
-        assert_eq!(c.outbox.tables[0].schema(), "public");
-        assert_eq!(c.outbox.tables[0].name(), "outbox");
+        assert_eq!(c.outbox.tables[0].table.schema, "public");
+        assert_eq!(c.outbox.tables[0].table.name, "outbox");
         assert_eq!(c.outbox.tables[0].topic_for("Order"), "outbox.event.Order");
         assert_eq!(c.metrics.listen_addr(), Some("127.0.0.1:9187".parse().unwrap()));
         assert_eq!(c.postgres.heartbeat_interval(), Some(Duration::from_secs(10)));
@@ -667,7 +664,7 @@ mod tests {
             t.required_columns(),
             ["id", "aggregateid", "type", "payload", "aggregatetype", "created_at", "tenant"]
         );
-        assert_eq!((t.schema(), t.name()), ("app", "events"));
+        assert_eq!((t.table.schema.as_str(), t.table.name.as_str()), ("app", "events"));
     }
 
     #[test]

@@ -8,16 +8,13 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pg::config::MAX_PG_IDENTIFIER_LEN;
+use crate::pg::slot::TableName;
 
 /// Placeholder in [`OutboxTableConfig::route_topic_replacement`] replaced by the routing column's value.
 pub const ROUTED_BY_VALUE: &str = "${routedByValue}";
 
 fn default_tables() -> Vec<OutboxTableConfig> {
     vec![OutboxTableConfig::default()]
-}
-fn default_table() -> String {
-    "public.outbox".to_owned()
 }
 fn default_field_event_id() -> String {
     "id".to_owned()
@@ -85,9 +82,10 @@ pub enum UnmappedRelations {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxTableConfig {
-    /// The table, `schema.table` or `table` (schema `public`); names as stored in the catalog (case-sensitive).
-    #[serde(default = "default_table")]
-    pub table: String,
+    /// The table, `schema.table` or `table` (schema `public`), read like SQL: unquoted parts fold to lower case,
+    /// double-quoted ones keep case and dots.
+    #[serde(default)]
+    pub table: TableName,
     /// Column holding the event id (Debezium `table.field.event.id`); becomes header `id`.
     #[serde(default = "default_field_event_id")]
     pub field_event_id: String,
@@ -118,7 +116,7 @@ pub struct OutboxTableConfig {
 impl Default for OutboxTableConfig {
     fn default() -> Self {
         OutboxTableConfig {
-            table: default_table(),
+            table: TableName::default(),
             field_event_id: default_field_event_id(),
             field_event_key: default_field_event_key(),
             field_event_type: default_field_event_type(),
@@ -132,16 +130,6 @@ impl Default for OutboxTableConfig {
 }
 
 impl OutboxTableConfig {
-    /// The table's schema (after loading, `table` is always schema-qualified).
-    pub fn schema(&self) -> &str {
-        self.table.split_once('.').map_or("public", |(schema, _)| schema)
-    }
-
-    /// The table's name without its schema.
-    pub fn name(&self) -> &str {
-        self.table.split_once('.').map_or(self.table.as_str(), |(_, name)| name)
-    }
-
     /// The timestamp column, or `None` when events carry their commit time.
     pub fn timestamp_column(&self) -> Option<&str> {
         (!self.field_event_timestamp.is_empty()).then_some(self.field_event_timestamp.as_str())
@@ -230,8 +218,7 @@ impl OutboxConfig {
         let mut seen = BTreeSet::new();
         for (i, table) in self.tables.iter().enumerate() {
             let key = |k: &str| format!("outbox.tables[{i}].{k}");
-            validate_table_name(&table.table, &key("table"), report);
-            if !seen.insert(table.table.as_str()) {
+            if !seen.insert(&table.table) {
                 report(&key("table"), format!("`{}` is configured twice; list each table once", table.table));
             }
             for (name, value) in [
@@ -280,21 +267,5 @@ impl OutboxConfig {
         if self.messages.enabled && self.messages.prefix.is_empty() {
             report("outbox.messages.prefix", "must not be empty when outbox.messages.enabled = true".to_owned());
         }
-    }
-}
-
-fn validate_table_name(value: &str, key: &str, report: &mut impl FnMut(&str, String)) {
-    let parts: Vec<&str> = value.split('.').collect();
-    let valid_part = |p: &str| {
-        let mut chars = p.chars();
-        chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
-            && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
-            && p.len() <= MAX_PG_IDENTIFIER_LEN
-    };
-    if parts.len() != 2 || !parts.iter().all(|p| valid_part(p)) {
-        report(
-            key,
-            format!("`{value}` is not a table name like `public.outbox` or `outbox` (letters, digits, '_', '$')"),
-        );
     }
 }

@@ -1035,7 +1035,7 @@ mod tests {
         let env =
             |c: &str, a: &str| AdditionalField { column: c.into(), placement: Placement::Envelope, alias: a.into() };
         let table = |name: &str, fields| OutboxTableConfig {
-            table: name.into(),
+            table: crate::pg::slot::TableName::parse(name).unwrap(),
             field_event_timestamp: "created_at".into(),
             additional_fields: fields,
             ..OutboxTableConfig::default()

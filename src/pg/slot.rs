@@ -12,7 +12,9 @@ use tracing::info;
 
 use crate::pg::lsn::Lsn;
 
-/// A schema-qualified table name.
+/// A schema-qualified table name, as the catalog stores it (unquoted parts folded to lower case, as PostgreSQL does).
+/// The configuration's `outbox.tables[].table` is parsed into one at load, so every user of a table name (the
+/// publication, the mapping of incoming relations, `check`) agrees on which table it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
     /// Schema (namespace).
@@ -22,9 +24,13 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Parses `schema.table` or `table` (schema `public`). Double-quoted parts keep dots and case.
+    /// Parses `schema.table` or `table` (schema `public`). Double-quoted parts keep dots and case; each part is at
+    /// most 63 bytes (NAMEDATALEN - 1).
     pub fn parse(s: &str) -> Option<TableName> {
         let parts = split_qualified(s)?;
+        if parts.iter().any(|p| p.len() > crate::pg::config::MAX_PG_IDENTIFIER_LEN) {
+            return None;
+        }
         match parts.as_slice() {
             [t] => Some(TableName { schema: "public".into(), name: t.clone() }),
             [s, t] => Some(TableName { schema: s.clone(), name: t.clone() }),
@@ -35,6 +41,44 @@ impl TableName {
     /// The name quoted for SQL: `"schema"."table"`.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl TableName {
+    /// The name as it is written in configuration: a part quoted only where PostgreSQL would not read it back
+    /// unquoted (capitals, characters other than lower-case letters, digits, `_` and `$`, or a leading digit).
+    pub fn to_config_text(&self) -> String {
+        let part = |p: &str| {
+            let plain = p.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if plain { p.to_owned() } else { quote_ident(p) }
+        };
+        format!("{}.{}", part(&self.schema), part(&self.name))
+    }
+}
+
+impl Default for TableName {
+    /// `public.outbox`, the Outbox Event Router's table.
+    fn default() -> Self {
+        TableName { schema: "public".into(), name: "outbox".into() }
+    }
+}
+
+impl serde::Serialize for TableName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_config_text())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TableName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        TableName::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a table name like `public.outbox` or `outbox` (schema public); unquoted names fold to \
+                 lower case as in SQL, write `public.\"Outbox\"` for a mixed-case name; at most 63 bytes per part"
+            ))
+        })
     }
 }
 
@@ -401,6 +445,7 @@ pub async fn is_partitioned(client: &Client, table: &TableName) -> Result<bool, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -424,5 +469,12 @@ mod tests {
             assert_eq!(t(bad), None, "{bad}");
         }
         assert_eq!(t("\"My.Schema\".t").map(|x| x.quoted()), Some("\"My.Schema\".\"t\"".to_owned()));
+        assert_eq!(t(&"x".repeat(64)), None, "longer than NAMEDATALEN - 1");
+        // Written back so that it parses to the same name.
+        for text in ["public.outbox", "app.\"Outbox\"", "\"My.Schema\".\"Out\"\"box\"", "s.\"1st\""] {
+            let name = t(text).unwrap();
+            assert_eq!(name.to_config_text(), text);
+            assert_eq!(t(&name.to_config_text()), Some(name));
+        }
     }
 }
