@@ -148,9 +148,12 @@ pub enum PipelineError {
         /// Why not.
         reason: String,
     },
-    /// Configuration that only fails at run time.
-    #[error("configuration: {0}")]
-    Config(String),
+    /// An outbox mapping that cannot be bound (a table lacking configured columns, a message mapping).
+    #[error(transparent)]
+    Mapping(MapError),
+    /// The server speaks a pgoutput protocol version the decoder does not.
+    #[error(transparent)]
+    Protocol(#[from] crate::pg::pgoutput::OptionsError),
     /// Slot or publication management.
     #[error(transparent)]
     Slot(#[from] SlotError),
@@ -372,22 +375,15 @@ pub async fn run(
     }
     let messages = if cfg.outbox.messages.enabled {
         let mapping = cfg.outbox.message_mapping();
-        Some(
-            MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping)
-                .map_err(|e| PipelineError::Config(e.to_string()))?,
-        )
+        Some(MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping).map_err(PipelineError::Mapping)?)
     } else {
         None
     };
-    let registry = Arc::new(
-        SchemaRegistry::new(&RegistrySettings::from_config(&cfg.schema_registry))
-            .map_err(|e| PipelineError::Config(e.to_string()))?,
-    );
+    let registry = Arc::new(SchemaRegistry::new(&RegistrySettings::from_config(&cfg.schema_registry))?);
     // One envelope schema for every table and the message outbox: a topic fed by two tables keeps one schema.
     let message_mapping = cfg.outbox.message_mapping();
     let extra = crate::outbox::envelope_fields(tables.iter().map(|(_, m)| m).chain(std::iter::once(&message_mapping)));
-    let value_encoder: Arc<dyn ValueEncoder> =
-        Arc::new(EnvelopeEncoder::new(Arc::clone(&registry), extra).map_err(|e| PipelineError::Config(e.to_string()))?);
+    let value_encoder: Arc<dyn ValueEncoder> = Arc::new(EnvelopeEncoder::new(Arc::clone(&registry), extra)?);
     let key_encoder = KeyEncoder::new(cfg.schema_registry.key_format, Arc::clone(&registry));
     let relay = Relay {
         kafka: kafka_settings(&cfg),
@@ -423,7 +419,7 @@ impl Relay {
     }
 
     fn replication_config(&self) -> Result<ReplicationConfig, PipelineError> {
-        ReplicationConfig::from_url(&self.cfg.postgres_url()).map_err(|e| PipelineError::Config(e.to_string()))
+        ReplicationConfig::from_url(&self.cfg.postgres_url()).map_err(|e| PipelineError::Replication(e.into()))
     }
 
     /// Opens a replication connection and asks the server who it is: identity and current WAL position.
@@ -825,7 +821,7 @@ impl Relay {
             Ok(client.start_replication(&options).await?)
         })
         .await?;
-        let options = DecoderOptions::new(stream.proto_version()).map_err(|e| PipelineError::Config(e.to_string()))?;
+        let options = DecoderOptions::new(stream.proto_version())?;
         info!(resume = %resume, proto_version = options.protocol_version(), "replication started");
         let session_started = Instant::now();
         let mut decoder = Decoder::new(options);
@@ -1060,10 +1056,9 @@ impl Relay {
         // A new or altered relation: bind the mapping to its current columns.
         let name = TableName { schema: relation.schema().to_owned(), name: relation.name.clone() };
         let mapper = match self.tables.iter().find(|(t, _)| *t == name) {
-            Some((_, mapping)) => Some(Arc::new(
-                TableMapper::bind_relation(mapping, relation)
-                    .map_err(|source| PipelineError::Map { lsn: Lsn::ZERO, source: Box::new(source) })?,
-            )),
+            Some((_, mapping)) => {
+                Some(Arc::new(TableMapper::bind_relation(mapping, relation).map_err(PipelineError::Mapping)?))
+            }
             None => None,
         };
         mappers.insert(relation.oid, (Arc::clone(relation), mapper.clone()));
