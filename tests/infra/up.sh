@@ -5,8 +5,9 @@
 #   Apache Kafka 4.4.0 (KRaft)    127.0.0.1:59092 (controller 59093)
 #   Apicurio Registry 3.3.3       http://127.0.0.1:58081/apis/ccompat/v7
 #   PostgreSQL 18 (PyPI wheel)    127.0.0.1:55433   only with --with-pg-latest
-# Then writes <repo>/.infra/env (source it). Idempotent: services that already
-# run are left alone; a second run only re-checks and rewrites the env file.
+# (versions: tests/infra/versions.env). Then writes <repo>/.infra/env (source
+# it). Idempotent: services that already run are left alone; a second run only
+# re-checks and rewrites the env file.
 #
 # Usage: tests/infra/up.sh [--with-pg-latest] [--verify]
 #   --with-pg-latest  also start the newer PostgreSQL (or OUTBOX_RELAY_PG_LATEST=1)
@@ -97,9 +98,7 @@ run_as_pg() {
     (cd / && runuser -u "$PG_OS_USER" -- "$@")
 }
 
-# mvn_quiet ARGS...: batch mode, no colour codes; the pinned dependency plugin
-# makes the result independent of the Maven version's default plugin.
-MVN_DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+# mvn_quiet ARGS...: batch mode, no colour codes (callers name $MVN_DEP_PLUGIN).
 mvn_quiet() {
     mvn -B -q -Dstyle.color=never "$@"
 }
@@ -111,7 +110,7 @@ KAFKA_JAVA=""
 ensure_system_packages() {
     local -a pkgs=()
     [[ -x $PG_BIN_DIR/postgres && -x $PG_BIN_DIR/initdb && -x $PG_BIN_DIR/pg_recvlogical ]] ||
-        pkgs+=("postgresql-$PG_MAJOR" "postgresql-client-$PG_MAJOR")
+        pkgs+=("postgresql-$PG_VERSION" "postgresql-client-$PG_VERSION")
     command -v mvn >/dev/null || pkgs+=(maven)
     command -v openssl >/dev/null || pkgs+=(openssl)
     command -v curl >/dev/null || pkgs+=(curl)
@@ -134,7 +133,7 @@ ensure_system_packages() {
     else
         KAFKA_JAVA=/usr/lib/jvm/java-17-openjdk-amd64/bin/java
     fi
-    [[ -x $PG_BIN_DIR/postgres ]] || die "PostgreSQL $PG_MAJOR server not found in $PG_BIN_DIR"
+    [[ -x $PG_BIN_DIR/postgres ]] || die "PostgreSQL $PG_VERSION server not found in $PG_BIN_DIR"
     # The Debian package creates this user; create it ourselves if it is gone.
     if ! id -u "$PG_OS_USER" >/dev/null 2>&1; then
         log "creating system user $PG_OS_USER"
@@ -202,7 +201,7 @@ EOF
         -DincludeScope=runtime -DoutputDirectory="$work/libs.tmp"
     # A log4j-core/log4j-slf4j-impl version skew would silently disable logging.
     [[ -f $work/libs.tmp/log4j-core-$LOG4J_VERSION.jar ]] ||
-        die "kafka_2.13 $KAFKA_VERSION no longer uses log4j-core $LOG4J_VERSION; update LOG4J_VERSION in common.sh (found: $(cd "$work/libs.tmp" && echo log4j-core-*))"
+        die "kafka_2.13 $KAFKA_VERSION no longer uses log4j-core $LOG4J_VERSION; update LOG4J_VERSION in $VERSIONS_FILE (found: $(cd "$work/libs.tmp" && echo log4j-core-*))"
     touch "$work/libs.tmp/.complete"
     rm -rf "$KAFKA_LIBS"
     mv "$work/libs.tmp" "$KAFKA_LIBS"
