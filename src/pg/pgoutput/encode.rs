@@ -1,5 +1,6 @@
 //! Writes messages byte for byte as PostgreSQL's `proto.c` does. For tests and fuzz seeds only: the relay never
-//! sends pgoutput.
+//! sends pgoutput, and this module is compiled only for unit tests and with the crate's `testing` feature (the
+//! `decode` benchmark and the fuzz targets enable it).
 //!
 //! Invariant: the exact inverse of [`decode`](super::decode): for every message it accepts, `encode` writes the
 //! bytes it came from, and what `encode` writes from a message that PostgreSQL could send decodes back to that

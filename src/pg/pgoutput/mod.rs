@@ -37,9 +37,11 @@
 //!   [`Oid`], [`TupleData`], and the protocol version constants. Plain data, no parsing.
 //! - `decoder`: [`decode`], [`Decoder`], [`DecoderOptions`] and [`DecodeError`]: bytes to messages.
 //! - `encode`: the test-only writer, messages back to bytes (the inverse of [`decode`]), plus sample messages and the
-//!   fuzz input layout; the relay never sends pgoutput.
+//!   fuzz input layout. Compiled only for unit tests and with the crate's `testing` feature (benchmarks, fuzz
+//!   targets); the relay never sends pgoutput.
 
 mod decoder;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod encode;
 mod messages;
