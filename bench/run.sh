@@ -6,10 +6,10 @@
 #                     [--profile tuned|latency|defaults] [--no-infra] [--no-build] [-- extra arguments for e2e]
 #
 # Parts (each also runnable alone, see README):
-#   decode       cargo bench --bench decode                  pgoutput decoder alone, messages/s on one core
-#   replication  cargo bench --bench replication -- ...      our client vs pg_recvlogical on the same WAL
-#   e2e          cargo bench --bench e2e -- ...              release relay binary + Kafka + registry:
-#                                                            throughput vs pg_recvlogical, latency, memory
+#   decode       cargo bench --bench decode --features testing   pgoutput decoder alone, messages/s on one core
+#   replication  cargo bench --bench replication -- ...          our client vs pg_recvlogical on the same WAL
+#   e2e          cargo bench --bench e2e -- ...                  release relay binary + Kafka + registry:
+#                                                                throughput vs pg_recvlogical, latency, memory
 # OUTBOX_RELAY_BIN=path runs the e2e part against another relay binary (default target/release/outbox-relay).
 # Exit status: 0 all targets met, 3 a target was missed, 1 a benchmark failed.
 set -uo pipefail
@@ -87,7 +87,9 @@ if [ "$build" = 1 ]; then
     echo "== build (release profile: lto=thin, debug=1)"
     bash scripts/prerequisites.sh || exit 1
     cargo build --release --bin outbox-relay || exit 1
-    cargo bench --no-run --bench decode --bench replication --bench e2e || exit 1
+    # decode needs the test-only encoder (feature testing); the others build without it, as they run below.
+    cargo bench --no-run --features testing --bench decode || exit 1
+    cargo bench --no-run --bench replication --bench e2e || exit 1
 fi
 
 mkdir -p target/bench-results
@@ -111,9 +113,9 @@ echo "git: $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain sr
 } | tee "$log"
 
 if want decode; then
-    echo "== decode: cargo bench --bench decode" | tee -a "$log"
+    echo "== decode: cargo bench --bench decode --features testing" | tee -a "$log"
     if [ "$quick" = 1 ]; then export BENCH_SECONDS=1 BENCH_ROUNDS=2; fi
-    out=$(cargo bench -q --bench decode 2>&1); rc=$?
+    out=$(cargo bench -q --features testing --bench decode 2>&1); rc=$?
     echo "$out" | tee -a "$log"
     best=$(echo "$out" | sed -n 's/.*best \([0-9.]*\) M messages\/s.*/\1/p' | tail -1)
     if [ $rc -eq 0 ] && [ -n "$best" ]; then

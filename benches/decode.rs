@@ -1,4 +1,5 @@
-//! pgoutput decode throughput on one core: `cargo bench --bench decode`.
+//! pgoutput decode throughput on one core: `cargo bench --bench decode --features testing` (the feature brings the
+//! test-only encoder that writes the input).
 //!
 //! The mix is the relay's steady state: transactions of Begin, one Insert of an outbox row (six text columns, a JSON
 //! payload of about 150 bytes) and Commit, pre-encoded exactly as PostgreSQL sends them. Prints messages per second

@@ -56,7 +56,8 @@ pub struct OutboxEvent {
     pub envelope_fields: Vec<(String, Option<String>)>,
     /// Where the event came from, for error messages and metrics: `schema.table`, or `message:<prefix>`.
     pub source: String,
-    /// End LSN of the PostgreSQL transaction the event belongs to (the checkpoint unit).
+    /// Commit LSN of the PostgreSQL transaction the event belongs to (the checkpoint unit): the LSN of its commit
+    /// record, as announced by the transaction's Begin (`final_lsn`), not the end LSN just past that record.
     pub commit_lsn: Lsn,
 }
 

@@ -28,10 +28,13 @@
 //! # Layout
 //!
 //! - [`config`]: [`ReplicationConfig`] from a libpq-style URL, password-redacting `Debug`.
+//! - `framing`: whole backend messages off the socket and frontend messages onto it (`FrameReader`, `FrameWriter`),
+//!   the parsing of the tags postgres-protocol does not know, server notices; shared by [`conn`] and [`stream`].
 //! - [`conn`]: [`ReplicationClient`]: TCP, TLS ([`tls`]), startup, trust / password / md5 / SCRAM-SHA-256(-PLUS),
 //!   simple queries and the replication commands.
 //! - [`commands`]: command text, identifier quoting, protocol-version rules; no I/O.
-//! - [`stream`]: [`ReplicationStream`], keepalives and standby status updates.
+//! - [`stream`]: `START_REPLICATION` ([`ReplicationClient::start_replication`]), [`ReplicationStream`], keepalives
+//!   and standby status updates.
 //! - [`error`]: [`ReplicationError`] with `is_transient()`.
 //! - [`backoff`]: [`Backoff`] for reconnect loops.
 
@@ -40,6 +43,7 @@ pub mod commands;
 pub mod config;
 pub mod conn;
 pub mod error;
+mod framing;
 pub mod stream;
 mod tls;
 

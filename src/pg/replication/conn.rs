@@ -1,10 +1,11 @@
 //! The replication connection before streaming: TCP + TLS, startup with `replication=database`, authentication,
-//! and the simple-query protocol for replication commands.
+//! and the simple-query protocol for replication commands. Whole protocol messages are read and written by the
+//! `framing` layer (read buffer of [`READ_BUFFER_SIZE`] bytes); `START_REPLICATION`, which turns a client into a
+//! [`ReplicationStream`](super::ReplicationStream), lives with the stream in [`stream`](super::stream).
 //!
-//! Framing: one read buffer of at least [`READ_BUFFER_SIZE`] bytes; each backend message is cut off it with
-//! `split_to().freeze()`, so message bodies (and the XLogData payloads later) are views into the buffer, not copies.
-//! Frontend messages are encoded into one write buffer and written in one go; the buffer keeps whatever a cancelled
-//! write did not send, so the next flush continues the same byte stream.
+//! Invariant: outside a method call a [`ReplicationClient`] is idle, between commands: each command's replies are
+//! read up to ReadyForQuery before it returns (a FATAL error ends the connection instead), so the next command
+//! starts on a clean connection.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,119 +16,18 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::commands::{
-    CreatedSlot, IdentifySystem, ReplicationOptions, SnapshotAction, create_slot_command, drop_slot_command,
-    parse_server_version,
+    CreatedSlot, IdentifySystem, SnapshotAction, create_slot_command, drop_slot_command, parse_server_version,
 };
 use super::config::{ChannelBindingMode, ReplicationConfig};
-use super::error::{DbError, ReplicationError, sqlstate};
-use super::stream::ReplicationStream;
+use super::error::{ReplicationError, sqlstate};
+pub use super::framing::READ_BUFFER_SIZE;
+use super::framing::{Backend, FrameReader, FrameWriter, log_notice, unexpected};
 use super::tls::{self, Socket};
 use crate::pg::lsn::Lsn;
-
-/// Size of the read buffer, and the free space ensured before each read.
-pub const READ_BUFFER_SIZE: usize = 128 * 1024;
-
-/// Larger than any message PostgreSQL sends (`MaxAllocSize` is 1 GiB): a bigger length means a corrupt stream,
-/// and must not make us allocate it.
-const MAX_BACKEND_MESSAGE: usize = (1 << 30) + 1024;
-
-const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
-const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
-const ERROR_RESPONSE_TAG: u8 = b'E';
-const NOTICE_RESPONSE_TAG: u8 = b'N';
-
-/// A backend message. postgres-protocol 0.6 does not know CopyBothResponse and NegotiateProtocolVersion, and its
-/// error fields panic on non-UTF-8 text, so those four tags are parsed here.
-pub(crate) enum Backend {
-    Msg(Message),
-    CopyBothResponse,
-    NegotiateProtocolVersion,
-    Error(DbError),
-    Notice(DbError),
-}
-
-/// Cuts one message off the front of `buf`; `Ok(None)` means "need more bytes" (and has reserved room for them).
-pub(crate) fn parse_backend(buf: &mut BytesMut) -> Result<Option<Backend>, ReplicationError> {
-    let Some(header) = buf.get(..5) else { return Ok(None) };
-    let (tag, len) = match header {
-        [tag, a, b, c, d] => (*tag, u32::from_be_bytes([*a, *b, *c, *d]) as usize),
-        _ => return Ok(None),
-    };
-    if !(4..=MAX_BACKEND_MESSAGE).contains(&len) {
-        return Err(ReplicationError::protocol(format!("invalid length {len} of message {:?}", char::from(tag))));
-    }
-    let total = len + 1;
-    if buf.len() < total {
-        buf.reserve(total - buf.len());
-        return Ok(None);
-    }
-    match tag {
-        COPY_BOTH_RESPONSE_TAG => {
-            let _ = buf.split_to(total);
-            Ok(Some(Backend::CopyBothResponse))
-        }
-        NEGOTIATE_PROTOCOL_VERSION_TAG => {
-            let _ = buf.split_to(total);
-            Ok(Some(Backend::NegotiateProtocolVersion))
-        }
-        ERROR_RESPONSE_TAG | NOTICE_RESPONSE_TAG => {
-            let frame = buf.split_to(total);
-            let fields = DbError::parse(frame.get(5..).unwrap_or_default())?;
-            Ok(Some(if tag == ERROR_RESPONSE_TAG { Backend::Error(fields) } else { Backend::Notice(fields) }))
-        }
-        _ => Message::parse(buf)
-            .map_err(|e| ReplicationError::protocol(format!("malformed message {:?}: {e}", char::from(tag))))?
-            .map(Backend::Msg)
-            .ok_or_else(|| ReplicationError::protocol("incomplete message after length check"))
-            .map(Some),
-    }
-}
-
-/// Reads whole backend messages off the socket.
-pub(crate) struct FrameReader {
-    io: ReadHalf<Socket>,
-    buf: BytesMut,
-}
-
-impl FrameReader {
-    /// The next message. Cancel-safe: bytes already read stay in the buffer.
-    pub(crate) async fn read_message(&mut self) -> Result<Backend, ReplicationError> {
-        loop {
-            if let Some(m) = parse_backend(&mut self.buf)? {
-                return Ok(m);
-            }
-            if self.buf.capacity() - self.buf.len() < READ_BUFFER_SIZE / 2 {
-                self.buf.reserve(READ_BUFFER_SIZE);
-            }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
-                return Err(ReplicationError::ConnectionClosed);
-            }
-        }
-    }
-}
-
-/// Buffers frontend messages and writes them out.
-pub(crate) struct FrameWriter {
-    io: WriteHalf<Socket>,
-    pub(crate) buf: BytesMut,
-}
-
-impl FrameWriter {
-    /// Writes everything buffered. Cancel-safe: what was not written stays buffered, in order.
-    pub(crate) async fn flush(&mut self) -> Result<(), ReplicationError> {
-        while !self.buf.is_empty() {
-            if self.io.write_buf(&mut self.buf).await? == 0 {
-                return Err(ReplicationError::Io(io::Error::from(io::ErrorKind::WriteZero)));
-            }
-        }
-        self.io.flush().await?;
-        Ok(())
-    }
-}
 
 /// What the server told us at startup.
 #[derive(Clone, Debug, Default)]
@@ -393,7 +293,7 @@ impl ReplicationClient {
         Ok(bound)
     }
 
-    fn record_parameter(
+    pub(super) fn record_parameter(
         &mut self,
         body: &postgres_protocol::message::backend::ParameterStatusBody,
     ) -> Result<(), ReplicationError> {
@@ -520,39 +420,6 @@ impl ReplicationClient {
         self.simple_query(&drop_slot_command(name, wait)?).await.map(drop)
     }
 
-    /// Sends `START_REPLICATION SLOT ... LOGICAL ...` and turns the connection into a [`ReplicationStream`].
-    ///
-    /// Once per connection: PostgreSQL (up to 18 at least) does not reset its end-of-streaming state between two
-    /// logical `START_REPLICATION`s on one walsender, so a second one would end at once. Reconnect instead.
-    pub async fn start_replication(
-        mut self,
-        options: &ReplicationOptions,
-    ) -> Result<ReplicationStream, ReplicationError> {
-        if self.info.streamed {
-            return Err(ReplicationError::Unsupported(
-                "START_REPLICATION ... LOGICAL can run only once per connection (the server would end a second                  stream at once); open a new connection"
-                    .into(),
-            ));
-        }
-        let (cmd, proto_version) = options.command(self.info.server_version_num)?;
-        tracing::debug!(command = %cmd, "starting replication");
-        frontend::query(&cmd, &mut self.writer.buf).map_err(nul_in("START_REPLICATION"))?;
-        self.writer.flush().await?;
-        loop {
-            match self.reader.read_message().await? {
-                Backend::CopyBothResponse => {
-                    self.info.streamed = true;
-                    break;
-                }
-                Backend::Error(e) => return Err(ReplicationError::from_server(e)),
-                Backend::Notice(n) => log_notice(&n),
-                Backend::Msg(Message::ParameterStatus(body)) => self.record_parameter(&body)?,
-                other => return Err(unexpected(&other, "in reply to START_REPLICATION")),
-            }
-        }
-        Ok(ReplicationStream::new(self, options, proto_version))
-    }
-
     /// Sends Terminate and closes the connection (temporary slots are dropped by the server).
     pub async fn close(mut self) -> Result<(), ReplicationError> {
         frontend::terminate(&mut self.writer.buf);
@@ -590,39 +457,7 @@ fn parse_field<T: std::str::FromStr>(value: &str, name: &str) -> Result<T, Repli
     value.parse().map_err(|_| ReplicationError::protocol(format!("invalid {name} {value:?}")))
 }
 
-pub(crate) fn log_notice(notice: &DbError) {
-    tracing::info!(
-        severity = %notice.severity,
-        code = %notice.code,
-        message = %notice.message,
-        detail = notice.detail.as_deref(),
-        "server notice"
-    );
-}
-
-pub(crate) fn unexpected(msg: &Backend, when: &str) -> ReplicationError {
-    let name = match msg {
-        Backend::CopyBothResponse => "CopyBothResponse",
-        Backend::NegotiateProtocolVersion => "NegotiateProtocolVersion",
-        Backend::Error(_) => "ErrorResponse",
-        Backend::Notice(_) => "NoticeResponse",
-        Backend::Msg(m) => match m {
-            Message::CopyData(_) => "CopyData",
-            Message::CopyDone => "CopyDone",
-            Message::CopyInResponse(_) => "CopyInResponse",
-            Message::CopyOutResponse(_) => "CopyOutResponse",
-            Message::CommandComplete(_) => "CommandComplete",
-            Message::DataRow(_) => "DataRow",
-            Message::RowDescription(_) => "RowDescription",
-            Message::ReadyForQuery(_) => "ReadyForQuery",
-            Message::NotificationResponse(_) => "NotificationResponse",
-            _ => "message",
-        },
-    };
-    ReplicationError::protocol(format!("unexpected {name} {when}"))
-}
-
-fn nul_in(what: &'static str) -> impl FnOnce(io::Error) -> ReplicationError {
+pub(super) fn nul_in(what: &'static str) -> impl FnOnce(io::Error) -> ReplicationError {
     move |_| ReplicationError::InvalidArgument(format!("the {what} contains a NUL byte"))
 }
 
@@ -634,79 +469,6 @@ fn malformed(what: &'static str) -> impl FnOnce(io::Error) -> ReplicationError {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-
-    fn parse(buf: &mut BytesMut) -> Option<Backend> {
-        match parse_backend(buf) {
-            Ok(m) => m,
-            Err(e) => unreachable!("{e}"),
-        }
-    }
-
-    #[test]
-    fn frames_need_whole_messages() {
-        let whole = frame(b'd', b"wxyz");
-        for cut in 0..whole.len() {
-            let mut buf = BytesMut::from(whole.get(..cut).unwrap_or_default());
-            assert!(parse(&mut buf).is_none(), "cut at {cut}");
-            assert_eq!(buf.len(), cut, "an incomplete message must stay in the buffer");
-        }
-        let mut buf = BytesMut::from(&whole[..]);
-        assert!(matches!(parse(&mut buf), Some(Backend::Msg(Message::CopyData(_)))));
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn copy_data_is_a_view_into_the_read_buffer() {
-        let mut buf = BytesMut::with_capacity(1024);
-        buf.put_slice(&frame(b'd', b"payload"));
-        let start = buf.as_ptr();
-        match parse(&mut buf) {
-            Some(Backend::Msg(Message::CopyData(body))) => {
-                let bytes = body.into_bytes();
-                assert_eq!(&bytes[..], b"payload");
-                assert_eq!(bytes.as_ptr(), start.wrapping_add(5));
-            }
-            _ => unreachable!("CopyData expected"),
-        }
-    }
-
-    #[test]
-    fn own_tags_and_sequences() {
-        let mut bytes = frame(b'W', &[0, 0, 0]);
-        bytes.extend(frame(b'E', b"SFATAL\0C57P01\0Mterminating\0\0"));
-        bytes.extend(frame(b'N', b"SWARNING\0C01000\0Mhm\0\0"));
-        bytes.extend(frame(b'v', &[0, 0, 0, 0, 0, 0, 0, 0]));
-        bytes.extend(frame(b'Z', b"I"));
-        let mut buf = BytesMut::from(&bytes[..]);
-        assert!(matches!(parse(&mut buf), Some(Backend::CopyBothResponse)));
-        match parse(&mut buf) {
-            Some(Backend::Error(e)) => assert_eq!((e.code.as_str(), e.severity.as_str()), ("57P01", "FATAL")),
-            _ => unreachable!("ErrorResponse expected"),
-        }
-        assert!(matches!(parse(&mut buf), Some(Backend::Notice(n)) if n.message == "hm"));
-        assert!(matches!(parse(&mut buf), Some(Backend::NegotiateProtocolVersion)));
-        assert!(matches!(parse(&mut buf), Some(Backend::Msg(Message::ReadyForQuery(_)))));
-        assert!(parse(&mut buf).is_none());
-    }
-
-    #[test]
-    fn rejects_bad_lengths_without_allocating() {
-        let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 3][..]);
-        assert!(parse_backend(&mut buf).is_err());
-        let mut buf = BytesMut::from(&[b'd', 0xFF, 0xFF, 0xFF, 0xFF][..]);
-        assert!(parse_backend(&mut buf).is_err());
-        assert!(buf.capacity() < 1 << 20, "a corrupt length must not reserve memory");
-        let mut buf = BytesMut::from(&frame(b'@', b"")[..]);
-        assert!(parse_backend(&mut buf).is_err(), "unknown tag");
-    }
 
     #[test]
     fn query_result_lookup() {

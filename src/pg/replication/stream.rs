@@ -1,4 +1,6 @@
-//! The CopyBoth phase: XLogData in, standby status updates out.
+//! The CopyBoth phase: XLogData in, standby status updates out. It begins with
+//! [`ReplicationClient::start_replication`] (defined here, beside the stream it creates) and ends with
+//! [`ReplicationStream::stop`], which hands the idle client back.
 //!
 //! ```text
 //!   server ──CopyData('w' XLogData | 'k' keepalive)──▶ FrameReader ──▶ next() ──▶ caller
@@ -37,8 +39,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::commands::ReplicationOptions;
-use super::conn::{Backend, FrameReader, FrameWriter, ReplicationClient, ServerInfo, log_notice, unexpected};
+use super::conn::{ReplicationClient, ServerInfo, nul_in};
 use super::error::ReplicationError;
+use super::framing::{Backend, FrameReader, FrameWriter, log_notice, unexpected};
 use crate::pg::lsn::{Lsn, PgTimestamp};
 
 /// Ack-triggered updates closer together than this are merged (an ack per event must not become a status update
@@ -262,6 +265,41 @@ impl std::fmt::Debug for ReplicationStream {
             .field("received", &self.progress.received())
             .field("flushed", &self.progress.flushed())
             .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationClient {
+    /// Sends `START_REPLICATION SLOT ... LOGICAL ...` and turns the connection into a [`ReplicationStream`].
+    ///
+    /// Once per connection: PostgreSQL (up to 18 at least) does not reset its end-of-streaming state between two
+    /// logical `START_REPLICATION`s on one walsender, so a second one would end at once. Reconnect instead.
+    pub async fn start_replication(
+        mut self,
+        options: &ReplicationOptions,
+    ) -> Result<ReplicationStream, ReplicationError> {
+        if self.info.streamed {
+            return Err(ReplicationError::Unsupported(
+                "START_REPLICATION ... LOGICAL can run only once per connection (the server would end a second                  stream at once); open a new connection"
+                    .into(),
+            ));
+        }
+        let (cmd, proto_version) = options.command(self.info.server_version_num)?;
+        tracing::debug!(command = %cmd, "starting replication");
+        frontend::query(&cmd, &mut self.writer.buf).map_err(nul_in("START_REPLICATION"))?;
+        self.writer.flush().await?;
+        loop {
+            match self.reader.read_message().await? {
+                Backend::CopyBothResponse => {
+                    self.info.streamed = true;
+                    break;
+                }
+                Backend::Error(e) => return Err(ReplicationError::from_server(e)),
+                Backend::Notice(n) => log_notice(&n),
+                Backend::Msg(Message::ParameterStatus(body)) => self.record_parameter(&body)?,
+                other => return Err(unexpected(&other, "in reply to START_REPLICATION")),
+            }
+        }
+        Ok(ReplicationStream::new(self, options, proto_version))
     }
 }
 
