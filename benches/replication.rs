@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::{Args, BenchDb, Env, Generated, record};
+use outbox_relay::pg::conninfo::ConnInfo;
 use outbox_relay::pg::lsn::Lsn;
 use outbox_relay::pg::pgoutput::{Decoder, DecoderOptions};
-use outbox_relay::pg::replication::{
-    ReplicationClient, ReplicationConfig, ReplicationMessage, ReplicationOptions, Streaming,
-};
+use outbox_relay::pg::replication::{ReplicationClient, ReplicationMessage, ReplicationOptions, Streaming};
 use outbox_relay::pg::txn::{Assembler, Output, SpillSettings, TxnEvent};
 
 const PUBLICATION: &str = "obbench_pub";
@@ -251,7 +250,7 @@ async fn read_ours(
     wal: &Generated,
 ) -> Result<OursRun> {
     let proto = plugin.proto;
-    let cfg = ReplicationConfig::from_url(&db.url).context("replication config")?;
+    let cfg = ConnInfo::from_url(&db.url).context("replication config")?;
     let mut options = ReplicationOptions::new(slot, [PUBLICATION]);
     options.proto_version = Some(proto);
     // The same plugin options as pg_recvlogical gets (its default: streaming off, messages off).

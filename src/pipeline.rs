@@ -56,8 +56,7 @@ use crate::pg::identity::{NotResumable, SourceIdentity, check_resumable, parse_t
 use crate::pg::lsn::{Lsn, PgTimestamp};
 use crate::pg::pgoutput::{DecodeError, Decoder, DecoderOptions, Oid, Relation};
 use crate::pg::replication::{
-    Backoff, ReplicationClient, ReplicationConfig, ReplicationError, ReplicationMessage, ReplicationOptions, Streaming,
-    XLogData,
+    Backoff, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationOptions, Streaming, XLogData,
 };
 use crate::pg::slot::{self, SlotError, TableName};
 use crate::pg::txn::{Assembler, Output, SpillSettings, TxnError, TxnEvent};
@@ -418,13 +417,9 @@ impl Relay {
         .await
     }
 
-    fn replication_config(&self) -> Result<ReplicationConfig, PipelineError> {
-        ReplicationConfig::from_url(&self.cfg.postgres_url()).map_err(|e| PipelineError::Replication(e.into()))
-    }
-
     /// Opens a replication connection and asks the server who it is: identity and current WAL position.
     async fn replication_client(&self) -> Result<(ReplicationClient, SourceIdentity, Lsn), PipelineError> {
-        let cfg = self.replication_config()?;
+        let cfg = self.cfg.postgres.connection()?.clone();
         bounded(self.stall_timeout, "replication connection", async {
             let mut client = ReplicationClient::connect(&cfg).await?;
             let system = client.identify_system().await?;

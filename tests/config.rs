@@ -166,7 +166,7 @@ fn invalid_value_exits_2_naming_the_key() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let err = stderr(&output);
     assert!(err.contains("kafka.max_batch_events: must be at least 1"), "{err}");
-    assert!(err.contains("postgres.url: sslmode `verify-sometimes`"), "{err}");
+    assert!(err.contains("postgres.url: invalid connection URL: sslmode=\"verify-sometimes\""), "{err}");
     assert!(!err.contains("file-pg-secret"), "{err}");
 }
 

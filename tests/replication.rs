@@ -13,11 +13,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use outbox_relay::pg::conninfo::{ConnInfo, SslMode};
 use outbox_relay::pg::lsn::Lsn;
 use outbox_relay::pg::pgoutput::{Decoder, DecoderOptions, LogicalMessage};
 use outbox_relay::pg::replication::{
-    Backoff, ReplicationClient, ReplicationConfig, ReplicationError, ReplicationMessage, ReplicationOptions,
-    ReplicationStream, SnapshotAction, SslMode, Streaming, XLogData,
+    Backoff, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationOptions, ReplicationStream,
+    SnapshotAction, Streaming, XLogData,
 };
 use services::{Services, TestDb, unique_name};
 
@@ -107,9 +108,9 @@ impl Fixture {
     }
 
     /// The SCRAM replication role `relay`, no TLS, plus `extra` backend options.
-    fn relay_config(&self, options: &[(&str, &str)]) -> ReplicationConfig {
-        let mut config = ReplicationConfig::from_url(&self.url("relay", Some("relay-secret"), "sslmode=disable"))
-            .expect("valid URL");
+    fn relay_config(&self, options: &[(&str, &str)]) -> ConnInfo {
+        let mut config =
+            ConnInfo::from_url(&self.url("relay", Some("relay-secret"), "sslmode=disable")).expect("valid URL");
         for (name, value) in options {
             config.add_guc(name, value);
         }
@@ -546,7 +547,7 @@ async fn logins_with_each_authentication_method() {
         ("relay_plain", Some("plain-secret"), "password"),
         ("relay_trust", None, "trust"),
     ] {
-        let config = ReplicationConfig::from_url(&fx.url(user, password, "sslmode=disable")).unwrap();
+        let config = ConnInfo::from_url(&fx.url(user, password, "sslmode=disable")).unwrap();
         let mut client = within(method, ReplicationClient::connect(&config))
             .await
             .unwrap_or_else(|e| panic!("{method} login as {user}: {e}"));
@@ -557,24 +558,21 @@ async fn logins_with_each_authentication_method() {
     }
 
     for (user, password) in [("relay", "wrong"), ("relay_md5", "wrong"), ("relay_plain", "wrong")] {
-        let config = ReplicationConfig::from_url(&fx.url(user, Some(password), "sslmode=disable")).unwrap();
+        let config = ConnInfo::from_url(&fx.url(user, Some(password), "sslmode=disable")).unwrap();
         let err = within("bad login", ReplicationClient::connect(&config)).await.expect_err("wrong password");
         assert!(matches!(err, ReplicationError::AuthFailed { .. }), "{user}: {err:?}");
         assert_eq!(err.code(), Some("28P01"), "{err}");
         assert!(!err.is_transient());
         assert!(err.to_string().contains("password"), "{err}");
     }
-    let config = ReplicationConfig::from_url(&fx.url("relay", None, "sslmode=disable")).unwrap();
+    let config = ConnInfo::from_url(&fx.url("relay", None, "sslmode=disable")).unwrap();
     let err = within("no password", ReplicationClient::connect(&config)).await.expect_err("no password");
     assert!(matches!(err, ReplicationError::PasswordMissing { .. }), "{err:?}");
 
     // application_name reaches the server.
-    let config = ReplicationConfig::from_url(&fx.url(
-        "relay",
-        Some("relay-secret"),
-        "sslmode=disable&application_name=relay-auth-test",
-    ))
-    .unwrap();
+    let config =
+        ConnInfo::from_url(&fx.url("relay", Some("relay-secret"), "sslmode=disable&application_name=relay-auth-test"))
+            .unwrap();
     let client = within("application_name", ReplicationClient::connect(&config)).await.unwrap();
     let row = fx
         .db
@@ -588,8 +586,7 @@ async fn logins_with_each_authentication_method() {
 
     // Nobody listening: a transient error naming the address.
     let port = services::closed_port();
-    let config =
-        ReplicationConfig::from_url(&format!("postgres://relay:x@127.0.0.1:{port}/db?sslmode=disable")).unwrap();
+    let config = ConnInfo::from_url(&format!("postgres://relay:x@127.0.0.1:{port}/db?sslmode=disable")).unwrap();
     let err = within("closed port", ReplicationClient::connect(&config)).await.expect_err("nothing listens");
     assert!(matches!(err, ReplicationError::Connect { .. }) && err.is_transient(), "{err:?}");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -626,7 +623,7 @@ async fn tls_modes_against_the_self_signed_server() {
     let cert = required_var("PG_SSL_CERT");
     let localhost = |query: &str| {
         let url = fx.url("relay", Some("relay-secret"), query).replacen(&fx.host, "localhost", 1);
-        ReplicationConfig::from_url(&url).unwrap()
+        ConnInfo::from_url(&url).unwrap()
     };
 
     // require: TLS without verification; SCRAM binds to the TLS channel.
@@ -662,8 +659,7 @@ async fn tls_modes_against_the_self_signed_server() {
 
     // channel_binding=require cannot be met without TLS.
     let config =
-        ReplicationConfig::from_url(&fx.url("relay", Some("relay-secret"), "sslmode=disable&channel_binding=require"))
-            .unwrap();
+        ConnInfo::from_url(&fx.url("relay", Some("relay-secret"), "sslmode=disable&channel_binding=require")).unwrap();
     let err = within("binding without TLS", ReplicationClient::connect(&config)).await.expect_err("no TLS");
     assert!(matches!(err, ReplicationError::ChannelBindingRequired(_)), "{err:?}");
 }
@@ -718,7 +714,7 @@ async fn definite_errors_are_named() {
     // A role without REPLICATION.
     let role = unique_name("norepl");
     fx.db.execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'")).await;
-    let config = ReplicationConfig::from_url(&fx.url(&role, Some("pw"), "sslmode=disable")).unwrap();
+    let config = ConnInfo::from_url(&fx.url(&role, Some("pw"), "sslmode=disable")).unwrap();
     let err = within("no replication role", ReplicationClient::connect(&config)).await.expect_err("not allowed");
     fx.db.execute(&format!("DROP ROLE {role}")).await;
     assert!(matches!(err, ReplicationError::PermissionDenied(_)), "{err:?}");
@@ -741,7 +737,7 @@ async fn newest_server_streams_with_protocol_4_in_parallel_mode() {
     };
     let fx = Fixture::on(url.clone(), "repl_latest").await;
     // The newer server's superuser; replication needs no other role there.
-    let mut config = ReplicationConfig::from_url(&services::with_database(&url, &fx.db.name)).unwrap();
+    let mut config = ConnInfo::from_url(&services::with_database(&url, &fx.db.name)).unwrap();
     config.add_guc("logical_decoding_work_mem", "64kB");
     let mut client = within("connect", ReplicationClient::connect(&config)).await.unwrap();
     assert!(client.server_version_num() >= 160_000, "PG_LATEST_URL is {}", client.server_version_num());

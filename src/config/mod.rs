@@ -32,7 +32,7 @@ pub use crate::outbox::config::{
     AdditionalField, OutboxConfig, OutboxMessagesConfig, OutboxTableConfig, Placement, ROUTED_BY_VALUE,
     UnmappedRelations,
 };
-pub use crate::pg::config::{ConnectError, PgSslMode, PgTls, PostgresConfig, derive_pg_identifier};
+pub use crate::pg::config::{ConnectError, PostgresConfig, derive_pg_identifier};
 pub use redact::{REDACTED, is_secret_property, redact_secret, redact_url};
 pub(crate) use redact::{percent_decode, scrub_secrets};
 
@@ -278,7 +278,7 @@ impl Config {
         }
     }
 
-    fn validate(&self, problems: &mut Vec<Problem>) {
+    fn validate(&mut self, problems: &mut Vec<Problem>) {
         let mut report = |key: &str, message: String| problems.push(Problem { key: key.to_owned(), message });
         validate_connector_name(&self.connector_name, &mut report);
         self.postgres.validate(&mut report);
@@ -327,22 +327,6 @@ impl Config {
             warnings.push("schema registry credentials are sent over plain http".to_owned());
         }
         warnings
-    }
-
-    /// The PostgreSQL connection URL exactly as configured (it holds the password: never log it, see
-    /// [`redact_url`]).
-    pub fn postgres_url(&self) -> String {
-        self.postgres.url.clone()
-    }
-
-    /// See [`PostgresConfig::tokio_postgres_config`].
-    pub fn tokio_postgres_config(&self) -> Result<tokio_postgres::Config, ConnectError> {
-        self.postgres.tokio_postgres_config()
-    }
-
-    /// See [`PostgresConfig::connect_sql`].
-    pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, ConnectError> {
-        self.postgres.connect_sql().await
     }
 
     /// A copy with every secret replaced by [`REDACTED`], for display (`print-config`).
@@ -711,7 +695,8 @@ mod tests {
             assert!(output.contains("relay"), "user name hidden in {output}");
         }
         // The real values stay usable.
-        assert!(c.postgres_url().contains("pg-secret-1"));
+        // As in libpq, a password query parameter wins over the one in the user info.
+        assert_eq!(c.postgres.connection().unwrap().password.as_deref(), Some("pg-secret-2"));
         assert_eq!(c.schema_registry.basic_auth(), Some(("sr-user".to_owned(), "sr-secret-1".to_owned())));
         assert_eq!(c.schema_registry.base_url(), "https://registry:8081");
     }
@@ -733,28 +718,12 @@ mod tests {
     }
 
     #[test]
-    fn postgres_url_is_split_into_tokio_config_and_tls() {
-        let mut pg = minimal().postgres;
-        pg.url = "postgresql://u:p@h1:6432/app?sslmode=verify-full&application_name=x&connect_timeout=3".to_owned();
-        let config = pg.tokio_postgres_config().unwrap();
-        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        assert_eq!(config.get_application_name(), Some("x"));
-        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
-        assert_eq!(pg.tls().unwrap().mode, PgSslMode::VerifyFull);
-        assert_eq!(pg.target(), "h1:6432");
-        pg.tls_connector().unwrap();
-
-        pg.url = "postgres://u@h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem".to_owned();
-        let msg = pg.tls().unwrap_err().to_string();
-        assert!(msg.contains("/nonexistent/ca.pem"), "{msg}");
-
-        pg.url = "postgres://u@h/db".to_owned();
-        assert_eq!(pg.tls().unwrap().mode, PgSslMode::Prefer);
-        assert_eq!(pg.tokio_postgres_config().unwrap().get_application_name(), Some("outbox-relay"));
-
-        for bad in ["mysql://u@h/db", "postgres://u@h/db?frobnicate=1", "postgres:///db"] {
-            pg.url = bad.to_owned();
-            assert!(pg.tls().is_err(), "{bad} accepted");
-        }
+    fn the_postgres_url_is_parsed_at_load() {
+        let pg = minimal().postgres;
+        assert_eq!(pg.connection().unwrap().dbname, "app");
+        assert_eq!(pg.target(), "db.example:5432");
+        let mut unloaded = PostgresConfig::default();
+        unloaded.url.clone_from(&pg.url);
+        assert!(matches!(unloaded.connection(), Err(ConnectError::NotLoaded)));
     }
 }

@@ -3,23 +3,16 @@
 //!
 //! Invariant: the password in the URL never appears in `Debug` output or in an error ([`crate::config::redact_url`]).
 //!
-//! PostgreSQL connection strings are URLs (`postgres://user:pass@host:port/db?param=value`) with libpq's
-//! `sslmode` values `disable`, `prefer`, `require`, `verify-ca` and `verify-full` and the parameters `sslrootcert`,
-//! `sslcert` and `sslkey`. tokio-postgres only knows the first three modes, so those four parameters are taken out
-//! of the URL before it reaches [`tokio_postgres::Config`] and TLS is configured here with OpenSSL
-//! ([`PostgresConfig::tls_connector`]): `verify-ca` checks the certificate chain, `verify-full` the chain and the
-//! host name; `require` verifies the chain only when `sslrootcert` is given (as libpq does).
+//! The URL is parsed once, when the configuration loads, into a [`ConnInfo`] that both the SQL connection and the
+//! replication connection use (see [`crate::pg::conninfo`]).
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
-use openssl::x509::X509;
-use openssl::x509::store::X509StoreBuilder;
-use postgres_openssl::MakeTlsConnector;
 use serde::{Deserialize, Serialize};
+
+use crate::pg::conninfo::{self, ConnInfo};
 
 use crate::config::{default_true, redact_url};
 
@@ -112,6 +105,9 @@ pub struct PostgresConfig {
     /// Longest delay between reconnection attempts, in milliseconds.
     #[serde(default = "default_reconnect_backoff_max_ms")]
     pub reconnect_backoff_max_ms: u64,
+    /// `url`, parsed when the configuration loaded.
+    #[serde(skip)]
+    connection: Option<ConnInfo>,
 }
 
 impl Default for PostgresConfig {
@@ -133,6 +129,7 @@ impl Default for PostgresConfig {
             stall_timeout_ms: default_stall_timeout_ms(),
             reconnect_backoff_initial_ms: default_reconnect_backoff_initial_ms(),
             reconnect_backoff_max_ms: default_reconnect_backoff_max_ms(),
+            connection: None,
         }
     }
 }
@@ -164,30 +161,13 @@ impl fmt::Debug for PostgresConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The connection URL was rejected (only when the configuration was not loaded through this module).
-    #[error("invalid postgres.url: {message}")]
-    Url {
-        /// What is wrong.
-        message: String,
-    },
-    /// The TLS setup failed, e.g. an unreadable certificate file.
-    #[error("cannot set up TLS for PostgreSQL: {what}")]
-    Tls {
-        /// What was being done.
-        what: String,
-        /// OpenSSL's error.
-        #[source]
-        source: openssl::error::ErrorStack,
-    },
-    /// A certificate file could not be read.
-    #[error("cannot read {}", path.display())]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The connection URL cannot be used (a configuration not loaded through [`crate::config::Config`], or a
+    /// certificate file that became unreadable since).
+    #[error("invalid postgres.url: {0}")]
+    Url(#[from] conninfo::ConfigError),
+    /// The configuration was built without loading it, so `postgres.url` was never parsed.
+    #[error("postgres.url was not parsed: build the configuration with Config::load or Config::from_toml_str")]
+    NotLoaded,
     /// The server could not be reached or refused the login.
     #[error("cannot connect to PostgreSQL at {target}")]
     Connect {
@@ -210,14 +190,19 @@ impl ConnectError {
 }
 
 impl PostgresConfig {
-    pub(crate) fn validate(&self, report: &mut impl FnMut(&str, String)) {
+    /// Checks every setting and parses the URL into the [`ConnInfo`] both connections use.
+    pub(crate) fn validate(&mut self, report: &mut impl FnMut(&str, String)) {
+        self.connection = None;
         if self.url.is_empty() {
             report(
                 "postgres.url",
                 "is required: set url in [postgres] or the environment variable OUTBOX_RELAY_POSTGRES_URL".to_owned(),
             );
-        } else if let Err(message) = self.connection_parts() {
-            report("postgres.url", message);
+        } else {
+            match ConnInfo::from_url(&self.url) {
+                Ok(info) => self.connection = Some(info),
+                Err(e) => report("postgres.url", e.to_string()),
+            }
         }
         validate_pg_identifier(&self.slot, "postgres.slot", report);
         validate_pg_identifier(&self.publication, "postgres.publication", report);
@@ -263,109 +248,39 @@ impl PostgresConfig {
         }
     }
 
-    /// The TLS settings of [`Self::url`].
-    pub fn tls(&self) -> Result<PgTls, ConnectError> {
-        self.connection_parts().map(|(_, tls)| tls).map_err(|message| ConnectError::Url { message })
+    /// The parsed connection settings (present in every loaded configuration).
+    pub fn connection(&self) -> Result<&ConnInfo, ConnectError> {
+        self.connection.as_ref().ok_or(ConnectError::NotLoaded)
     }
 
     /// The server(s) as `host:port` for messages, e.g. `127.0.0.1:5432`.
     pub fn target(&self) -> String {
-        match self.connection_parts() {
-            Ok((config, _)) => describe_target(&config),
-            Err(_) => "<invalid postgres.url>".to_owned(),
-        }
-    }
-
-    /// [`Self::url`] as a tokio-postgres configuration: `sslmode` mapped to tokio-postgres' `SslMode` (`verify-ca`
-    /// and `verify-full` become `Require`; the verification itself is in [`Self::tls_connector`]), and
-    /// `application_name` set to `outbox-relay` unless the URL sets it.
-    pub fn tokio_postgres_config(&self) -> Result<tokio_postgres::Config, ConnectError> {
-        let (mut config, _) = self.connection_parts().map_err(|message| ConnectError::Url { message })?;
-        if config.get_application_name().is_none() {
-            config.application_name("outbox-relay");
-        }
-        Ok(config)
-    }
-
-    /// An OpenSSL connector for tokio-postgres that verifies what `sslmode` asks for: nothing for `prefer` and
-    /// `require` (unless `sslrootcert` is set), the chain for `verify-ca`, the chain and the host name for
-    /// `verify-full`. With `sslrootcert` only that file's certificates are trusted; without it the system's.
-    pub fn tls_connector(&self) -> Result<MakeTlsConnector, ConnectError> {
-        self.tls()?.connector()
+        self.connection.as_ref().map_or_else(|| "<postgres.url not parsed>".to_owned(), ConnInfo::targets)
     }
 
     /// Opens an ordinary (non-replication) connection and spawns its connection task.
     pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, ConnectError> {
-        let config = self.tokio_postgres_config()?;
-        connect_with(&config, self.tls_connector()?).await
+        self.connect_sql_timeout(None).await
     }
 
-    /// Like [`Self::connect_sql`], with `connect_timeout` set to `timeout` unless the URL sets it.
-    pub async fn connect_sql_timeout(&self, timeout: Duration) -> Result<tokio_postgres::Client, ConnectError> {
-        let mut config = self.tokio_postgres_config()?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(timeout);
+    /// Like [`Self::connect_sql`], waiting at most `timeout` (or the URL's `connect_timeout` when that is shorter).
+    pub async fn connect_sql_timeout(
+        &self,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<tokio_postgres::Client, ConnectError> {
+        let info = self.connection()?;
+        let (mut config, tls) = info.tokio_postgres()?;
+        if let Some(t) = timeout.into() {
+            config.connect_timeout(info.connect_timeout.map_or(t, |c| c.min(t)));
         }
-        connect_with(&config, self.tls_connector()?).await
-    }
-
-    /// Splits the URL into a tokio-postgres configuration (without the TLS parameters) and the TLS settings.
-    fn connection_parts(&self) -> Result<(tokio_postgres::Config, PgTls), String> {
-        let url = self.url.as_str();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(format!(
-                "`{}` is not a URL starting with postgres:// or postgresql://, e.g. \
-                 postgres://user:password@host:5432/database?sslmode=verify-full",
-                redact_url(url)
-            ));
-        }
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, query),
-            None => (url, ""),
-        };
-        let mut tls = PgTls { mode: PgSslMode::Prefer, root_cert: None, client_cert: None, client_key: None };
-        let mut kept = Vec::new();
-        for (raw, (key, value)) in
-            query.split('&').filter(|p| !p.is_empty()).zip(url::form_urlencoded::parse(query.as_bytes()))
-        {
-            match &*key {
-                "sslmode" => {
-                    tls.mode = value.parse().map_err(|()| {
-                        format!("sslmode `{value}` is not one of disable, prefer, require, verify-ca, verify-full")
-                    })?;
-                }
-                "sslrootcert" => tls.root_cert = Some(PathBuf::from(&*value)),
-                "sslcert" => tls.client_cert = Some(PathBuf::from(&*value)),
-                "sslkey" => tls.client_key = Some(PathBuf::from(&*value)),
-                _ => kept.push(raw),
-            }
-        }
-        let stripped = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-        let mut config = tokio_postgres::Config::from_str(&stripped)
-            .map_err(|e| format!("`{}` is not a valid connection URL: {e}", redact_url(url)))?;
-        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-            return Err(format!("`{}` names no host; add one, e.g. postgres://user@host:5432/db", redact_url(url)));
-        }
-        if tls.client_cert.is_some() != tls.client_key.is_some() {
-            return Err("sslcert and sslkey must be given together".to_owned());
-        }
-        for (name, path) in
-            [("sslrootcert", &tls.root_cert), ("sslcert", &tls.client_cert), ("sslkey", &tls.client_key)]
-        {
-            if let Some(path) = path {
-                if !path.is_file() {
-                    return Err(format!("{name} file {} does not exist or is not a file", path.display()));
-                }
-            }
-        }
-        config.ssl_mode(match tls.mode {
-            PgSslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            PgSslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => {
-                tokio_postgres::config::SslMode::Require
+        let (client, connection) =
+            config.connect(tls).await.map_err(|source| ConnectError::Connect { target: info.targets(), source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "postgres sql connection closed with an error");
             }
         });
-        Ok((config, tls))
+        Ok(client)
     }
 
     /// [`Self::status_interval_ms`] as a duration.
@@ -386,136 +301,6 @@ impl PostgresConfig {
     /// [`Self::reconnect_backoff_max_ms`] as a duration.
     pub const fn reconnect_backoff_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_backoff_max_ms)
-    }
-}
-
-async fn connect_with(
-    config: &tokio_postgres::Config,
-    tls: MakeTlsConnector,
-) -> Result<tokio_postgres::Client, ConnectError> {
-    let (client, connection) = config
-        .connect(tls)
-        .await
-        .map_err(|source| ConnectError::Connect { target: describe_target(config), source })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "postgres sql connection closed with an error");
-        }
-    });
-    Ok(client)
-}
-
-/// `host:port[,host:port...]` of a tokio-postgres configuration.
-fn describe_target(config: &tokio_postgres::Config) -> String {
-    let ports = config.get_ports();
-    let port = |i: usize| ports.get(i).or_else(|| ports.first()).copied().unwrap_or(5432);
-    let hosts: Vec<String> = if config.get_hosts().is_empty() {
-        config.get_hostaddrs().iter().enumerate().map(|(i, a)| format!("{a}:{}", port(i))).collect()
-    } else {
-        config
-            .get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, host)| match host {
-                tokio_postgres::config::Host::Tcp(h) => format!("{h}:{}", port(i)),
-                tokio_postgres::config::Host::Unix(p) => {
-                    format!("{}/.s.PGSQL.{}", p.display(), port(i))
-                }
-            })
-            .collect()
-    };
-    hosts.join(",")
-}
-
-/// libpq's `sslmode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PgSslMode {
-    /// No TLS.
-    Disable,
-    /// TLS when the server offers it, unverified.
-    Prefer,
-    /// TLS, unverified unless `sslrootcert` is set.
-    Require,
-    /// TLS, certificate chain verified.
-    VerifyCa,
-    /// TLS, certificate chain and host name verified.
-    VerifyFull,
-}
-
-impl FromStr for PgSslMode {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "disable" => PgSslMode::Disable,
-            "prefer" => PgSslMode::Prefer,
-            "require" => PgSslMode::Require,
-            "verify-ca" => PgSslMode::VerifyCa,
-            "verify-full" => PgSslMode::VerifyFull,
-            _ => return Err(()),
-        })
-    }
-}
-
-/// TLS settings taken from a PostgreSQL URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PgTls {
-    /// `sslmode`.
-    pub mode: PgSslMode,
-    /// `sslrootcert`: PEM file of the trusted CA certificates.
-    pub root_cert: Option<PathBuf>,
-    /// `sslcert`: PEM client certificate (chain).
-    pub client_cert: Option<PathBuf>,
-    /// `sslkey`: PEM private key of the client certificate.
-    pub client_key: Option<PathBuf>,
-}
-
-impl PgTls {
-    /// Whether the server's certificate chain is verified.
-    pub fn verifies_chain(&self) -> bool {
-        match self.mode {
-            PgSslMode::Disable | PgSslMode::Prefer => false,
-            PgSslMode::Require => self.root_cert.is_some(),
-            PgSslMode::VerifyCa | PgSslMode::VerifyFull => true,
-        }
-    }
-
-    /// An OpenSSL connector for tokio-postgres implementing these settings (see
-    /// [`PostgresConfig::tls_connector`]).
-    pub fn connector(&self) -> Result<MakeTlsConnector, ConnectError> {
-        let tls_err = |what: &str| {
-            let what = what.to_owned();
-            move |source| ConnectError::Tls { what, source }
-        };
-        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err("create an SSL context"))?;
-        if let Some(path) = &self.root_cert {
-            let pem = std::fs::read(path).map_err(|source| ConnectError::ReadFile { path: path.clone(), source })?;
-            let certs =
-                X509::stack_from_pem(&pem).map_err(tls_err(&format!("parse sslrootcert {} as PEM", path.display())))?;
-            let mut store = X509StoreBuilder::new().map_err(tls_err("create a certificate store"))?;
-            for cert in certs {
-                store.add_cert(cert).map_err(tls_err(&format!("add a certificate of {}", path.display())))?;
-            }
-            builder.set_cert_store(store.build());
-        }
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            builder.set_certificate_chain_file(cert).map_err(tls_err(&format!("load sslcert {}", cert.display())))?;
-            builder
-                .set_private_key_file(key, SslFiletype::PEM)
-                .map_err(tls_err(&format!("load sslkey {}", key.display())))?;
-        }
-        let verify_chain = self.verifies_chain();
-        builder.set_verify(if verify_chain { SslVerifyMode::PEER } else { SslVerifyMode::NONE });
-        let verify_host = self.mode == PgSslMode::VerifyFull;
-        let mut connector = MakeTlsConnector::new(builder.build());
-        connector.set_callback(move |connect, _domain| {
-            connect.set_verify_hostname(verify_host);
-            if !verify_chain {
-                connect.set_verify(SslVerifyMode::NONE);
-            }
-            Ok(())
-        });
-        Ok(connector)
     }
 }
 

@@ -2,6 +2,7 @@
 //! and which server a checkpoint belongs to.
 
 pub mod config;
+pub mod conninfo;
 pub mod identity;
 pub mod lsn;
 pub mod pgoutput;

@@ -3,7 +3,7 @@
 //! updates.
 //!
 //! ```text
-//!  ReplicationConfig::from_url ──▶ ReplicationClient::connect ──▶ identify_system / create_replication_slot / ...
+//!  ConnInfo::from_url ──▶ ReplicationClient::connect ──▶ identify_system / create_replication_slot / ...
 //!                                          │ start_replication(ReplicationOptions)
 //!                                          ▼
 //!                                  ReplicationStream ── next() ──▶ XLogData { wal_start, wal_end, data } ──▶ pgoutput
@@ -27,7 +27,6 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`ReplicationConfig`] from a libpq-style URL, password-redacting `Debug`.
 //! - `framing`: whole backend messages off the socket and frontend messages onto it (`FrameReader`, `FrameWriter`),
 //!   the parsing of the tags postgres-protocol does not know, server notices; shared by [`conn`] and [`stream`].
 //! - [`conn`]: [`ReplicationClient`]: TCP, TLS ([`tls`]), startup, trust / password / md5 / SCRAM-SHA-256(-PLUS),
@@ -40,7 +39,6 @@
 
 pub mod backoff;
 pub mod commands;
-pub mod config;
 pub mod conn;
 pub mod error;
 mod framing;
@@ -52,7 +50,6 @@ pub use commands::{
     CreatedSlot, DEFAULT_STATUS_INTERVAL, DEFAULT_STOP_TIMEOUT, IdentifySystem, MAX_PROTO_VERSION, ReplicationOptions,
     SnapshotAction, Streaming, max_proto_version_for, parse_server_version, quote_identifier, quote_literal,
 };
-pub use config::{ChannelBindingMode, ConfigError, ReplicationConfig, RootCerts, SslMode};
 pub use conn::{QueryResult, ReplicationClient, ServerInfo};
 pub use error::{DbError, ReplicationError};
 pub use stream::{AckHandle, PrimaryKeepalive, ReplicationMessage, ReplicationStream, XLogData};

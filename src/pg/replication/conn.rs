@@ -22,11 +22,11 @@ use tokio::net::TcpStream;
 use super::commands::{
     CreatedSlot, IdentifySystem, SnapshotAction, create_slot_command, drop_slot_command, parse_server_version,
 };
-use super::config::{ChannelBindingMode, ReplicationConfig};
 use super::error::{ReplicationError, sqlstate};
 pub use super::framing::READ_BUFFER_SIZE;
 use super::framing::{Backend, FrameReader, FrameWriter, log_notice, unexpected};
 use super::tls::{self, Socket};
+use crate::pg::conninfo::{ChannelBindingMode, ConnInfo, HostPort, TargetSessionAttrs};
 use crate::pg::lsn::Lsn;
 
 /// What the server told us at startup.
@@ -69,8 +69,9 @@ impl QueryResult {
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), outbox_relay::pg::replication::ReplicationError> {
-/// use outbox_relay::pg::replication::{ReplicationClient, ReplicationConfig, ReplicationOptions};
-/// let config = ReplicationConfig::from_url("postgres://relay:secret@db:5432/app?sslmode=verify-full&sslrootcert=/ca.pem")?;
+/// use outbox_relay::pg::conninfo::ConnInfo;
+/// use outbox_relay::pg::replication::{ReplicationClient, ReplicationOptions};
+/// let config = ConnInfo::from_url("postgres://relay:secret@db:5432/app?sslmode=verify-full&sslrootcert=/ca.pem")?;
 /// let mut client = ReplicationClient::connect(&config).await?;
 /// let system = client.identify_system().await?;
 /// let mut stream = client.start_replication(&ReplicationOptions::new("outbox_slot", ["outbox_pub"])).await?;
@@ -103,19 +104,42 @@ impl ReplicationClient {
         }
     }
 
-    /// Connects, negotiates TLS per `sslmode`, authenticates and waits for ReadyForQuery, all within
-    /// `connect_timeout`.
-    pub async fn connect(config: &ReplicationConfig) -> Result<ReplicationClient, ReplicationError> {
-        let fut = Self::connect_inner(config);
-        let client = match config.connect_timeout {
+    /// Connects to the first of the URL's hosts that accepts (and, with `target_session_attrs=read-write`, is a
+    /// primary), like libpq: for each, TCP, TLS per `sslmode`, authentication and ReadyForQuery within
+    /// `connect_timeout`. The error is the last host's.
+    pub async fn connect(config: &ConnInfo) -> Result<ReplicationClient, ReplicationError> {
+        let mut last = None;
+        for target in &config.hosts {
+            match Self::connect_to(config, target).await {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    tracing::debug!(host = %target, error = %e, "replication connection attempt failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(ReplicationError::Config(crate::pg::conninfo::ConfigError::Missing("host"))))
+    }
+
+    async fn connect_to(config: &ConnInfo, target: &HostPort) -> Result<ReplicationClient, ReplicationError> {
+        let fut = Self::connect_inner(config, target);
+        let mut client = match config.connect_timeout {
             Some(timeout) => tokio::time::timeout(timeout, fut).await.map_err(|_| {
-                ReplicationError::ConnectTimeout { host: config.host.clone(), port: config.port, timeout }
+                ReplicationError::ConnectTimeout { host: target.host.clone(), port: target.port, timeout }
             })??,
             None => fut.await?,
         };
+        if config.target_session_attrs == TargetSessionAttrs::ReadWrite {
+            let results = client.simple_query("SHOW transaction_read_only").await?;
+            let read_only = results.iter().find_map(|r| r.get(0, "transaction_read_only")) == Some("on");
+            if read_only {
+                let _ = client.close().await;
+                return Err(ReplicationError::NotPrimary { host: target.to_string() });
+            }
+        }
         tracing::debug!(
-            host = %config.host,
-            port = config.port,
+            host = %target.host,
+            port = target.port,
             user = %config.user,
             backend_pid = client.info.backend_pid,
             server_version_num = client.info.server_version_num,
@@ -126,9 +150,12 @@ impl ReplicationClient {
         Ok(client)
     }
 
-    async fn connect_inner(config: &ReplicationConfig) -> Result<ReplicationClient, ReplicationError> {
-        let tcp = connect_tcp(&config.host, config.port).await?;
-        let tls::Negotiated { socket, end_point } = tls::negotiate(tcp, config).await?;
+    async fn connect_inner(config: &ConnInfo, target: &HostPort) -> Result<ReplicationClient, ReplicationError> {
+        let tcp = match target.addr {
+            Some(ip) => connect_tcp(&ip.to_string(), target.port).await?,
+            None => connect_tcp(&target.host, target.port).await?,
+        };
+        let tls::Negotiated { socket, end_point } = tls::negotiate(tcp, config, &target.host).await?;
         let is_tls = matches!(socket, Socket::Tls(_));
         let (read_half, write_half) = tokio::io::split(socket);
         let mut client = ReplicationClient {
@@ -140,11 +167,7 @@ impl ReplicationClient {
         Ok(client)
     }
 
-    async fn startup(
-        &mut self,
-        config: &ReplicationConfig,
-        end_point: Option<Vec<u8>>,
-    ) -> Result<(), ReplicationError> {
+    async fn startup(&mut self, config: &ConnInfo, end_point: Option<Vec<u8>>) -> Result<(), ReplicationError> {
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &config.user),
             ("database", &config.dbname),
@@ -154,9 +177,7 @@ impl ReplicationClient {
             ("client_encoding", "UTF8"),
             ("DateStyle", "ISO"),
         ];
-        if let Some(app) = &config.application_name {
-            params.push(("application_name", app));
-        }
+        params.push(("application_name", &config.application_name));
         if let Some(options) = &config.options {
             params.push(("options", options));
         }
@@ -184,11 +205,7 @@ impl ReplicationClient {
     }
 
     /// Runs the authentication exchange; returns whether SCRAM was channel-bound.
-    async fn authenticate(
-        &mut self,
-        config: &ReplicationConfig,
-        end_point: Option<Vec<u8>>,
-    ) -> Result<bool, ReplicationError> {
+    async fn authenticate(&mut self, config: &ConnInfo, end_point: Option<Vec<u8>>) -> Result<bool, ReplicationError> {
         let password = || {
             config.password.as_deref().ok_or_else(|| ReplicationError::PasswordMissing { user: config.user.clone() })
         };

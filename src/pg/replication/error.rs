@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use super::config::{ConfigError, SslMode};
+use crate::pg::conninfo::{ConfigError, SslMode};
 
 /// An `ErrorResponse` (or the fields of a `NoticeResponse`) as sent by the server.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -147,6 +147,16 @@ pub enum ReplicationError {
         /// The error of the last address tried.
         #[source]
         source: io::Error,
+    },
+
+    /// With `target_session_attrs=read-write`, the host is a standby (read-only); no host of the URL was a primary.
+    #[error(
+        "{host} is a read-only server (a standby) and target_session_attrs=read-write asks for the primary; list the \
+         primary among the hosts of postgres.url"
+    )]
+    NotPrimary {
+        /// The host.
+        host: String,
     },
 
     /// `connect_timeout` elapsed before the connection was ready.
@@ -341,6 +351,8 @@ impl ReplicationError {
         match self {
             ReplicationError::Connect { .. }
             | ReplicationError::ConnectTimeout { .. }
+            // A failover in progress: the standby becomes primary.
+            | ReplicationError::NotPrimary { .. }
             | ReplicationError::Io(_)
             | ReplicationError::ConnectionClosed
             | ReplicationError::ServerShutdown(_)

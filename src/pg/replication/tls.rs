@@ -1,15 +1,9 @@
-//! TLS: the SSLRequest exchange, then an OpenSSL handshake whose verification follows libpq's `sslmode` rules.
+//! TLS for the replication connection: the SSLRequest exchange, then an OpenSSL handshake configured by
+//! [`ConnInfo::ssl_connector`], the same builder the SQL connection uses (trusted roots, client certificate,
+//! verification per `sslmode`; see [`crate::pg::conninfo`] for the rules).
 //!
-//! | sslmode | TLS | chain checked against sslrootcert | host name checked |
-//! |---|---|---|---|
-//! | disable | never | - | - |
-//! | prefer | if the server agrees | only if sslrootcert is given (libpq) | no |
-//! | require | always | only if sslrootcert is given (libpq) | no |
-//! | verify-ca | always | yes | no |
-//! | verify-full | always | yes | yes |
-//!
-//! With a file `sslrootcert`, only the certificates in that file are trusted (not the system store), so a
-//! certificate from a public CA does not pass `verify-ca` against a private root by accident.
+//! Invariant: a handshake never verifies less than `sslmode` asks for, and for `verify-full` the certificate must
+//! name the host being connected to.
 
 use std::io;
 use std::pin::Pin;
@@ -17,15 +11,13 @@ use std::task::{Context, Poll};
 
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::ssl::{SslConnector, SslMethod, SslRef, SslVerifyMode};
-use openssl::x509::X509;
-use openssl::x509::store::X509StoreBuilder;
+use openssl::ssl::SslRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
-use super::config::{ReplicationConfig, RootCerts, SslMode};
 use super::error::ReplicationError;
+use crate::pg::conninfo::{ConnInfo, SslMode};
 
 /// The connection's byte stream, plain or TLS.
 #[derive(Debug)]
@@ -74,7 +66,11 @@ pub(crate) struct Negotiated {
 }
 
 /// Sends SSLRequest when the mode asks for TLS and completes the handshake.
-pub(crate) async fn negotiate(mut tcp: TcpStream, config: &ReplicationConfig) -> Result<Negotiated, ReplicationError> {
+pub(crate) async fn negotiate(
+    mut tcp: TcpStream,
+    config: &ConnInfo,
+    host: &str,
+) -> Result<Negotiated, ReplicationError> {
     if config.ssl_mode == SslMode::Disable {
         return Ok(Negotiated { socket: Socket::Plain(tcp), end_point: None });
     }
@@ -95,7 +91,7 @@ pub(crate) async fn negotiate(mut tcp: TcpStream, config: &ReplicationConfig) ->
         }
     }
 
-    let ssl = ssl_for(config)?;
+    let ssl = ssl_for(config, host)?;
     let mut stream = SslStream::new(ssl, tcp)
         .map_err(|source| ReplicationError::TlsSetup { message: "could not create the TLS session".into(), source })?;
     if let Err(source) = Pin::new(&mut stream).connect().await {
@@ -110,7 +106,7 @@ pub(crate) async fn negotiate(mut tcp: TcpStream, config: &ReplicationConfig) ->
             )
         };
         return Err(ReplicationError::TlsHandshake {
-            host: config.host.clone(),
+            host: host.to_owned(),
             mode: config.ssl_mode,
             verify,
             advice,
@@ -121,51 +117,18 @@ pub(crate) async fn negotiate(mut tcp: TcpStream, config: &ReplicationConfig) ->
     Ok(Negotiated { socket: Socket::Tls(Box::new(stream)), end_point })
 }
 
-fn ssl_for(config: &ReplicationConfig) -> Result<openssl::ssl::Ssl, ReplicationError> {
+fn ssl_for(config: &ConnInfo, host: &str) -> Result<openssl::ssl::Ssl, ReplicationError> {
     let setup = |message: &str| {
         let message = message.to_owned();
         move |source: openssl::error::ErrorStack| ReplicationError::TlsSetup { message, source }
     };
-    let mut builder =
-        SslConnector::builder(SslMethod::tls_client()).map_err(setup("could not create a TLS context"))?;
-    let verify_chain = config.ssl_mode.verifies_chain() || config.ssl_root_cert.is_some();
-    if verify_chain {
-        match &config.ssl_root_cert {
-            Some(RootCerts::File(path)) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    ReplicationError::Config(super::config::ConfigError::InvalidParameter {
-                        name: "sslrootcert",
-                        value: path.display().to_string(),
-                        expected: unreadable_reason(&e),
-                    })
-                })?;
-                let certs = X509::stack_from_pem(&pem)
-                    .map_err(setup(&format!("sslrootcert {} is not a PEM certificate file", path.display())))?;
-                let mut store = X509StoreBuilder::new().map_err(setup("could not create a certificate store"))?;
-                for cert in certs {
-                    store.add_cert(cert).map_err(setup("could not add a certificate from sslrootcert"))?;
-                }
-                builder.set_cert_store(store.build());
-            }
-            // SslConnector::builder already loaded OpenSSL's default trust store.
-            Some(RootCerts::System) | None => {}
-        }
-        builder.set_verify(SslVerifyMode::PEER);
-    } else {
-        builder.set_verify(SslVerifyMode::NONE);
+    let connector = config.ssl_connector()?;
+    let mut conf = connector.configure().map_err(setup("could not configure the TLS session"))?;
+    conf.set_verify_hostname(config.verifies_host());
+    if !config.verifies_chain() {
+        conf.set_verify(openssl::ssl::SslVerifyMode::NONE);
     }
-    let mut conf = builder.build().configure().map_err(setup("could not configure the TLS session"))?;
-    conf.set_verify_hostname(config.ssl_mode == SslMode::VerifyFull);
-    conf.into_ssl(&config.host).map_err(setup("could not configure the TLS session for the host"))
-}
-
-/// A `&'static str` reason for an unreadable file (the error enum keeps `expected` static).
-fn unreadable_reason(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::NotFound => "a readable PEM file (it does not exist)",
-        io::ErrorKind::PermissionDenied => "a readable PEM file (permission denied)",
-        _ => "a readable PEM file",
-    }
+    conf.into_ssl(host).map_err(setup("could not configure the TLS session for the host"))
 }
 
 /// RFC 5929 `tls-server-end-point`: the server certificate hashed with its signature's digest, SHA-256 for MD5 and
