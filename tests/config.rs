@@ -338,3 +338,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// A refused login on the SQL connection is definite, as on the replication connection: after a first good start
+/// the relay stops and says so instead of retrying a wrong password forever; an unreachable server stays transient.
+#[tokio::test]
+async fn a_refused_sql_login_is_definite_and_an_unreachable_server_transient() {
+    let s = services::services();
+    let base = url::Url::parse(&s.pg_url).unwrap();
+    let load = |url: String| {
+        let text = format!(
+            "[postgres]\nurl = \"{url}\"\n[kafka]\nbootstrap_servers = \"k:9092\"\n[schema_registry]\nurl = \"http://r\"\n"
+        );
+        Config::from_toml_str(&text, |_| None).unwrap()
+    };
+    let mut wrong = base.clone();
+    wrong.set_password(Some("not-the-password")).unwrap();
+    let err = load(wrong.to_string()).postgres.connect_sql().await.expect_err("wrong password");
+    assert!(!err.is_transient(), "a refused login is definite: {}", error_chain(&err));
+    assert!(error_chain(&err).contains("password authentication failed"), "{}", error_chain(&err));
+    let down = format!("postgres://u:p@127.0.0.1:{}/db?sslmode=disable&connect_timeout=2", services::closed_port());
+    let err = load(down).postgres.connect_sql().await.expect_err("nothing listens");
+    assert!(err.is_transient(), "{}", error_chain(&err));
+}

@@ -415,3 +415,140 @@ async fn newest_postgres_protocol_4_streaming_and_a_failover_slot() {
     assert_eq!(ns.len(), 3001);
     assert!(relay.log_text().contains("streamed transaction spilled to disk"), "{}", relay.log_text());
 }
+
+/// Runs `openssl` with `args` in `dir`, panicking with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A client certificate in the URL (`sslcert`, `sslkey`) authenticates both connections, on a server that accepts
+/// only certificate logins over TLS: `check` passes and `run` relays. (The two connections once parsed the URL
+/// separately; the replication side refused `sslcert`, so a URL that passed `check` failed `run`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_authenticates_check_and_both_connections_of_run() {
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    for (name, cn) in [("server", "localhost"), ("client", "postgres")] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        std::fs::write(d.join(format!("{name}.ext")), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    // Certificate logins only, over TLS; the harness's own plain connections stay trusted.
+    std::fs::write(
+        d.join("pg_hba.conf"),
+        "local all all trust\nhostssl all postgres 127.0.0.1/32 cert\nhostssl replication postgres 127.0.0.1/32 cert\n\
+         host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    // The server runs as the postgres OS user and insists on a private key file of its own.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("chmod 0755 . && chmod 0600 server.key && (id postgres >/dev/null 2>&1 && chown postgres server.key || true)")
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let file = |name: &str| d.join(name).display().to_string();
+    let settings: Vec<String> = vec![
+        "wal_level=logical".into(),
+        "max_wal_senders=10".into(),
+        "max_replication_slots=10".into(),
+        "ssl=on".into(),
+        format!("ssl_cert_file={}", file("server.crt")),
+        format!("ssl_key_file={}", file("server.key")),
+        format!("ssl_ca_file={}", file("ca.crt")),
+        format!("hba_file={}", file("pg_hba.conf")),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let cluster = services::ThrowawayCluster::start(&services::services(), &settings);
+    let svc = services::Services { pg_url: cluster.url(), ..services::services() };
+    let h = Harness::new_on(svc, "clientcert", Options::default()).await;
+    let url = format!(
+        "postgres://postgres@localhost:{}/{}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        cluster.port,
+        h.db.name,
+        file("ca.crt"),
+        file("client.crt"),
+        file("client.key")
+    );
+    h.rewrite_config(|t| t.replace(&h.db.url, &url));
+
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        .arg("--config")
+        .arg(&h.config_path)
+        .arg("check")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "check:\n{report}\n{}", String::from_utf8_lossy(&check.stderr));
+
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let mut c = h.db.client().await;
+    let ids = h.insert_rows(&mut c, "order", 2).await;
+    let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 2, Duration::from_secs(30));
+    assert_eq!(records.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(), ids);
+    // Both of the relay's connections really are certificate logins over TLS.
+    let logins: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'outbox-relay' AND s.ssl AND s.client_dn = '/CN=postgres'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logins, 2, "the SQL and the replication connection:\n{}", relay.log_text());
+}
