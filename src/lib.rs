@@ -13,6 +13,8 @@
 //! - [`kafka`]: transactional producer and checkpoint topic.
 //! - [`pipeline`]: the loop that ties them together; acknowledges to PostgreSQL only after the Kafka commit.
 //! - [`dead_letter`]: what an event that cannot be mapped, encoded or produced becomes in dead-letter mode.
+//! - [`startup`]: the start-up decisions (resume position, gap, lost slot, a checkpoint of another server), shared by
+//!   `run` and `check`.
 //! - [`check`]: the `check` command's service probes.
 //! - [`tail`]: the `tail` command: read a topic back decoded, as a consumer would.
 //! - [`metrics`]: Prometheus `/metrics` and `/health`.
@@ -29,4 +31,5 @@ pub mod metrics;
 pub mod outbox;
 pub mod pg;
 pub mod pipeline;
+pub mod startup;
 pub mod tail;

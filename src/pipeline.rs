@@ -52,7 +52,7 @@ use crate::kafka::{
 };
 use crate::metrics::Stats;
 use crate::outbox::{MapError, MessageMapper, OutboxEvent, OutboxTableConfig, TableMapper};
-use crate::pg::identity::{NotResumable, SourceIdentity, check_resumable, parse_timeline_history};
+use crate::pg::identity::{SourceIdentity, parse_timeline_history};
 use crate::pg::lsn::{Lsn, PgTimestamp};
 use crate::pg::pgoutput::{DecodeError, Decoder, DecoderOptions, Oid, Relation};
 use crate::pg::replication::{
@@ -60,6 +60,7 @@ use crate::pg::replication::{
 };
 use crate::pg::slot::{self, SlotError, TableName};
 use crate::pg::txn::{Assembler, Output, SpillSettings, TxnError, TxnEvent};
+use crate::startup::{self, Facts, Plan, StartupError};
 
 /// How long a restart waits for a slot still held by a previous (dead) connection.
 const SLOT_BUSY_GRACE: Duration = Duration::from_secs(75);
@@ -71,58 +72,14 @@ const SETTLED_SESSION: Duration = Duration::from_secs(5);
 /// The sink checks the open transaction's age and notes progress every this many records.
 const SINK_CHECK_EVERY: u64 = 256;
 
-/// Operator choices for `run`.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Start even though the slot is ahead of the checkpoint, or the checkpoint belongs to another server.
-    pub accept_gap: bool,
-    /// Start at this LSN instead of the checkpoint (validated against the slot and the checkpoint).
-    pub start_lsn: Option<Lsn>,
-}
+pub use crate::startup::RunOptions;
 
 /// Why the relay stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The slot's confirmed position is ahead of the stored checkpoint.
-    #[error(
-        "gap detected: slot {slot:?} has confirmed_flush_lsn {slot_lsn} but the last checkpoint in Kafka is {checkpoint}; \
-         the changes in between were consumed by something else and are not in Kafka. Reconcile, then restart with \
-         --accept-gap to continue from {slot_lsn}"
-    )]
-    Gap {
-        /// Slot.
-        slot: String,
-        /// `confirmed_flush_lsn`.
-        slot_lsn: Lsn,
-        /// Checkpoint end LSN, or `none`.
-        checkpoint: String,
-    },
-    /// The slot is gone but a checkpoint says data was relayed from it.
-    #[error(
-        "replication slot {slot:?} does not exist but the checkpoint in Kafka is at {checkpoint}: the slot was dropped \
-         or lost, and recreating it would silently skip every change since. Reconcile, then restart with \
-         --accept-gap to recreate it and continue from the current WAL position"
-    )]
-    SlotLost {
-        /// Slot.
-        slot: String,
-        /// Checkpoint end LSN.
-        checkpoint: Lsn,
-    },
-    /// The checkpoint was taken on another server or history.
-    #[error(
-        "the checkpoint in Kafka (at {checkpoint}) does not belong to this PostgreSQL server: {reason}. Resuming from \
-         it would skip or misplace transactions. Check postgres.url (and kafka.checkpoint_topic / connector_name); if \
-         this server is meant to take over, reconcile what is in Kafka, then restart with --accept-gap to continue \
-         from the slot's position"
-    )]
-    NotResumable {
-        /// Checkpoint end LSN.
-        checkpoint: Lsn,
-        /// Why.
-        #[source]
-        reason: NotResumable,
-    },
+    /// Start-up refuses (gap, lost or unusable slot, a checkpoint of another server, a bad `--start-lsn`).
+    #[error(transparent)]
+    Startup(#[from] StartupError),
     /// The server behind `postgres.url` changed while running (failover, DNS): start-up checks run again.
     #[error("the PostgreSQL server changed while running (was {expected}, now {found}); starting over")]
     ServerChanged {
@@ -138,14 +95,6 @@ pub enum PipelineError {
         what: &'static str,
         /// How long.
         secs: u64,
-    },
-    /// `--start-lsn` cannot be honoured.
-    #[error("--start-lsn {requested}: {reason}")]
-    StartLsn {
-        /// What was asked.
-        requested: Lsn,
-        /// Why not.
-        reason: String,
     },
     /// An outbox mapping that cannot be bound (a table lacking configured columns, a message mapping).
     #[error(transparent)]
@@ -225,6 +174,7 @@ impl PipelineError {
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Encode(e) => e.is_transient(),
             PipelineError::Slot(e) => e.is_transient(),
+            PipelineError::Startup(StartupError::Slot(e)) => e.is_transient(),
             PipelineError::SqlConnect(e) => e.is_transient(),
             PipelineError::Sql { source, .. } => crate::pg::is_transient_sql_error(source),
             PipelineError::Stalled { .. } | PipelineError::ServerChanged { .. } | PipelineError::ReplayRefusal(_) => {
@@ -487,38 +437,46 @@ impl Relay {
             let mut producer = TxnProducer::connect(&self.kafka, Arc::clone(&self.stats.delivered)).await?;
             let checkpoint = crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name).await?;
             let (mut client, server, server_wal) = self.replication_client().await?;
-            let mut checkpoint = self.verify_checkpoint_source(checkpoint, &server, server_wal, &mut client, opts).await?;
-            let slot_info = match bounded(limit, "sql connection", async { Ok(slot::slot_info(&sql, &pg.slot).await?) })
-                .await?
-            {
-                Some(info) => {
-                    info.validate(&server.database)?;
-                    info
+            let history = match startup::history_needed(checkpoint.as_ref(), &server) {
+                Some(timeline) => {
+                    let text = bounded(limit, "replication connection", async {
+                        Ok(client.timeline_history(timeline).await?)
+                    })
+                    .await?;
+                    parse_timeline_history(&text).map_err(|e| {
+                        PipelineError::Replication(ReplicationError::protocol(format!("TIMELINE_HISTORY: {e}")))
+                    })?
                 }
-                None => {
-                    if let Some(cp) = checkpoint.as_ref().filter(|cp| !cp.end_lsn.is_zero()) {
-                        if !opts.accept_gap {
-                            // Recreating a lost slot would silently skip everything written since it was lost.
-                            return Err(PipelineError::SlotLost { slot: pg.slot.clone(), checkpoint: cp.end_lsn });
-                        }
-                        warn!(slot = %pg.slot, checkpoint = %cp.end_lsn, "slot lost; recreating it as the operator accepted the gap");
-                    }
-                    if !pg.create_slot {
-                        return Err(SlotError::SlotMissing(pg.slot.clone()).into());
-                    }
+                None => Vec::new(),
+            };
+            let slot_info =
+                bounded(limit, "sql connection", async { Ok(slot::slot_info(&sql, &pg.slot).await?) }).await?;
+            let facts = Facts {
+                slot_name: &pg.slot,
+                slot: slot_info.as_ref(),
+                create_slot: pg.create_slot,
+                checkpoint: checkpoint.as_ref(),
+                server: &server,
+                server_wal,
+                history: &history,
+            };
+            let (plan, trusted) = startup::plan(&facts, opts)?;
+            let mut checkpoint = checkpoint.filter(|_| trusted);
+            let resume = match plan {
+                Plan::Resume { from } => from,
+                Plan::CreateSlot => {
                     // A genesis checkpoint (0/0) first: if the relay dies right after creating the slot, the next
                     // start knows the slot is its own and starts from it instead of reporting a gap.
-                    let genesis =
-                        Checkpoint::new(&self.cfg.connector_name, Lsn::ZERO, Lsn::ZERO, Some(server.clone()));
+                    let genesis = Checkpoint::new(&self.cfg.connector_name, Lsn::ZERO, Lsn::ZERO, Some(server.clone()));
                     producer.commit(&genesis).await?;
                     checkpoint = Some(genesis);
-                    bounded(limit, "sql connection", async {
+                    let created = bounded(limit, "sql connection", async {
                         Ok(slot::create_slot(&sql, &pg.slot, pg.failover_slot).await?)
                     })
-                    .await?
+                    .await?;
+                    startup::start_position(opts, &created, checkpoint.as_ref(), server_wal)?
                 }
             };
-            let resume = self.start_position(opts, &slot_info, checkpoint.as_ref(), server_wal)?;
             // An operator's start position applies once; after a restart the checkpoint rules.
             opts.start_lsn = None;
             *started = true;
@@ -528,107 +486,6 @@ impl Relay {
         }
         .instrument(span)
         .await
-    }
-
-    /// Invariant 10: a checkpoint is resumed only on the server and history it was taken on. With `--accept-gap`
-    /// a foreign checkpoint is set aside (the slot's position rules, as for a gap).
-    async fn verify_checkpoint_source(
-        &self,
-        checkpoint: Option<Checkpoint>,
-        server: &SourceIdentity,
-        server_wal: Lsn,
-        client: &mut ReplicationClient,
-        opts: &RunOptions,
-    ) -> Result<Option<Checkpoint>, PipelineError> {
-        let Some(cp) = checkpoint else { return Ok(None) };
-        let Some(source) = cp.source.as_ref() else {
-            // Written by a relay that did not record its server yet: the next commit records it.
-            info!(checkpoint = %cp.end_lsn, "checkpoint carries no server identity; not checked");
-            return Ok(Some(cp));
-        };
-        let history = if source.timeline != server.timeline && server.timeline > 1 {
-            let text = bounded(self.stall_timeout, "replication connection", async {
-                Ok(client.timeline_history(server.timeline).await?)
-            })
-            .await?;
-            parse_timeline_history(&text)
-                .map_err(|e| PipelineError::Replication(ReplicationError::protocol(format!("TIMELINE_HISTORY: {e}"))))?
-        } else {
-            Vec::new()
-        };
-        match check_resumable(source, cp.end_lsn, server, server_wal, &history) {
-            Ok(()) => Ok(Some(cp)),
-            Err(reason) if opts.accept_gap => {
-                warn!(checkpoint = %cp.end_lsn, %reason, "checkpoint of another server set aside as the operator accepted the gap");
-                Ok(None)
-            }
-            Err(reason) => Err(PipelineError::NotResumable { checkpoint: cp.end_lsn, reason }),
-        }
-    }
-
-    /// Decides where to start (invariants 3 and 4).
-    fn start_position(
-        &self,
-        opts: &RunOptions,
-        slot_info: &slot::SlotInfo,
-        checkpoint: Option<&Checkpoint>,
-        server_wal: Lsn,
-    ) -> Result<Lsn, PipelineError> {
-        let slot_lsn = slot_info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
-        if let Some(requested) = opts.start_lsn {
-            let refuse = |reason: String| Err(PipelineError::StartLsn { requested, reason });
-            if requested < slot_lsn {
-                return refuse(format!(
-                    "the slot has already confirmed up to {slot_lsn}; PostgreSQL cannot replay before it"
-                ));
-            }
-            if requested > server_wal {
-                return refuse(format!("it is beyond the server's current WAL position {server_wal}"));
-            }
-            if let Some(cp) = checkpoint.filter(|cp| !cp.end_lsn.is_zero()) {
-                if requested < cp.end_lsn {
-                    return refuse(format!(
-                        "the checkpoint in Kafka is at {}: the transactions in between are already in Kafka and \
-                         would be produced twice",
-                        cp.end_lsn
-                    ));
-                }
-                if requested > cp.end_lsn && !opts.accept_gap {
-                    return refuse(format!(
-                        "the checkpoint in Kafka is at {}: the transactions in between would be skipped; add \
-                         --accept-gap to confirm",
-                        cp.end_lsn
-                    ));
-                }
-            }
-            warn!(start_lsn = %requested, "starting at an operator-given position");
-            return Ok(requested);
-        }
-        match checkpoint {
-            // The genesis checkpoint: this relay created the slot and has committed nothing since.
-            Some(cp) if cp.end_lsn.is_zero() => Ok(slot_lsn),
-            Some(cp) if slot_lsn > cp.end_lsn => {
-                if opts.accept_gap {
-                    warn!(slot_lsn = %slot_lsn, checkpoint = %cp.end_lsn, "gap accepted by operator");
-                    Ok(slot_lsn)
-                } else {
-                    Err(PipelineError::Gap {
-                        slot: slot_info.name.clone(),
-                        slot_lsn,
-                        checkpoint: cp.end_lsn.to_string(),
-                    })
-                }
-            }
-            Some(cp) => Ok(cp.end_lsn),
-            None if opts.accept_gap => Ok(slot_lsn),
-            None => Err(PipelineError::Gap {
-                slot: slot_info.name.clone(),
-                slot_lsn,
-                checkpoint: "none (no checkpoint for this connector in the checkpoint topic; if the slot was \
-                             created by hand for a first start, --accept-gap starts from it)"
-                    .into(),
-            }),
-        }
     }
 
     /// Replication sessions on one producer. Returns when a session leaves the producer spent (the caller starts

@@ -316,25 +316,6 @@ pub async fn server_version_num(client: &Client) -> Result<i32, SlotError> {
     Ok(v.trim().parse().unwrap_or(0))
 }
 
-/// Creates the logical slot `slot` with pgoutput unless it exists; returns its state and whether it was created.
-/// `failover` needs PostgreSQL 17+ and is refused with a clear error on older servers.
-pub async fn ensure_slot(
-    client: &Client,
-    slot: &str,
-    database: &str,
-    create: bool,
-    failover: bool,
-) -> Result<(SlotInfo, bool), SlotError> {
-    if let Some(info) = slot_info(client, slot).await? {
-        info.validate(database)?;
-        return Ok((info, false));
-    }
-    if !create {
-        return Err(SlotError::SlotMissing(slot.to_owned()));
-    }
-    Ok((create_slot(client, slot, failover).await?, true))
-}
-
 /// Creates the logical slot `slot` with pgoutput and returns its state.
 pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<SlotInfo, SlotError> {
     let version = server_version_num(client).await?;
@@ -380,27 +361,48 @@ pub async fn ensure_publication(
     tables: &[TableName],
     create: bool,
 ) -> Result<bool, SlotError> {
+    match inspect_publication(client, publication, tables).await? {
+        PublicationState::Usable => Ok(false),
+        PublicationState::Missing if !create => Err(SlotError::PublicationMissing(publication.to_owned())),
+        PublicationState::Missing => {
+            let list = tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+            let stmt = if tables.is_empty() {
+                format!("CREATE PUBLICATION {} WITH (publish = 'insert')", quote_ident(publication))
+            } else {
+                format!(
+                    "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert', publish_via_partition_root = \
+                     true)",
+                    quote_ident(publication)
+                )
+            };
+            client.batch_execute(&stmt).await.map_err(sql("creating the publication"))?;
+            info!(publication, tables = %list, "created publication");
+            Ok(true)
+        }
+    }
+}
+
+/// What an existing (or missing) publication means for the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicationState {
+    /// It publishes inserts of every table, partitioned ones under their own name.
+    Usable,
+    /// It does not exist.
+    Missing,
+}
+
+/// Reads the publication and checks it against `tables`, changing nothing: what [`ensure_publication`] relies on
+/// and `check` reports. A publication that exists but cannot serve is a [`SlotError`] naming the fix.
+pub async fn inspect_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<PublicationState, SlotError> {
     let row = client
         .query_opt("SELECT pubinsert, puballtables, pubviaroot FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
         .map_err(sql("reading pg_publication"))?;
-    let Some(row) = row else {
-        if !create {
-            return Err(SlotError::PublicationMissing(publication.to_owned()));
-        }
-        let list = tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
-        let stmt = if tables.is_empty() {
-            format!("CREATE PUBLICATION {} WITH (publish = 'insert')", quote_ident(publication))
-        } else {
-            format!(
-                "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert', publish_via_partition_root = true)",
-                quote_ident(publication)
-            )
-        };
-        client.batch_execute(&stmt).await.map_err(sql("creating the publication"))?;
-        info!(publication, tables = %list, "created publication");
-        return Ok(true);
-    };
+    let Some(row) = row else { return Ok(PublicationState::Missing) };
     let pubinsert: bool = row.try_get(0).map_err(sql("reading pg_publication"))?;
     let all_tables: bool = row.try_get(1).map_err(sql("reading pg_publication"))?;
     let via_root: bool = row.try_get(2).map_err(sql("reading pg_publication"))?;
@@ -428,7 +430,7 @@ pub async fn ensure_publication(
             return Err(SlotError::PublicationIncomplete { publication: publication.to_owned(), table: t.quoted() });
         }
     }
-    Ok(false)
+    Ok(PublicationState::Usable)
 }
 
 /// Whether `table` is a partitioned table (`relkind = 'p'`); `false` when it does not exist.
