@@ -26,7 +26,6 @@
 //! `bash tests/infra/up.sh`. Everything it creates is named `obbench_*` and removed. Exit status 3: a target missed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-#[path = "../bench/common.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -96,7 +95,7 @@ async fn run() -> Result<bool> {
     ])?;
     args.unknown_flags(&["quick", "keep-logs", "help"])?;
     if args.flag("help") {
-        println!("see the top of benches/e2e.rs and bench/README.md");
+        println!("see the top of benches/e2e.rs and benches/README.md");
         return Ok(true);
     }
     let quick = args.flag("quick");

@@ -13,7 +13,6 @@
 //! Acceptance: ours >= 80 % of pg_recvlogical for single-row transactions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-#[path = "../bench/common.rs"]
 mod common;
 
 use std::process::ExitCode;

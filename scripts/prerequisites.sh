@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build prerequisites of outbox-relay on Debian 12, installed when missing. Every entry point that builds the relay
-# sources or runs this first (scripts/quickstart.sh, tests/run.sh, .ci/run, bench/run.sh), so each of them works on a
+# sources or runs this first (scripts/quickstart.sh, tests/run.sh, .ci/run, benches/run.sh), so each of them works on a
 # fresh machine on its own.
 #
 #   bash scripts/prerequisites.sh [--ci]

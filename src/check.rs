@@ -1,24 +1,32 @@
-//! The `check` command's service probes: is every service the relay needs reachable and set up?
+//! The `check` command: a dry run of start-up that reports instead of failing.
 //!
-//! [`run`] probes PostgreSQL, Kafka and the schema registry concurrently and returns a [`CheckReport`] with one
-//! [`ServiceReport`] per service: the facts it established, warnings, and the problems that would stop the relay,
-//! each a [`CheckError`] whose message says what to fix. Every probe is bounded by [`CheckOptions::timeout`]; a probe
-//! never changes anything on the services it checks (the Kafka probe uses its own `transactional.id`,
-//! `<kafka.transactional_id>-check`, so it does not fence a running relay).
+//! [`run`] asks every question `run` asks before it changes anything, through the same code: the SQL and the
+//! replication connection (which proves the role may replicate, however the server grants it), the server's settings
+//! and the outbox tables ([`crate::preflight`]), the publication ([`slot::inspect_publication`]), the Kafka producer
+//! with transactions ([`TxnProducer::connect`]), the checkpoint topic ([`crate::kafka::verify_checkpoint_topic`]),
+//! the topics known before any event ([`Topics`]), the slot against the checkpoint ([`crate::startup::plan`]), and
+//! the registry's mode and the compatibility of existing subjects with the relay's schemas ([`SchemaRegistry`]).
+//! It returns a [`CheckReport`] with one [`ServiceReport`] per service: facts, warnings, and the problems that would
+//! stop the relay, each a [`CheckError`] carrying the typed finding `run` would fail with.
+//!
+//! Invariant: `check` changes nothing on the services. It uses its own `transactional.id`
+//! (`<kafka.transactional_id>-check`, so it fences no running relay), creates no topic, slot or publication,
+//! registers no schema, and every step is bounded by [`CheckOptions::timeout`].
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, NoCustomPartitioner, Producer, ProducerContext};
+use rdkafka::error::RDKafkaErrorCode;
 
-use crate::config::{Config, ConnectError, KafkaConfig, PostgresConfig, SchemaRegistryConfig};
-
-/// The oldest PostgreSQL major version the relay supports (pgoutput `messages` and streaming need 14).
-pub const MIN_POSTGRES_VERSION_NUM: i32 = 140_000;
+use crate::avro::{EncodeError, Encoders, RegistrySettings, RetryPolicy, SchemaRegistry, WRITABLE_MODE, subject_name};
+use crate::config::{Config, ConnectError};
+use crate::error_chain;
+use crate::kafka::{CheckpointTopic, KafkaSettings, SinkError, TopicState, Topics, TxnProducer};
+use crate::pg::replication::ReplicationError;
+use crate::pg::slot::{self, PublicationState, SlotError, TableName};
+use crate::preflight::{self, Finding};
+use crate::startup::{self, Facts, Plan, RunOptions, StartupError};
 
 /// How the probes run.
 #[derive(Clone, Debug)]
@@ -33,7 +41,7 @@ impl Default for CheckOptions {
     }
 }
 
-/// A checked service.
+/// A checked service, or the start-up decision that needs several of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
     /// The PostgreSQL source.
@@ -42,6 +50,8 @@ pub enum Service {
     Kafka,
     /// The schema registry.
     SchemaRegistry,
+    /// Where `run` would start: the slot against the checkpoint.
+    Startup,
 }
 
 impl fmt::Display for Service {
@@ -50,15 +60,17 @@ impl fmt::Display for Service {
             Service::Postgres => "postgres",
             Service::Kafka => "kafka",
             Service::SchemaRegistry => "schema-registry",
+            Service::Startup => "start-up",
         })
     }
 }
 
-/// What a problem found by `check` is; each message names the setting or server action that fixes it.
+/// What a problem found by `check` is; each message names the setting or server action that fixes it. Where `run`
+/// would fail with a typed error, the problem carries that very error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckError {
-    /// No connection could be opened.
+    /// No SQL connection could be opened.
     #[error(
         "cannot connect to PostgreSQL at {target}: {detail}; check postgres.url (host, port, sslmode) and that the \
          server is running and accepts TCP connections"
@@ -83,105 +95,39 @@ pub enum CheckError {
     #[error("PostgreSQL query failed ({what}): {detail}")]
     PostgresQuery {
         /// What was queried.
-        what: String,
+        what: &'static str,
         /// The error chain.
         detail: String,
     },
-    /// The server is older than the relay supports.
-    #[error("PostgreSQL {version} is too old: the relay needs PostgreSQL 14 or later")]
-    PostgresTooOld {
-        /// `server_version`.
-        version: String,
-    },
-    /// A configured feature needs a newer server.
-    #[error("{setting} needs PostgreSQL {needs} or later, the server runs {version}: {fix}")]
-    PostgresFeature {
-        /// The configuration key.
-        setting: String,
-        /// The major version needed.
-        needs: u32,
-        /// `server_version`.
-        version: String,
-        /// What to change.
-        fix: String,
-    },
-    /// `wal_level` is not `logical`.
+    /// A precondition of start-up does not hold.
+    #[error(transparent)]
+    Preflight(#[from] Finding),
+    /// The server refused the role a replication connection.
     #[error(
-        "wal_level is {actual} but logical decoding needs logical: set wal_level = logical in postgresql.conf (or \
-         ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL"
+        "role {role} may not replicate ({source}): run ALTER ROLE {role} WITH REPLICATION, or connect as a role that has it"
     )]
-    WalLevel {
-        /// The server's `wal_level`.
-        actual: String,
-    },
-    /// The role has neither `REPLICATION` nor superuser.
-    #[error("role {role} may not replicate: run ALTER ROLE {role} WITH REPLICATION, or connect as a role that has it")]
     NoReplication {
-        /// The connected role.
+        /// The role of postgres.url.
         role: String,
+        /// The server's refusal.
+        #[source]
+        source: ReplicationError,
     },
-    /// An outbox table does not exist.
-    #[error(
-        "outbox table {table} does not exist in database {database}: create it, or fix outbox.tables[{index}].table"
-    )]
-    OutboxTableMissing {
-        /// Index in `outbox.tables`.
-        index: usize,
-        /// `schema.table`.
-        table: String,
-        /// The connected database.
-        database: String,
-    },
-    /// An outbox table lacks configured columns.
-    #[error(
-        "outbox table {table} has no column {}: add it, or point outbox.tables[{index}] (field_event_*, \
-         route_by_field, additional_fields) at existing columns", missing.join(", ")
-    )]
-    OutboxColumnsMissing {
-        /// Index in `outbox.tables`.
-        index: usize,
-        /// `schema.table`.
-        table: String,
-        /// The missing columns.
-        missing: Vec<String>,
-    },
-    /// `create_slot = false` and the slot does not exist, or the slot is unusable.
-    #[error("replication slot {slot}: {detail}")]
-    Slot {
-        /// The slot.
-        slot: String,
-        /// What is wrong and what to do.
-        detail: String,
-    },
-    /// `create_publication = false` and the publication does not exist.
-    #[error(
-        "publication {publication} does not exist and postgres.create_publication = false: create it (CREATE \
-         PUBLICATION {publication} FOR TABLE ... WITH (publish = 'insert')) or set create_publication = true"
-    )]
-    PublicationMissing {
-        /// The publication.
-        publication: String,
-    },
-    /// The Kafka producer could not even be created (a bad `[kafka.properties]` entry).
-    #[error("cannot create a Kafka producer: {detail}; check [kafka.properties]")]
-    KafkaClient {
-        /// librdkafka's error.
-        detail: String,
-    },
-    /// No broker answered.
-    #[error(
-        "could not reach the Kafka bootstrap servers {bootstrap}: {detail}; check kafka.bootstrap_servers, the \
-         security settings in [kafka.properties] and that the brokers are running"
-    )]
-    KafkaUnreachable {
-        /// `kafka.bootstrap_servers`.
-        bootstrap: String,
-        /// librdkafka's error and its last logged connection errors.
-        detail: String,
-    },
+    /// The replication connection failed otherwise.
+    #[error("the replication connection failed: {0}")]
+    Replication(#[source] ReplicationError),
+    /// The publication or the slot cannot serve.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// Start-up would refuse: a gap, a lost or unusable slot, a checkpoint of another server.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// The Kafka side: unreachable brokers, the checkpoint topic.
+    #[error(transparent)]
+    Kafka(#[from] SinkError),
     /// The brokers are reachable but transactions do not work.
     #[error(
-        "Kafka transactions are not usable (init_transactions with transactional.id {transactional_id}): {detail}; \
+        "Kafka transactions are not usable (init_transactions with transactional.id {transactional_id}): {source}; \
          check that the cluster supports transactions (transaction.state.log.replication.factor and \
          transaction.state.log.min.isr not above the number of brokers) and that the principal may write \
          transactional id {transactional_id}"
@@ -189,8 +135,9 @@ pub enum CheckError {
     KafkaTransactions {
         /// The probe's transactional id.
         transactional_id: String,
-        /// librdkafka's error.
-        detail: String,
+        /// The client's error.
+        #[source]
+        source: SinkError,
     },
     /// A topic the relay will write to does not exist and the relay may not create it.
     #[error(
@@ -201,27 +148,43 @@ pub enum CheckError {
         /// The topic.
         topic: String,
     },
-    /// No HTTP response from the registry.
+    /// The principal may not use a topic the relay will write to.
     #[error(
-        "cannot reach the schema registry at {url}: {detail}; check schema_registry.url and that the registry is running"
+        "topic {topic}: the principal of [kafka.properties] is not authorized for it ({code:?}): grant it DESCRIBE \
+         and WRITE on the topic (kafka-acls.sh --add --operation Describe --operation Write --topic {topic} ...)"
     )]
-    RegistryUnreachable {
-        /// The URL requested (without credentials).
-        url: String,
-        /// The error chain.
-        detail: String,
+    TopicNotAuthorized {
+        /// The topic.
+        topic: String,
+        /// The broker's code.
+        code: RDKafkaErrorCode,
     },
-    /// The registry answered with an error status.
-    #[error("schema registry at {url} answered HTTP {status}: {body}{hint}")]
-    RegistryStatus {
-        /// The URL requested (without credentials).
+    /// The registry: unreachable, refused credentials, wrong URL.
+    #[error(transparent)]
+    Registry(#[from] EncodeError),
+    /// The registry (or a subject the relay writes) refuses new schemas.
+    #[error(
+        "schema registry {url}{} is in mode {mode}: it refuses new schemas, and the relay registers its schemas at \
+         the first event of each topic; point schema_registry.url at a writable registry or set the mode to \
+         READWRITE", subject.as_ref().map(|s| format!(" subject {s}")).unwrap_or_default()
+    )]
+    RegistryReadOnly {
+        /// The subject, or `None` for the whole registry.
+        subject: Option<String>,
+        /// The registry URL, without credentials.
         url: String,
-        /// The HTTP status code.
-        status: u16,
-        /// The start of the response body.
-        body: String,
-        /// What to check for this status, starting with `; `.
-        hint: String,
+        /// `GET /mode`.
+        mode: String,
+    },
+    /// An existing subject would refuse the relay's schema.
+    #[error(
+        "subject {subject} exists and its compatibility rule refuses the relay's schema: the first event to its \
+         topic would fail. Another writer owns the topic, or a field was renamed: route to a new topic, or change \
+         the subject's compatibility level deliberately"
+    )]
+    SubjectIncompatible {
+        /// The subject.
+        subject: String,
     },
     /// The probe did not finish in time.
     #[error("{service} check did not finish within {after:?}; the service may be overloaded or unreachable")]
@@ -260,7 +223,9 @@ impl ServiceReport {
 impl fmt::Display for ServiceReport {
     /// `postgres  ok  (fact, fact)`, or one `postgres  FAILED  message` line per problem; then warning lines.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_ok() {
+        if self.is_ok() && self.facts.is_empty() {
+            write!(f, "{}  not checked", self.service)?;
+        } else if self.is_ok() {
             write!(f, "{}  ok  ({})", self.service, self.facts.join(", "))?;
         } else {
             for (i, problem) in self.problems.iter().enumerate() {
@@ -277,7 +242,7 @@ impl fmt::Display for ServiceReport {
     }
 }
 
-/// The result of `check`: one report per service, in the order postgres, kafka, schema-registry.
+/// The result of `check`: one report per service, in the order postgres, kafka, schema-registry, start-up.
 #[derive(Debug)]
 pub struct CheckReport {
     /// The per-service reports.
@@ -305,250 +270,136 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// Probes every service concurrently.
+/// Probes the services concurrently, then the start-up decision (which needs PostgreSQL and Kafka usable).
 pub async fn run(config: &Config, options: &CheckOptions) -> CheckReport {
-    let topics = fixed_topics(config);
     let (postgres, kafka, registry) = tokio::join!(
         check_postgres(config, options),
-        check_kafka(&config.kafka, &topics, options),
-        check_schema_registry(&config.schema_registry, options),
+        check_kafka(config, options),
+        check_schema_registry(config, options),
     );
-    CheckReport { services: vec![postgres, kafka, registry] }
+    let startup = if postgres.is_ok() && kafka.is_ok() {
+        check_startup(config, options).await
+    } else {
+        let mut report = ServiceReport::new(Service::Startup);
+        report.warnings.push("not checked: PostgreSQL and Kafka must be usable first".to_owned());
+        report
+    };
+    CheckReport { services: vec![postgres, kafka, registry, startup] }
 }
 
-/// `error: source: source ...`, skipping a source whose text its parent already ends with.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
+/// Runs `probe` into a fresh report, bounded by `limit`.
+async fn bounded<F>(service: Service, limit: Duration, probe: F) -> ServiceReport
+where
+    F: AsyncFnOnce(&mut ServiceReport) -> Result<(), CheckError>,
+{
+    let mut report = ServiceReport::new(service);
+    match tokio::time::timeout(limit, probe(&mut report)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(problem)) => report.problems.push(problem),
+        Err(_) => report.problems.push(CheckError::Timeout { service, after: limit }),
     }
-    text
+    report
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // PostgreSQL
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Probes PostgreSQL: reachable, version, `wal_level`, replication privilege, outbox tables and columns, and the
-/// slot and publication when the relay is not allowed to create them.
+/// Probes PostgreSQL: the SQL connection, the server's settings, the replication connection, the outbox tables,
+/// the publication and the spill directory.
 pub async fn check_postgres(config: &Config, options: &CheckOptions) -> ServiceReport {
-    let mut report = ServiceReport::new(Service::Postgres);
-    // Connect plus a handful of catalog queries, each bounded by the driver or this outer limit.
-    let limit = options.timeout * 2;
-    match tokio::time::timeout(limit, probe_postgres(config, options, &mut report)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(problem)) => report.problems.push(problem),
-        Err(_) => report.problems.push(CheckError::Timeout { service: Service::Postgres, after: limit }),
+    // Two connections plus a handful of catalog queries, each bounded by the driver or this outer limit.
+    bounded(Service::Postgres, options.timeout * 3, async |report| probe_postgres(config, options, report).await).await
+}
+
+/// Opens the SQL connection as `run` does, naming a refusal apart from an unreachable server.
+async fn sql_connection(config: &Config, options: &CheckOptions) -> Result<tokio_postgres::Client, CheckError> {
+    let pg = &config.postgres;
+    let target = pg.target();
+    match tokio::time::timeout(options.timeout, pg.connect_sql_timeout(options.timeout)).await {
+        Err(_) => {
+            Err(CheckError::PostgresUnreachable { target, detail: format!("no answer within {:?}", options.timeout) })
+        }
+        Ok(Err(ConnectError::Connect { target, source })) => Err(match source.as_db_error() {
+            Some(db) => CheckError::PostgresRejected {
+                target,
+                detail: format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            },
+            None => CheckError::PostgresUnreachable { target, detail: error_chain(&source) },
+        }),
+        Ok(Err(other)) => Err(CheckError::PostgresUnreachable { target, detail: error_chain(&other) }),
+        Ok(Ok(client)) => Ok(client),
     }
-    report
+}
+
+/// Opens the replication connection as `run` does.
+async fn replication_connection(config: &Config, options: &CheckOptions) -> Result<preflight::Replication, CheckError> {
+    let conninfo = config
+        .postgres
+        .connection()
+        .map_err(|e| CheckError::PostgresUnreachable { target: config.postgres.target(), detail: error_chain(&e) })?;
+    let opened = tokio::time::timeout(options.timeout, preflight::replication(conninfo)).await.map_err(|_| {
+        CheckError::PostgresUnreachable {
+            target: config.postgres.target(),
+            detail: format!("the replication connection gave no answer within {:?}", options.timeout),
+        }
+    })?;
+    opened.map_err(|source| match source {
+        ReplicationError::PermissionDenied(_) => CheckError::NoReplication { role: conninfo.user.clone(), source },
+        other => CheckError::Replication(other),
+    })
+}
+
+fn query_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> CheckError {
+    move |e| CheckError::PostgresQuery { what, detail: error_chain(&e) }
 }
 
 async fn probe_postgres(config: &Config, options: &CheckOptions, report: &mut ServiceReport) -> Result<(), CheckError> {
-    let pg: &PostgresConfig = &config.postgres;
-    let target = pg.target();
-    let client = match tokio::time::timeout(options.timeout, pg.connect_sql_timeout(options.timeout)).await {
-        Err(_) => {
-            return Err(CheckError::PostgresUnreachable {
-                target,
-                detail: format!("no answer within {:?}", options.timeout),
-            });
-        }
-        Ok(Err(ConnectError::Connect { target, source })) => {
-            return Err(match source.as_db_error() {
-                Some(db) => CheckError::PostgresRejected {
-                    target,
-                    detail: format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-                },
-                None => CheckError::PostgresUnreachable { target, detail: error_chain(&source) },
-            });
-        }
-        Ok(Err(other)) => {
-            return Err(CheckError::PostgresUnreachable { target, detail: error_chain(&other) });
-        }
-        Ok(Ok(client)) => client,
-    };
-    let query_err = |what: &str| {
-        let what = what.to_owned();
-        move |e: tokio_postgres::Error| CheckError::PostgresQuery { what, detail: error_chain(&e) }
-    };
-
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, \
-                    current_setting('wal_level'), current_user::text, current_database()::text, \
-                    coalesce((SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), false)",
-            &[],
-        )
-        .await
-        .map_err(query_err("server settings"))?;
-    let version_full: String = row.try_get(0).map_err(query_err("server_version"))?;
-    let version_num: i32 = row.try_get(1).map_err(query_err("server_version_num"))?;
-    let wal_level: String = row.try_get(2).map_err(query_err("wal_level"))?;
-    let role: String = row.try_get(3).map_err(query_err("current_user"))?;
-    let database: String = row.try_get(4).map_err(query_err("current_database"))?;
-    let may_replicate: bool = row.try_get(5).map_err(query_err("pg_roles"))?;
-    let version = version_full.split_whitespace().next().unwrap_or(&version_full).to_owned();
-    let major = u32::try_from(version_num / 10_000).unwrap_or(0);
-
-    report.facts.push(format!("PostgreSQL {version}"));
-    if version_num < MIN_POSTGRES_VERSION_NUM {
-        report.problems.push(CheckError::PostgresTooOld { version: version.clone() });
-    }
-    let protocol_needs = match pg.protocol_version {
-        2 => 14,
-        3 => 15,
-        4 => 16,
-        _ => 0,
-    };
-    if major < protocol_needs {
-        report.problems.push(CheckError::PostgresFeature {
-            setting: format!("postgres.protocol_version = {}", pg.protocol_version),
-            needs: protocol_needs,
-            version: version.clone(),
-            fix: "lower it, or set 0 to use the highest the server supports".to_owned(),
-        });
-    }
-    if pg.failover_slot && major < 17 {
-        report.problems.push(CheckError::PostgresFeature {
-            setting: "postgres.failover_slot = true".to_owned(),
-            needs: 17,
-            version: version.clone(),
-            fix: "set failover_slot = false".to_owned(),
-        });
-    }
-
-    if wal_level == "logical" {
+    let pg = &config.postgres;
+    let client = sql_connection(config, options).await?;
+    let settings = preflight::server_settings(&client).await.map_err(query_error("server settings"))?;
+    report.facts.push(format!("PostgreSQL {}", settings.version));
+    let findings = settings.findings(pg);
+    if !findings.iter().any(|f| matches!(f, Finding::WalLevel { .. })) {
         report.facts.push("wal_level=logical".to_owned());
-    } else {
-        report.problems.push(CheckError::WalLevel { actual: wal_level });
     }
-    if may_replicate {
-        report.facts.push(format!("role {role} may replicate"));
-    } else {
-        report.problems.push(CheckError::NoReplication { role });
+    report.problems.extend(findings.into_iter().map(CheckError::from));
+
+    match replication_connection(config, options).await {
+        Ok(replication) => report.facts.push(format!(
+            "replication connection as {} (system {}, timeline {})",
+            pg.connection().map(|c| c.user.as_str()).unwrap_or_default(),
+            replication.server.system_id,
+            replication.server.timeline
+        )),
+        Err(problem) => report.problems.push(problem),
     }
 
-    for (index, table) in config.outbox.tables.iter().enumerate() {
-        let oid: Option<u32> = client
-            .query_opt(
-                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&table.table.schema, &table.table.name],
-            )
-            .await
-            .map_err(query_err("pg_class"))?
-            .map(|row| row.try_get(0))
-            .transpose()
-            .map_err(query_err("pg_class.oid"))?;
-        let Some(oid) = oid else {
-            report.problems.push(CheckError::OutboxTableMissing {
-                index,
-                table: table.table.to_string(),
-                database: database.clone(),
-            });
-            continue;
-        };
-        let present: Vec<String> = client
-            .query(
-                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
-                &[&oid],
-            )
-            .await
-            .map_err(query_err("pg_attribute"))?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(query_err("pg_attribute.attname"))?;
-        let missing: Vec<String> = table
-            .required_columns()
-            .into_iter()
-            .filter(|c| !present.iter().any(|p| p == c))
-            .map(str::to_owned)
-            .collect();
-        if missing.is_empty() {
+    let tables = preflight::outbox_tables(&client, &config.outbox.tables, &settings.database)
+        .await
+        .map_err(query_error("outbox tables"))?;
+    if tables.is_empty() {
+        for table in &config.outbox.tables {
             report.facts.push(format!("outbox table {} ok", table.table));
-        } else {
-            report.problems.push(CheckError::OutboxColumnsMissing { index, table: table.table.to_string(), missing });
         }
     }
+    report.problems.extend(tables.into_iter().map(CheckError::from));
 
-    let slot = client
-        .query_opt(
-            "SELECT plugin::text, coalesce(database::text, ''), slot_type::text FROM pg_replication_slots \
-             WHERE slot_name = $1",
-            &[&pg.slot],
-        )
-        .await
-        .map_err(query_err("pg_replication_slots"))?;
-    match slot {
-        None if pg.create_slot => report.facts.push(format!("slot {} absent (will be created)", pg.slot)),
-        None => report.problems.push(CheckError::Slot {
-            slot: pg.slot.clone(),
-            detail: "does not exist and postgres.create_slot = false: create it (SELECT \
-                     pg_create_logical_replication_slot('<slot>', 'pgoutput')) or set create_slot = true"
-                .replace("<slot>", &pg.slot),
-        }),
-        Some(row) => {
-            let plugin: String = row.try_get(0).map_err(query_err("pg_replication_slots.plugin"))?;
-            let slot_db: String = row.try_get(1).map_err(query_err("pg_replication_slots.database"))?;
-            if plugin != "pgoutput" || slot_db != database {
-                report.problems.push(CheckError::Slot {
-                    slot: pg.slot.clone(),
-                    detail: format!(
-                        "exists with plugin {plugin:?} on database {slot_db:?}, the relay needs a pgoutput slot on \
-                         {database:?}: choose another postgres.slot or drop that slot"
-                    ),
-                });
-            } else {
-                report.facts.push(format!("slot {} exists", pg.slot));
-            }
+    let names: Vec<TableName> = config.outbox.tables.iter().map(|t| t.table.clone()).collect();
+    match slot::inspect_publication(&client, &pg.publication, &names).await {
+        Ok(PublicationState::Usable) => report.facts.push(format!("publication {} ok", pg.publication)),
+        Ok(PublicationState::Missing) if pg.create_publication => {
+            report.facts.push(format!("publication {} absent (created at start)", pg.publication));
         }
+        Ok(PublicationState::Missing) => {
+            report.problems.push(SlotError::PublicationMissing(pg.publication.clone()).into());
+        }
+        Err(problem) => report.problems.push(problem.into()),
     }
 
-    let publication = client
-        .query_opt("SELECT pubinsert FROM pg_publication WHERE pubname = $1", &[&pg.publication])
-        .await
-        .map_err(query_err("pg_publication"))?;
-    match publication {
-        None if pg.create_publication => {
-            report.facts.push(format!("publication {} absent (will be created)", pg.publication));
-        }
-        None => report.problems.push(CheckError::PublicationMissing { publication: pg.publication.clone() }),
-        Some(row) => {
-            let publishes_inserts: bool = row.try_get(0).map_err(query_err("pg_publication.pubinsert"))?;
-            report.facts.push(format!("publication {} exists", pg.publication));
-            if !publishes_inserts {
-                report.warnings.push(format!(
-                    "publication {} does not publish inserts (ALTER PUBLICATION {} SET (publish = 'insert'))",
-                    pg.publication, pg.publication
-                ));
-            }
-            let published: Vec<String> = client
-                .query(
-                    "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1",
-                    &[&pg.publication],
-                )
-                .await
-                .map_err(query_err("pg_publication_tables"))?
-                .iter()
-                .map(|row| row.try_get(0))
-                .collect::<Result<_, _>>()
-                .map_err(query_err("pg_publication_tables.tablename"))?;
-            for table in &config.outbox.tables {
-                if !published.contains(&table.table.to_string()) {
-                    report.warnings.push(format!(
-                        "publication {} does not include {} (ALTER PUBLICATION {} ADD TABLE {})",
-                        pg.publication, table.table, pg.publication, table.table
-                    ));
-                }
-            }
-        }
+    match preflight::spill_dir(&pg.spill_dir) {
+        Ok(()) => report.facts.push(format!("spill_dir {} writable", pg.spill_dir.display())),
+        Err(problem) => report.problems.push(problem.into()),
     }
     Ok(())
 }
@@ -557,65 +408,20 @@ async fn probe_postgres(config: &Config, options: &CheckOptions, report: &mut Se
 // Kafka
 // ---------------------------------------------------------------------------------------------------------------
 
-/// A librdkafka context that keeps the last error messages (to explain a failure) and logs at debug level only,
-/// so an unreachable broker does not flood the terminal while `check` waits.
-#[derive(Default)]
-struct ProbeContext {
-    errors: Mutex<Vec<String>>,
+/// `run`'s Kafka settings for `check`: its own transactional id (fencing no running relay), no topic creation, and
+/// the check's time limit on each call.
+fn kafka_settings(config: &Config, options: &CheckOptions) -> KafkaSettings {
+    let mut settings = KafkaSettings::from_config(&config.kafka);
+    settings.transactional_id = format!("{}-check", settings.transactional_id);
+    settings.operation_timeout = options.timeout;
+    settings.topic_creation.enabled = false;
+    settings
 }
 
-impl ProbeContext {
-    fn remember(&self, message: String) {
-        if let Ok(mut errors) = self.errors.lock() {
-            if !errors.contains(&message) {
-                errors.push(message);
-            }
-            if errors.len() > 3 {
-                errors.remove(0);
-            }
-        }
-    }
-
-    fn recent(&self) -> Vec<String> {
-        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
-    }
-}
-
-impl ClientContext for ProbeContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        tracing::debug!(?level, fac, message, "librdkafka");
-        if (level as i32) <= (RDKafkaLogLevel::Error as i32) {
-            self.remember(message.to_owned());
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(%error, reason, "librdkafka error");
-        self.remember(reason.to_owned());
-    }
-}
-
-impl ProducerContext<NoCustomPartitioner> for ProbeContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
-}
-
-/// Probes Kafka: a metadata request through the bootstrap servers, then `init_transactions` with the probe's own
-/// transactional id. Reports whether the checkpoint topic exists (it is not created here).
-pub async fn check_kafka(kafka: &KafkaConfig, topics: &[String], options: &CheckOptions) -> ServiceReport {
-    let kafka = kafka.clone();
-    let topics = topics.to_vec();
-    let timeout = options.timeout;
-    // librdkafka's calls block: run them off the async threads. Each is bounded by `timeout`.
-    match tokio::task::spawn_blocking(move || probe_kafka(&kafka, &topics, timeout)).await {
-        Ok(report) => report,
-        Err(join_error) => {
-            let mut report = ServiceReport::new(Service::Kafka);
-            report.problems.push(CheckError::KafkaClient { detail: format!("probe task failed: {join_error}") });
-            report
-        }
-    }
+/// Probes Kafka: `run`'s transactional producer (with the probe's own transactional id), the checkpoint topic, and
+/// the topics known before any event.
+pub async fn check_kafka(config: &Config, options: &CheckOptions) -> ServiceReport {
+    bounded(Service::Kafka, options.timeout * 4, async |report| probe_kafka(config, options, report).await).await
 }
 
 /// The topics known before any event arrives: routes without `${routedByValue}` and the dead-letter topic (routed
@@ -636,121 +442,158 @@ pub fn fixed_topics(config: &Config) -> Vec<String> {
     topics
 }
 
-fn probe_kafka(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> ServiceReport {
-    let mut report = ServiceReport::new(Service::Kafka);
-    let transactional_id = format!("{}-check", kafka.transactional_id);
-    let mut client_config = kafka.client_config();
-    client_config
-        .set("transactional.id", &transactional_id)
-        .set("transaction.timeout.ms", kafka.transaction_timeout_ms.to_string())
-        .set("socket.connection.setup.timeout.ms", timeout.as_millis().max(1000).to_string());
-    let producer: BaseProducer<ProbeContext> = match client_config.create_with_context(ProbeContext::default()) {
+async fn probe_kafka(config: &Config, options: &CheckOptions, report: &mut ServiceReport) -> Result<(), CheckError> {
+    let settings = kafka_settings(config, options);
+    let producer = match TxnProducer::connect(&settings, Arc::default()).await {
         Ok(producer) => producer,
-        Err(e) => {
-            report.problems.push(CheckError::KafkaClient { detail: error_chain(&e) });
-            return report;
+        Err(source @ SinkError::Client { op: "init_transactions", .. }) => {
+            return Err(CheckError::KafkaTransactions { transactional_id: settings.transactional_id, source });
         }
+        Err(other) => return Err(other.into()),
     };
-    let with_recent = |e: &KafkaError| {
-        // Serve the queued error events so the context has seen them.
-        producer.poll(Duration::ZERO);
-        let mut detail = error_chain(e);
-        let recent = producer.context().recent();
-        if !recent.is_empty() {
-            detail.push_str(" (");
-            detail.push_str(&recent.join("; "));
-            detail.push(')');
+    report.facts.push(format!("transactions usable (transactional.id {})", settings.transactional_id));
+    match crate::kafka::verify_checkpoint_topic(&settings).await {
+        Ok(CheckpointTopic::Verified) => {
+            report.facts.push(format!("checkpoint topic {} ok", settings.checkpoint_topic))
         }
-        detail
-    };
-    let metadata = match producer.client().fetch_metadata(None, timeout) {
-        Ok(metadata) => metadata,
-        Err(e) => {
-            report.problems.push(CheckError::KafkaUnreachable {
-                bootstrap: kafka.bootstrap_servers.clone(),
-                detail: with_recent(&e),
-            });
-            return report;
+        Ok(CheckpointTopic::Absent) => {
+            report.facts.push(format!("checkpoint topic {} absent (created at start)", settings.checkpoint_topic));
         }
-    };
-    report.facts.push(format!("{} broker(s)", metadata.brokers().len()));
-    if let Err(e) = producer.init_transactions(timeout) {
-        report.problems.push(CheckError::KafkaTransactions { transactional_id, detail: with_recent(&e) });
-        return report;
+        Err(problem) => report.problems.push(problem.into()),
     }
-    report.facts.push("transactions usable".to_owned());
-    let checkpoint_exists = metadata.topics().iter().any(|t| t.name() == kafka.checkpoint_topic);
-    report.facts.push(format!(
-        "checkpoint topic {} {}",
-        kafka.checkpoint_topic,
-        if checkpoint_exists { "exists" } else { "absent" }
-    ));
-    let exists = |topic: &str| metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none());
-    for topic in topics {
-        if !exists(topic) && !kafka.topic_creation.enabled {
-            report.problems.push(CheckError::TopicMissing { topic: topic.clone() });
+    let mut topics = Topics::new(&settings);
+    for topic in fixed_topics(config) {
+        match topics.state(&producer, &topic).await? {
+            TopicState::Ready { partitions } => report.facts.push(format!("topic {topic} ({partitions} partitions)")),
+            TopicState::Refused {
+                code: RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+            } if config.kafka.topic_creation.enabled => {
+                report.facts.push(format!("topic {topic} absent (created at its first event)"));
+            }
+            TopicState::Refused {
+                code: RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+            } => {
+                report.problems.push(CheckError::TopicMissing { topic });
+            }
+            TopicState::Refused { code } => report.problems.push(CheckError::TopicNotAuthorized { topic, code }),
         }
     }
-    report
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Schema registry
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Probes the schema registry: `GET <url>/subjects`, with basic auth when configured.
-pub async fn check_schema_registry(registry: &SchemaRegistryConfig, options: &CheckOptions) -> ServiceReport {
-    let mut report = ServiceReport::new(Service::SchemaRegistry);
-    let url = format!("{}/subjects", registry.base_url());
-    let client = match reqwest::Client::builder().timeout(options.timeout).connect_timeout(options.timeout).build() {
-        Ok(client) => client,
-        Err(e) => {
-            report.problems.push(CheckError::RegistryUnreachable { url, detail: error_chain(&e) });
-            return report;
-        }
-    };
-    let mut request =
-        client.get(&url).header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json, application/json");
-    if let Some((user, password)) = registry.basic_auth() {
-        request = request.basic_auth(user, Some(password));
+/// Probes the schema registry with `run`'s client and schemas: the subjects it holds, whether it accepts new
+/// schemas, and whether each existing subject of a fixed topic accepts the relay's schema.
+pub async fn check_schema_registry(config: &Config, options: &CheckOptions) -> ServiceReport {
+    bounded(Service::SchemaRegistry, options.timeout * 4, async |report| probe_registry(config, options, report).await)
+        .await
+}
+
+async fn probe_registry(config: &Config, options: &CheckOptions, report: &mut ServiceReport) -> Result<(), CheckError> {
+    let settings = RegistrySettings::from_config(&config.schema_registry)
+        .with_request_timeout(options.timeout)
+        .with_retry(RetryPolicy { attempts: 1, ..RetryPolicy::default() });
+    let encoders = Encoders::new(config, &settings)?;
+    let registry: &SchemaRegistry = &encoders.registry;
+    let subjects = registry.subjects().await?;
+    report.facts.push(format!("{} subject(s) at {}", subjects.len(), settings.url()));
+    let mode = registry.mode(None).await?;
+    if mode != WRITABLE_MODE {
+        report.problems.push(CheckError::RegistryReadOnly { subject: None, url: settings.url().to_owned(), mode });
+        return Ok(());
     }
-    let response = match request.send().await {
-        Ok(response) => response,
-        Err(e) => {
-            let detail = if e.is_timeout() {
-                format!("no answer within {:?}", options.timeout)
+    for topic in fixed_topics(config) {
+        for (is_key, schema) in encoders.schemas() {
+            let subject = subject_name(&topic, is_key);
+            let mode = registry.mode(Some((&topic, is_key))).await?;
+            if mode != WRITABLE_MODE {
+                report.problems.push(CheckError::RegistryReadOnly {
+                    subject: Some(subject),
+                    url: settings.url().to_owned(),
+                    mode,
+                });
+            } else if !subjects.contains(&subject) {
+                report.facts.push(format!("subject {subject} absent (registered at the first event)"));
+            } else if registry.is_compatible(&topic, is_key, schema).await? {
+                report.facts.push(format!("subject {subject} accepts the relay's schema"));
             } else {
-                error_chain(&e.without_url())
-            };
-            report.problems.push(CheckError::RegistryUnreachable { url, detail });
-            return report;
+                report.problems.push(CheckError::SubjectIncompatible { subject });
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Start-up
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Where `run` would start: the slot, the checkpoint and the server decided by [`startup::plan`], plus what the
+/// slot says about retained WAL.
+pub async fn check_startup(config: &Config, options: &CheckOptions) -> ServiceReport {
+    bounded(Service::Startup, options.timeout * 4, async |report| probe_startup(config, options, report).await).await
+}
+
+async fn probe_startup(config: &Config, options: &CheckOptions, report: &mut ServiceReport) -> Result<(), CheckError> {
+    let pg = &config.postgres;
+    let client = sql_connection(config, options).await?;
+    let mut replication = replication_connection(config, options).await?;
+    // The slot before the checkpoint: a running relay commits a checkpoint before it confirms the slot, so the
+    // checkpoint read afterwards is never behind the slot read here (run fences the running relay instead).
+    let slot = slot::slot_info(&client, &pg.slot).await?;
+    let settings = kafka_settings(config, options);
+    let checkpoint = match crate::kafka::verify_checkpoint_topic(&settings).await? {
+        CheckpointTopic::Absent => None,
+        CheckpointTopic::Verified => {
+            match crate::kafka::read_checkpoint(&settings, &config.connector_name, options.timeout).await {
+                Ok(checkpoint) => checkpoint,
+                Err(hidden @ SinkError::CheckpointHidden { .. }) => {
+                    report.warnings.push(format!("{hidden}; the start position was not checked"));
+                    return Ok(());
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
     };
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    if !status.is_success() {
-        let hint = match status.as_u16() {
-            401 | 403 => "; check schema_registry.username and schema_registry.password (or the URL's user:password@)",
-            404 => "; check that schema_registry.url is the API's base URL (Apicurio: .../apis/ccompat/v7)",
-            _ => "",
-        };
-        report.problems.push(CheckError::RegistryStatus {
-            url,
-            status: status.as_u16(),
-            body: body.chars().take(200).collect(),
-            hint: hint.to_owned(),
-        });
-        return report;
+    let history = tokio::time::timeout(options.timeout, replication.history_for(checkpoint.as_ref()))
+        .await
+        .map_err(|_| CheckError::Timeout { service: Service::Startup, after: options.timeout })?
+        .map_err(CheckError::Replication)?;
+    let facts = Facts {
+        slot_name: &pg.slot,
+        slot: slot.as_ref(),
+        create_slot: pg.create_slot,
+        checkpoint: checkpoint.as_ref(),
+        server: &replication.server,
+        server_wal: replication.wal,
+        history: &history,
+    };
+    if let Some(slot) = &slot {
+        if slot.active {
+            report.warnings.push(format!(
+                "slot {} is in use (pid {}): another relay (or consumer) is streaming from it",
+                slot.name,
+                slot.active_pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
+            ));
+        }
+        match slot.wal_status.as_deref() {
+            Some("unreserved") => report.warnings.push(format!(
+                "slot {} has wal_status unreserved: its WAL is past max_wal_size and will be removed at the next \
+                 checkpoint unless the relay catches up (safe_wal_size {} bytes); raise max_slot_wal_keep_size or \
+                 start the relay now",
+                slot.name,
+                slot.safe_wal_size.unwrap_or(0)
+            )),
+            Some(status) => report.facts.push(format!("slot wal_status {status}")),
+            None => {}
+        }
     }
-    match serde_json::from_str::<Vec<String>>(&body) {
-        Ok(subjects) => report.facts.push(format!("{} subject(s) at {}", subjects.len(), registry.base_url())),
-        Err(_) => report.problems.push(CheckError::RegistryStatus {
-            url,
-            status: status.as_u16(),
-            body: body.chars().take(200).collect(),
-            hint: "; expected a JSON list of subjects: check that schema_registry.url is a Confluent-compatible API"
-                .to_owned(),
-        }),
+    match startup::plan(&facts, &RunOptions::default())? {
+        (Plan::Resume { from }, _) => report.facts.push(format!("resumes from {from} on slot {}", pg.slot)),
+        (Plan::CreateSlot, _) => report.facts.push(format!("first start: creates slot {}", pg.slot)),
     }
-    report
+    Ok(())
 }

@@ -4,20 +4,26 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: TOML + environment configuration, connection strings, secret redaction.
-//! - [`pg`]: everything PostgreSQL: [`pg::lsn`] positions, [`pg::pgoutput`] decoder (no I/O),
-//!   [`pg::replication`] our replication-protocol client, [`pg::txn`] transaction assembly, [`pg::slot`] slot and
-//!   publication management over ordinary SQL, [`pg::identity`] which server a checkpoint belongs to.
-//! - [`outbox`]: row -> event mapping and routing (Debezium Outbox Event Router compatible).
-//! - [`avro`]: event -> Avro value in the Confluent wire format, through the schema registry.
-//! - [`kafka`]: transactional producer and checkpoint topic.
+//! Each component owns its settings type next to it (`*/config.rs`); [`config`] only loads, layers and checks them.
+//!
+//! - [`config`]: the TOML + environment loader, the `Config` that gathers every component's settings, and secret
+//!   redaction (`config::redact`).
+//! - [`pg`]: everything PostgreSQL: [`pg::config`] its settings, [`pg::conninfo`] the one connection configuration
+//!   (URL, hosts, TLS) both connections use, [`pg::lsn`] positions, [`pg::pgoutput`] the decoder (message types,
+//!   decoder, and a test-only encoder behind the `testing` feature; no I/O), [`pg::replication`] our
+//!   replication-protocol client (framing, commands, stream), [`pg::txn`] transaction assembly with spill,
+//!   [`pg::slot`] slot and publication management over SQL, [`pg::identity`] which server a checkpoint belongs to.
+//! - [`outbox`]: row -> event mapping and routing (Debezium Outbox Event Router compatible), with its settings.
+//! - [`avro`]: event -> Avro value in the Confluent wire format, through the schema registry, with its settings.
+//! - [`kafka`]: transactional producer, topics ([`kafka::topic`] name rules), the checkpoint topic, with its settings.
+//! - [`preflight`]: what start-up verifies before it changes anything (server settings, outbox tables, spill
+//!   directory, the replication connection), as typed findings.
+//! - [`startup`]: the start-up decision (resume position, gap, lost slot, a checkpoint of another server).
 //! - [`pipeline`]: the loop that ties them together; acknowledges to PostgreSQL only after the Kafka commit.
 //! - [`dead_letter`]: what an event that cannot be mapped, encoded or produced becomes in dead-letter mode.
-//! - [`startup`]: the start-up decisions (resume position, gap, lost slot, a checkpoint of another server), shared by
-//!   `run` and `check`.
-//! - [`check`]: the `check` command's service probes.
+//! - [`check`]: the `check` command: [`preflight`] and [`startup`] run as a dry run that reports instead of failing.
 //! - [`tail`]: the `tail` command: read a topic back decoded, as a consumer would.
-//! - [`metrics`]: Prometheus `/metrics` and `/health`.
+//! - [`metrics`]: Prometheus `/metrics`, `/health` and `/ready`, with its settings.
 //! - `failpoint`: named crash points for the crash-consistency tests (inert unless armed by environment).
 
 pub mod avro;
@@ -31,5 +37,22 @@ pub mod metrics;
 pub mod outbox;
 pub mod pg;
 pub mod pipeline;
+pub mod preflight;
 pub mod startup;
 pub mod tail;
+
+/// `error: source: source ...`: an error and its sources for a message, skipping a source whose text its parent
+/// already ends with (many wrappers repeat their source).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}

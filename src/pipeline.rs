@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::avro::{EncodeError, EnvelopeEncoder, KeyEncoder, RegistrySettings, SchemaRegistry, ValueEncoder};
+use crate::avro::{EncodeError, Encoders, KeyEncoder, RegistrySettings, ValueEncoder};
 use crate::config::{Config, ConnectError, ErrorMode, UnmappedRelations};
 use crate::dead_letter::{self, DeadLetter};
 use crate::kafka::{
@@ -52,7 +52,7 @@ use crate::kafka::{
 };
 use crate::metrics::Stats;
 use crate::outbox::{MapError, MessageMapper, OutboxEvent, OutboxTableConfig, TableMapper};
-use crate::pg::identity::{SourceIdentity, parse_timeline_history};
+use crate::pg::identity::SourceIdentity;
 use crate::pg::lsn::{Lsn, PgTimestamp};
 use crate::pg::pgoutput::{DecodeError, Decoder, DecoderOptions, Oid, Relation};
 use crate::pg::replication::{
@@ -60,6 +60,7 @@ use crate::pg::replication::{
 };
 use crate::pg::slot::{self, SlotError, TableName};
 use crate::pg::txn::{Assembler, Output, SpillSettings, TxnError, TxnEvent};
+use crate::preflight::{self, Finding, Replication};
 use crate::startup::{self, Facts, Plan, StartupError};
 
 /// How long a restart waits for a slot still held by a previous (dead) connection.
@@ -80,6 +81,9 @@ pub enum PipelineError {
     /// Start-up refuses (gap, lost or unusable slot, a checkpoint of another server, a bad `--start-lsn`).
     #[error(transparent)]
     Startup(#[from] StartupError),
+    /// A precondition of start-up does not hold (server version or settings, outbox tables, spill directory).
+    #[error(transparent)]
+    Preflight(#[from] Box<Finding>),
     /// The server behind `postgres.url` changed while running (failover, DNS): start-up checks run again.
     #[error("the PostgreSQL server changed while running (was {expected}, now {found}); starting over")]
     ServerChanged {
@@ -175,6 +179,7 @@ impl PipelineError {
             PipelineError::Encode(e) => e.is_transient(),
             PipelineError::Slot(e) => e.is_transient(),
             PipelineError::Startup(StartupError::Slot(e)) => e.is_transient(),
+            PipelineError::Preflight(e) => e.is_transient(),
             PipelineError::SqlConnect(e) => e.is_transient(),
             PipelineError::Sql { source, .. } => crate::pg::is_transient_sql_error(source),
             PipelineError::Stalled { .. } | PipelineError::ServerChanged { .. } | PipelineError::ReplayRefusal(_) => {
@@ -297,20 +302,6 @@ struct Relay {
     stall_timeout: Duration,
 }
 
-/// Builds the Kafka settings from the configuration.
-pub fn kafka_settings(cfg: &Config) -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: cfg.kafka.bootstrap_servers.clone(),
-        transactional_id: cfg.kafka.transactional_id.clone(),
-        transaction_timeout: cfg.kafka.transaction_timeout(),
-        checkpoint_topic: cfg.kafka.checkpoint_topic.clone(),
-        checkpoint_replication_factor: -1,
-        operation_timeout: Duration::from_secs(30),
-        topic_creation: cfg.kafka.topic_creation.clone(),
-        properties: cfg.kafka.properties.clone(),
-    }
-}
-
 /// Runs the relay until `shutdown` turns true or a definite error happens.
 pub async fn run(
     cfg: Config,
@@ -328,14 +319,10 @@ pub async fn run(
     } else {
         None
     };
-    let registry = Arc::new(SchemaRegistry::new(&RegistrySettings::from_config(&cfg.schema_registry))?);
-    // One envelope schema for every table and the message outbox: a topic fed by two tables keeps one schema.
-    let message_mapping = cfg.outbox.message_mapping();
-    let extra = crate::outbox::envelope_fields(tables.iter().map(|(_, m)| m).chain(std::iter::once(&message_mapping)));
-    let value_encoder: Arc<dyn ValueEncoder> = Arc::new(EnvelopeEncoder::new(Arc::clone(&registry), extra)?);
-    let key_encoder = KeyEncoder::new(cfg.schema_registry.key_format, Arc::clone(&registry));
+    let encoders = Encoders::new(&cfg, &RegistrySettings::from_config(&cfg.schema_registry))?;
+    let value_encoder: Arc<dyn ValueEncoder> = encoders.value;
     let relay = Relay {
-        kafka: kafka_settings(&cfg),
+        kafka: KafkaSettings::from_config(&cfg.kafka),
         dead_letter_topic: (cfg.errors.mode == ErrorMode::DeadLetter)
             .then(|| Arc::from(cfg.errors.dead_letter_topic.as_str())),
         stall_timeout: Duration::from_millis(cfg.postgres.stall_timeout_ms),
@@ -343,7 +330,7 @@ pub async fn run(
         tables,
         messages,
         value_encoder,
-        key_encoder: Arc::new(key_encoder),
+        key_encoder: encoders.key,
         stats,
         poison: Arc::default(),
     };
@@ -368,19 +355,9 @@ impl Relay {
     }
 
     /// Opens a replication connection and asks the server who it is: identity and current WAL position.
-    async fn replication_client(&self) -> Result<(ReplicationClient, SourceIdentity, Lsn), PipelineError> {
+    async fn replication(&self) -> Result<Replication, PipelineError> {
         let cfg = self.cfg.postgres.connection()?.clone();
-        bounded(self.stall_timeout, "replication connection", async {
-            let mut client = ReplicationClient::connect(&cfg).await?;
-            let system = client.identify_system().await?;
-            let identity = SourceIdentity {
-                system_id: system.system_id.to_string(),
-                timeline: system.timeline,
-                database: system.dbname.clone().unwrap_or_default(),
-            };
-            Ok((client, identity, system.xlogpos))
-        })
-        .await
+        bounded(self.stall_timeout, "replication connection", async { Ok(preflight::replication(&cfg).await?) }).await
     }
 
     /// Runs until shutdown or a definite error. Once the relay has started, transient failures outside a session
@@ -426,6 +403,25 @@ impl Relay {
         async {
             let limit = self.stall_timeout;
             let sql = self.sql().await?;
+            // The preflight `check` reports; here the first finding stops the start.
+            let findings = bounded(limit, "sql connection", async {
+                let doing = "reading the server settings";
+                let settings =
+                    preflight::server_settings(&sql).await.map_err(|source| PipelineError::Sql { doing, source })?;
+                let mut findings = settings.findings(pg);
+                let doing = "reading the outbox tables";
+                findings.extend(
+                    preflight::outbox_tables(&sql, &self.cfg.outbox.tables, &settings.database)
+                        .await
+                        .map_err(|source| PipelineError::Sql { doing, source })?,
+                );
+                Ok(findings)
+            })
+            .await?;
+            if let Some(finding) = findings.into_iter().next() {
+                return Err(Box::new(finding).into());
+            }
+            preflight::spill_dir(&pg.spill_dir).map_err(Box::new)?;
             let table_names: Vec<TableName> = self.tables.iter().map(|(t, _)| t.clone()).collect();
             bounded(limit, "sql connection", async {
                 Ok(slot::ensure_publication(&sql, &pg.publication, &table_names, pg.create_publication).await?)
@@ -435,20 +431,15 @@ impl Relay {
             crate::kafka::ensure_checkpoint_topic(&self.kafka).await?;
             // Fence first: afterwards no older instance can commit, so the checkpoint read next is final.
             let mut producer = TxnProducer::connect(&self.kafka, Arc::clone(&self.stats.delivered)).await?;
-            let checkpoint = crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name).await?;
-            let (mut client, server, server_wal) = self.replication_client().await?;
-            let history = match startup::history_needed(checkpoint.as_ref(), &server) {
-                Some(timeline) => {
-                    let text = bounded(limit, "replication connection", async {
-                        Ok(client.timeline_history(timeline).await?)
-                    })
+            let checkpoint =
+                crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name, self.kafka.checkpoint_wait())
                     .await?;
-                    parse_timeline_history(&text).map_err(|e| {
-                        PipelineError::Replication(ReplicationError::protocol(format!("TIMELINE_HISTORY: {e}")))
-                    })?
-                }
-                None => Vec::new(),
-            };
+            let mut replication = self.replication().await?;
+            let history = bounded(limit, "replication connection", async {
+                Ok(replication.history_for(checkpoint.as_ref()).await?)
+            })
+            .await?;
+            let Replication { client, server, wal: server_wal } = replication;
             let slot_info =
                 bounded(limit, "sql connection", async { Ok(slot::slot_info(&sql, &pg.slot).await?) }).await?;
             let facts = Facts {
@@ -658,14 +649,11 @@ impl Relay {
         let client = match client {
             Some(c) => c,
             None => {
-                let (c, found, _) = self.replication_client().await?;
-                if found.system_id != server.system_id
-                    || found.timeline != server.timeline
-                    || found.database != server.database
-                {
+                let Replication { client, server: found, .. } = self.replication().await?;
+                if found != *server {
                     return Err(PipelineError::ServerChanged { expected: server.clone(), found });
                 }
-                c
+                client
             }
         };
         let options = self.replication_options(resume);

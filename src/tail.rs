@@ -44,7 +44,7 @@ pub enum TailError {
 
 /// Reads `opts.topic` from the beginning and calls `out` with one JSON line per record.
 pub async fn tail(cfg: &Config, opts: &TailOptions, mut out: impl FnMut(String)) -> Result<usize, TailError> {
-    let mut client = cfg.kafka.client_config();
+    let mut client = crate::kafka::KafkaSettings::from_config(&cfg.kafka).client_config();
     client
         .set("group.id", "outbox-relay-tail")
         .set("enable.auto.commit", "false")

@@ -5,11 +5,21 @@
 #[path = "common/services.rs"]
 mod services;
 
+#[path = "common/kafka_node.rs"]
+mod kafka_node;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use outbox_relay::avro::EncodeError;
 use outbox_relay::check::{self, CheckError, CheckOptions, CheckReport, Service, ServiceReport};
 use outbox_relay::config::Config;
+use outbox_relay::kafka::SinkError;
+use outbox_relay::outbox::MapErrorKind;
+use outbox_relay::pg::replication::ReplicationError;
+use outbox_relay::pg::slot::SlotError;
+use outbox_relay::preflight::Finding;
+use outbox_relay::startup::StartupError;
 use services::{Services, TestDb, ThrowawayCluster, closed_port, services};
 
 /// The Debezium outbox table, plus the `tenant` column of the additional field in [`config_toml`].
@@ -40,6 +50,7 @@ table = "outbox"
 additional_fields = [{{ column = "tenant", placement = "header" }}]
 [kafka]
 bootstrap_servers = "{kafka}"
+checkpoint_topic = "{connector}.checkpoints"
 [schema_registry]
 url = "{registry}"
 "#
@@ -73,14 +84,19 @@ async fn all_services_ok() {
     let report = check::run(&config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     assert!(report.is_ok(), "{report}");
     let pg = service(&report, Service::Postgres);
-    for fact in ["wal_level=logical", "role outbox may replicate", "outbox table public.outbox ok"] {
+    for fact in ["wal_level=logical", "outbox table public.outbox ok"] {
         assert!(pg.facts.iter().any(|f| f == fact), "{fact} missing: {pg:#?}");
     }
+    assert!(pg.facts.iter().any(|f| f.starts_with("publication ") && f.ends_with(" absent (created at start)")));
+    // The replication connection itself proves the role may replicate.
+    assert!(pg.facts.iter().any(|f| f.starts_with("replication connection as outbox (system ")), "{pg:#?}");
     assert!(pg.facts[0].starts_with("PostgreSQL 1"), "{pg:#?}");
     let kafka = service(&report, Service::Kafka);
-    assert!(kafka.facts.iter().any(|f| f == "transactions usable"), "{kafka:#?}");
+    assert!(kafka.facts.iter().any(|f| f.starts_with("transactions usable")), "{kafka:#?}");
     let registry = service(&report, Service::SchemaRegistry);
     assert!(registry.facts.iter().any(|f| f.contains("subject(s)")), "{registry:#?}");
+    let startup = service(&report, Service::Startup);
+    assert!(startup.facts.iter().any(|f| f.starts_with("first start: creates slot")), "{startup:#?}");
     let text = report.to_string();
     assert!(text.starts_with("postgres  ok  (PostgreSQL "), "{text}");
 }
@@ -115,14 +131,12 @@ async fn binary_exit_code_and_output() {
     let (code, stdout, stderr) = run(&s.kafka_bootstrap);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
     assert!(lines[0].starts_with("postgres  ok  (PostgreSQL 1"), "{stdout}");
-    assert!(
-        lines[0].contains("wal_level=logical, role outbox may replicate, outbox table public.outbox ok"),
-        "{stdout}"
-    );
+    assert!(lines[0].contains("wal_level=logical, replication connection as outbox"), "{stdout}");
     assert!(lines[1].starts_with("kafka  ok  ("), "{stdout}");
     assert!(lines[2].starts_with("schema-registry  ok  ("), "{stdout}");
+    assert!(lines[3].starts_with("start-up  ok  (first start: creates slot"), "{stdout}");
 
     let port = closed_port();
     let (code, stdout, stderr) = run(&format!("127.0.0.1:{port}"));
@@ -133,6 +147,7 @@ async fn binary_exit_code_and_output() {
         stdout.contains(&format!("kafka  FAILED  could not reach the Kafka bootstrap servers 127.0.0.1:{port}")),
         "{stdout}"
     );
+    assert!(stdout.contains("start-up  not checked"), "{stdout}");
     assert!(stderr.contains("check failed for kafka"), "{stderr}");
 }
 
@@ -182,7 +197,10 @@ async fn wal_level_not_logical() {
     let report =
         check::check_postgres(&config(&cluster.url(), &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
-    assert!(matches!(problem, CheckError::WalLevel { actual } if actual == "replica"), "{problem:?}");
+    assert!(
+        matches!(problem, CheckError::Preflight(Finding::WalLevel { actual }) if actual == "replica"),
+        "{problem:?}"
+    );
     let message = problem.to_string();
     assert!(message.contains("wal_level is replica"), "{message}");
     assert!(message.contains("set wal_level = logical in postgresql.conf") && message.contains("restart"), "{message}");
@@ -195,7 +213,7 @@ async fn outbox_table_missing() {
     let db = TestDb::create(&s, "check").await;
     let report = check::check_postgres(&config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
-    assert!(matches!(problem, CheckError::OutboxTableMissing { index: 0, .. }), "{problem:?}");
+    assert!(matches!(problem, CheckError::Preflight(Finding::OutboxTableMissing { index: 0, .. })), "{problem:?}");
     let message = problem.to_string();
     assert!(message.contains("outbox table public.outbox does not exist"), "{message}");
     assert!(message.contains(&format!("database {}", db.name)), "{message}");
@@ -220,7 +238,7 @@ async fn table_names_fold_like_sql_in_check_and_run() {
     assert_eq!(folded.outbox.tables[0].table.name, "outbox", "unquoted names fold to lower case");
     let report = check::check_postgres(&folded, &options()).await;
     assert!(
-        matches!(only_problem(&report), CheckError::OutboxTableMissing { table, .. } if table == "public.outbox"),
+        matches!(only_problem(&report), CheckError::Preflight(Finding::OutboxTableMissing { table, .. }) if table == "public.outbox"),
         "{report:#?}"
     );
     let quoted = with_table("public.\"Outbox\"");
@@ -240,24 +258,27 @@ async fn outbox_columns_missing() {
         .await;
     let report = check::check_postgres(&config(&db.url, &s.kafka_bootstrap, &s.schema_registry_url), &options()).await;
     let problem = only_problem(&report);
-    match problem {
-        CheckError::OutboxColumnsMissing { table, missing, .. } => {
-            assert_eq!(table, "public.outbox");
-            assert_eq!(missing, &["aggregateid", "aggregatetype", "tenant"]);
-        }
-        other => panic!("expected missing columns, got {other:?}"),
-    }
+    let CheckError::Preflight(Finding::OutboxMapping { index: 0, source }) = problem else {
+        panic!("expected missing columns, got {problem:?}")
+    };
+    // The binding `run` makes when the table's first row arrives.
+    let MapErrorKind::MissingColumns(missing) = &source.kind else { panic!("{source:?}") };
+    let names: Vec<&str> = missing.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(names, ["aggregateid", "aggregatetype", "tenant"]);
     let message = problem.to_string();
     assert!(
-        message.contains("outbox table public.outbox has no column aggregateid, aggregatetype, tenant"),
+        message.contains("from public.outbox")
+            && message.contains("no column \"aggregateid\" (configured as field_event_key)"),
         "{message}"
     );
+    assert!(message.contains("point outbox.tables[0] at existing columns"), "{message}");
 }
 
-/// A role without REPLICATION, `create_slot = false` without a slot, `create_publication = false` without a
-/// publication: all three reported at once.
+/// A role without REPLICATION (refused by the replication connection itself, not guessed from `pg_roles`, so roles
+/// that replicate through a granted role pass) and `create_publication = false` without a publication: both reported
+/// at once; the start-up decision waits for them.
 #[tokio::test]
-async fn role_slot_and_publication_problems() {
+async fn role_and_publication_problems() {
     let s = services();
     let db = db_with_outbox(&s).await;
     let role = services::unique_name("norepl");
@@ -270,19 +291,65 @@ async fn role_slot_and_publication_problems() {
     url.set_password(Some("pw")).unwrap();
     let connector = services::unique_name("check");
     let text = config_toml(url.as_str(), &s.kafka_bootstrap, &s.schema_registry_url, &connector)
-        .replace("[postgres]\n", "[postgres]\ncreate_slot = false\ncreate_publication = false\n");
+        .replace("[postgres]\n", "[postgres]\ncreate_publication = false\n");
     let config = Config::from_toml_str(&text, |_| None).unwrap();
-    let report = check::check_postgres(&config, &options()).await;
+    let report = check::run(&config, &options()).await;
     db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 
-    let messages: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
-    assert_eq!(report.problems.len(), 3, "{messages:#?}");
-    assert!(matches!(&report.problems[0], CheckError::NoReplication { role: r } if *r == role), "{messages:#?}");
+    let pg = service(&report, Service::Postgres);
+    let messages: Vec<String> = pg.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(pg.problems.len(), 2, "{messages:#?}");
+    assert!(
+        matches!(&pg.problems[0], CheckError::NoReplication { role: r, source: ReplicationError::PermissionDenied(_) } if *r == role),
+        "{messages:#?}"
+    );
     assert!(messages[0].contains(&format!("ALTER ROLE {role} WITH REPLICATION")), "{messages:#?}");
-    assert!(matches!(&report.problems[1], CheckError::Slot { .. }), "{messages:#?}");
-    assert!(messages[1].contains("create_slot = false") && messages[1].contains("pg_create_logical_replication_slot"));
-    assert!(matches!(&report.problems[2], CheckError::PublicationMissing { .. }), "{messages:#?}");
-    assert!(messages[2].contains("CREATE PUBLICATION"), "{messages:#?}");
+    assert!(matches!(&pg.problems[1], CheckError::Slot(SlotError::PublicationMissing(_))), "{messages:#?}");
+    assert!(messages[1].contains("CREATE PUBLICATION"), "{messages:#?}");
+    let startup = service(&report, Service::Startup);
+    assert!(startup.facts.is_empty() && startup.warnings[0].contains("not checked"), "{startup:#?}");
+}
+
+/// The start-up decision `run` makes, reported: a slot made by hand without a checkpoint is a gap (run would refuse
+/// it); with `create_slot = false` a missing slot is named; an existing slot shows its `wal_status`.
+#[tokio::test]
+async fn start_up_decision_gap_and_missing_slot() {
+    let s = services();
+    let db = db_with_outbox(&s).await;
+    let connector = services::unique_name("check");
+    let slot = services::unique_name("chk_slot");
+    let text = config_toml(&db.url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
+        .replace("[postgres]\n", &format!("[postgres]\nslot = \"{slot}\"\ncreate_slot = false\n"));
+    let config = Config::from_toml_str(&text, |_| None).unwrap();
+    let startup = check::check_startup(&config, &options()).await;
+    assert!(
+        matches!(only_problem(&startup), CheckError::Startup(StartupError::Slot(SlotError::SlotMissing(name))) if *name == slot),
+        "{startup:#?}"
+    );
+
+    db.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")).await;
+    let startup = check::check_startup(&config, &options()).await;
+    db.execute(&format!("SELECT pg_drop_replication_slot('{slot}')")).await;
+    let problem = only_problem(&startup);
+    assert!(matches!(problem, CheckError::Startup(StartupError::Gap { .. })), "{startup:#?}");
+    assert!(problem.to_string().contains("--accept-gap"), "{problem}");
+    assert!(startup.facts.iter().any(|f| f == "slot wal_status reserved"), "{startup:#?}");
+}
+
+/// A spill directory the relay cannot write to is found before a large transaction needs it.
+#[tokio::test]
+async fn unwritable_spill_dir() {
+    let s = services();
+    let db = db_with_outbox(&s).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let spill = file.path().join("spill");
+    let connector = services::unique_name("check");
+    let text = config_toml(&db.url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
+        .replace("[postgres]\n", &format!("[postgres]\nspill_dir = \"{}\"\n", spill.display()));
+    let report = check::check_postgres(&Config::from_toml_str(&text, |_| None).unwrap(), &options()).await;
+    let problem = only_problem(&report);
+    assert!(matches!(problem, CheckError::Preflight(Finding::SpillDir { .. })), "{problem:?}");
+    assert!(problem.to_string().contains("postgres.spill_dir"), "{problem}");
 }
 
 #[tokio::test]
@@ -291,10 +358,10 @@ async fn kafka_down() {
     let port = closed_port();
     let config = config(&s.pg_url, &format!("127.0.0.1:{port}"), &s.schema_registry_url);
     let started = Instant::now();
-    let report = check::check_kafka(&config.kafka, &[], &CheckOptions { timeout: Duration::from_secs(2) }).await;
+    let report = check::check_kafka(&config, &CheckOptions { timeout: Duration::from_secs(2) }).await;
     let elapsed = started.elapsed();
     let problem = only_problem(&report);
-    assert!(matches!(problem, CheckError::KafkaUnreachable { .. }), "{problem:?}");
+    assert!(matches!(problem, CheckError::Kafka(SinkError::Unreachable { .. })), "{problem:?}");
     let message = problem.to_string();
     assert!(message.contains(&format!("could not reach the Kafka bootstrap servers 127.0.0.1:{port}")), "{message}");
     assert!(message.contains("check kafka.bootstrap_servers"), "{message}");
@@ -311,12 +378,15 @@ async fn missing_topics_are_found_when_the_relay_may_not_create_them() {
         + "[errors]\nmode = \"dead_letter\"\n";
     let mut config = Config::from_toml_str(&text, |_| None).unwrap();
     assert_eq!(check::fixed_topics(&config), vec![format!("{connector}.all"), format!("{connector}.dead-letter")]);
-    let topics = check::fixed_topics(&config);
-    // Creation on: nothing to report.
-    let report = check::check_kafka(&config.kafka, &topics, &options()).await;
+    // Creation on: nothing to report, and nothing created.
+    let report = check::check_kafka(&config, &options()).await;
     assert!(report.problems.is_empty(), "{report:#?}");
+    assert!(
+        report.facts.contains(&format!("topic {connector}.all absent (created at its first event)")),
+        "{report:#?}"
+    );
     config.kafka.topic_creation.enabled = false;
-    let report = check::check_kafka(&config.kafka, &topics, &options()).await;
+    let report = check::check_kafka(&config, &options()).await;
     let messages: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     assert_eq!(messages.len(), 2, "{messages:#?}");
     assert!(messages[0].contains(&format!("topic {connector}.all does not exist")), "{messages:#?}");
@@ -332,11 +402,11 @@ async fn registry_down() {
     let port = closed_port();
     let url = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
     let config = config(&s.pg_url, &s.kafka_bootstrap, &url);
-    let report = check::check_schema_registry(&config.schema_registry, &options()).await;
+    let report = check::check_schema_registry(&config, &options()).await;
     let problem = only_problem(&report);
-    assert!(matches!(problem, CheckError::RegistryUnreachable { .. }), "{problem:?}");
+    assert!(matches!(problem, CheckError::Registry(EncodeError::RegistryUnavailable { .. })), "{problem:?}");
     let message = problem.to_string();
-    assert!(message.contains(&format!("cannot reach the schema registry at {url}/subjects")), "{message}");
+    assert!(message.contains(&format!("schema registry {url} unavailable")), "{message}");
     assert!(message.to_lowercase().contains("connection refused"), "{message}");
 }
 
@@ -352,8 +422,80 @@ async fn registry_wrong_path() {
         base.port_or_known_default().unwrap()
     );
     let config = config(&s.pg_url, &s.kafka_bootstrap, &url);
-    let report = check::check_schema_registry(&config.schema_registry, &options()).await;
+    let report = check::check_schema_registry(&config, &options()).await;
     let problem = only_problem(&report);
-    assert!(matches!(problem, CheckError::RegistryStatus { status: 404, .. }), "{problem:?}");
-    assert!(problem.to_string().contains("base URL"), "{problem}");
+    assert!(matches!(problem, CheckError::Registry(EncodeError::Registry { .. })), "{problem:?}");
+    assert!(problem.to_string().contains("status 404"), "{problem}");
+    assert!(problem.to_string().contains("Confluent-compatible API"), "{problem}");
+}
+
+/// The registry as `run` will meet it: an existing subject whose compatibility rule refuses the relay's envelope is
+/// named before the first event would fail on it; a subject in read-only mode is named too.
+#[tokio::test]
+async fn registry_subjects_that_would_refuse_the_relay() {
+    let s = services();
+    let connector = services::unique_name("checkreg");
+    let text = config_toml(&s.pg_url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
+        .replace("table = \"outbox\"", &format!("table = \"outbox\"\nroute_topic_replacement = \"{connector}.all\""));
+    let config = Config::from_toml_str(&text, |_| None).unwrap();
+    let report = check::check_schema_registry(&config, &options()).await;
+    assert!(report.problems.is_empty(), "{report:#?}");
+    let subject = format!("{connector}.all-value");
+    assert!(report.facts.contains(&format!("subject {subject} absent (registered at the first event)")), "{report:#?}");
+
+    // Another writer's schema (a plain string) under the subject, BACKWARD by the registry's default.
+    let http = reqwest::Client::new();
+    let base = &s.schema_registry_url;
+    let registered = http
+        .post(format!("{base}/subjects/{subject}/versions"))
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .body(r#"{"schema": "\"string\""}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{:?}", registered.text().await);
+    let report = check::check_schema_registry(&config, &options()).await;
+    assert!(
+        matches!(only_problem(&report), CheckError::SubjectIncompatible { subject: s } if *s == subject),
+        "{report:#?}"
+    );
+
+    let set_mode = http
+        .put(format!("{base}/mode/{subject}"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"mode": "READONLY"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(set_mode.status().is_success());
+    let report = check::check_schema_registry(&config, &options()).await;
+    let problem = only_problem(&report);
+    assert!(matches!(problem, CheckError::RegistryReadOnly { mode, .. } if mode == "READONLY"), "{report:#?}");
+    assert!(problem.to_string().contains(&format!("subject {subject} is in mode READONLY")), "{problem}");
+}
+
+/// Topics and the transactional id on a broker with a real authorizer: a fixed topic the principal may not use is
+/// named with the ACL to grant; the principal's own transactional id and checkpoint topic pass. (Kafka tells a client
+/// which topics it may describe; whether it may also write is only known when it writes, where `run` names it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_acls_on_a_secured_broker() {
+    let s = services();
+    let broker = tokio::task::spawn_blocking(kafka_node::KafkaNode::start_secured).await.unwrap();
+    let connector = services::unique_name("checkacl");
+    let forbidden = format!("{connector}.secret");
+    broker.allow_relay_all_but(&["--operation", "All", "--topic", &forbidden]);
+    let text = config_toml(&s.pg_url, &broker.client_listener(), &s.schema_registry_url, &connector)
+        .replace("table = \"outbox\"", &format!("table = \"outbox\"\nroute_topic_replacement = \"{forbidden}\""))
+        .replace(
+            "[kafka]\n",
+            "[kafka]\nproperties = { \"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanisms\" = \"PLAIN\", \
+             \"sasl.username\" = \"relay\", \"sasl.password\" = \"relay-secret\" }\n",
+        );
+    let config = Config::from_toml_str(&text, |_| None).unwrap();
+    let report = check::check_kafka(&config, &options()).await;
+    let problem = only_problem(&report);
+    assert!(matches!(problem, CheckError::TopicNotAuthorized { topic, .. } if *topic == forbidden), "{report:#?}");
+    assert!(problem.to_string().contains("kafka-acls.sh --add"), "{problem}");
+    assert!(report.facts.iter().any(|f| f.starts_with("transactions usable")), "{report:#?}");
+    drop(broker);
 }

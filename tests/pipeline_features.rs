@@ -525,12 +525,7 @@ async fn a_client_certificate_authenticates_check_and_both_connections_of_run() 
     );
     h.rewrite_config(|t| t.replace(&h.db.url, &url));
 
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .arg("--config")
-        .arg(&h.config_path)
-        .arg("check")
-        .output()
-        .unwrap();
+    let check = h.command().arg("check").output().unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "check:\n{report}\n{}", String::from_utf8_lossy(&check.stderr));
 

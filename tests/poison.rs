@@ -353,15 +353,7 @@ async fn a_topic_the_relay_may_not_write_to_is_named_or_dead_lettered() {
     let broker = kafka_node::KafkaNode::start_secured();
     let h = Harness::new("acl", Options::default()).await;
     let forbidden = h.topic("secret");
-    for args in [
-        ["--add", "--allow-principal", "User:relay", "--operation", "All", "--topic", "*"].as_slice(),
-        &["--add", "--allow-principal", "User:relay", "--operation", "All", "--group", "*"],
-        &["--add", "--allow-principal", "User:relay", "--operation", "All", "--transactional-id", "*"],
-        &["--add", "--allow-principal", "User:relay", "--operation", "All", "--cluster"],
-        &["--add", "--deny-principal", "User:relay", "--operation", "Write", "--topic", &forbidden],
-    ] {
-        broker.acl(args);
-    }
+    broker.allow_relay_all_but(&["--operation", "Write", "--topic", &forbidden]);
     h.rewrite_config(|t| {
         t.replace(&h.services.kafka_bootstrap, &broker.client_listener()).replace(
             "[kafka]\n",

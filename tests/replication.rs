@@ -20,40 +20,18 @@ use outbox_relay::pg::replication::{
     Backoff, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationOptions, ReplicationStream,
     SnapshotAction, Streaming, XLogData,
 };
-use services::{Services, TestDb, unique_name};
+use services::{Services, TestDb, infra_var, required_var, unique_name};
 
 /// Bound on any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `name` from the environment, else from the `export NAME='value'` lines of `<repo>/.infra/env`.
-fn env_var(name: &str) -> Option<String> {
-    if let Some(v) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
-        return Some(v);
-    }
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.infra/env")).ok()?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().trim_matches(|c| c == '\'' || c == '"').to_owned())
-}
-
-fn required_var(name: &str) -> String {
-    env_var(name).unwrap_or_else(|| {
-        panic!(
-            "{name} is not set and .infra/env does not define it: start the test services with \
-             `bash tests/infra/up.sh` (it writes .infra/env)"
-        )
-    })
-}
 
 fn pg_services(pg_url: String) -> Services {
     Services {
         pg_url,
         kafka_bootstrap: String::new(),
         schema_registry_url: String::new(),
-        pg_bin_dir: env_var("PG_BIN_DIR").map(PathBuf::from),
-        pg_ssl_cert: env_var("PG_SSL_CERT").map(PathBuf::from),
+        pg_bin_dir: infra_var("PG_BIN_DIR").map(PathBuf::from),
+        pg_ssl_cert: infra_var("PG_SSL_CERT").map(PathBuf::from),
     }
 }
 
@@ -725,7 +703,7 @@ async fn definite_errors_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newest_server_streams_with_protocol_4_in_parallel_mode() {
-    let Some(url) = env_var("PG_LATEST_URL") else {
+    let Some(url) = infra_var("PG_LATEST_URL") else {
         let required = std::env::var("OUTBOX_RELAY_REQUIRE_PG_LATEST").is_ok_and(|v| v == "1" || v == "true");
         assert!(
             !required,
@@ -753,137 +731,4 @@ async fn newest_server_streams_with_protocol_4_in_parallel_mode() {
     assert!(tags(&txn).starts_with('S') && tags(&txn).ends_with('c'), "streamed transaction expected");
     assert_eq!(payloads(&txn).len(), 3000);
     within("stop", stream.stop()).await.unwrap();
-}
-
-/// Throughput against `pg_recvlogical` (PostgreSQL's own client, writing to /dev/null) on the same WAL: both read
-/// the same rows from slots created at the same point; we also decode every message with the pgoutput decoder. Two
-/// shapes: `ROWS` single-row transactions, and one transaction of `ROWS` rows. Each side runs [`BENCH_RUNS`] times,
-/// interleaved, and the best run counts (the machine is shared, so the best run is the least disturbed one). Both
-/// timings include connecting and authenticating.
-///
-/// Heavy, so ignored by default; run it optimized:
-/// `cargo test --release --test replication -- --ignored --nocapture throughput`
-/// Rows via `OUTBOX_RELAY_BENCH_ROWS` (default 100000). In release builds it fails below 80 % of `pg_recvlogical`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run with --release --ignored"]
-async fn throughput_against_pg_recvlogical() {
-    let rows: u32 = env_var("OUTBOX_RELAY_BENCH_ROWS").map_or(100_000, |v| v.parse().expect("a row count"));
-    let mut failures = Vec::new();
-    for single_row_txns in [true, false] {
-        let shape = if single_row_txns { "single-row transactions" } else { "rows in one transaction" };
-        let (ours, theirs, cpu_us) = bench_shape(rows, single_row_txns).await;
-        let ratio = ours / theirs;
-        eprintln!(
-            "{rows} {shape}: pg_recvlogical {theirs:.0} rows/s, this client + pgoutput decoding {ours:.0} rows/s \
-             ({cpu_us:.2} us CPU per row in this process): {:.0} %",
-            ratio * 100.0
-        );
-        if ratio < 0.8 {
-            failures.push(format!("{shape}: {:.0} %", ratio * 100.0));
-        }
-    }
-    if !cfg!(debug_assertions) {
-        assert!(failures.is_empty(), "below 80 % of pg_recvlogical: {failures:?}");
-    }
-}
-
-const BENCH_RUNS: usize = 3;
-
-/// CPU time (user + system) this process has used, from /proc/self/stat (Linux; 0 elsewhere).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
-}
-
-/// Best rows per second of (this client + decoding, pg_recvlogical), and our CPU microseconds per row in that run.
-async fn bench_shape(rows: u32, single_row_txns: bool) -> (f64, f64, f64) {
-    let fx = Fixture::new("repl_bench").await;
-    fx.db.execute("CREATE PUBLICATION bench_pub FOR TABLE outbox").await;
-    let mut client = fx.connect(&[]).await;
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for _ in 0..BENCH_RUNS {
-        for slots in [&mut ours, &mut theirs] {
-            let slot = slot_name();
-            client.create_replication_slot(&slot, false, SnapshotAction::Nothing).await.unwrap();
-            slots.push(slot);
-        }
-    }
-    let proto = outbox_relay::pg::replication::max_proto_version_for(client.server_version_num());
-    client.close().await.unwrap();
-
-    // ~150-byte JSON payloads.
-    let writer = fx.db.client().await;
-    writer.batch_execute("SET synchronous_commit = off").await.unwrap();
-    let row = "json_build_object('id', i, 'type', 'OrderCreated', 'data', repeat('x', 90))::text";
-    let sql = if single_row_txns {
-        format!(
-            "DO $$ BEGIN FOR i IN 1..{rows} LOOP INSERT INTO outbox (payload) VALUES ({row}); COMMIT; END LOOP; END $$"
-        )
-    } else {
-        format!("INSERT INTO outbox (payload) SELECT {row} FROM generate_series(1, {rows}) i")
-    };
-    writer.batch_execute(&sql).await.unwrap();
-    let end: String = writer.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
-    let end: Lsn = end.parse().unwrap();
-    let expected_commits = if single_row_txns { rows } else { 1 };
-    // Async commits: wait until the WAL is flushed, so that neither side waits for the WAL writer.
-    within("WAL flush", async {
-        loop {
-            let flushed: String =
-                writer.query_one("SELECT pg_current_wal_flush_lsn()::text", &[]).await.unwrap().get(0);
-            if flushed.parse::<Lsn>().unwrap() >= end {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-
-    let bin = PathBuf::from(required_var("PG_BIN_DIR")).join("pg_recvlogical");
-    let conninfo = format!("host={} port={} user=relay dbname={} replication=database", fx.host, fx.port, fx.db.name);
-    let (mut best_ours, mut best_theirs, mut best_cpu) = (Duration::MAX, Duration::MAX, Duration::ZERO);
-    for (our_slot, their_slot) in ours.iter().zip(&theirs) {
-        let cpu_before = process_cpu();
-        let started = Instant::now();
-        let options = ReplicationOptions::new(our_slot, ["bench_pub"]);
-        let mut stream = fx.connect(&[]).await.start_replication(&options).await.unwrap();
-        let mut dec = decoder(&stream);
-        let (mut commits, mut inserts) = (0u32, 0u32);
-        while commits < expected_commits {
-            let x = next_xlog(&mut stream).await;
-            match dec.decode(&x.data).unwrap_or_else(|e| panic!("decode: {e}")) {
-                LogicalMessage::Commit(c) => {
-                    commits += 1;
-                    assert!(c.end_lsn <= end);
-                }
-                LogicalMessage::Insert(_) => inserts += 1,
-                _ => {}
-            }
-        }
-        let elapsed = started.elapsed();
-        let cpu = process_cpu().saturating_sub(cpu_before);
-        assert_eq!(inserts, rows);
-        stream.stop().await.unwrap();
-        if elapsed < best_ours {
-            (best_ours, best_cpu) = (elapsed, cpu);
-        }
-
-        let started = Instant::now();
-        let status = tokio::process::Command::new(&bin)
-            .env("PGPASSWORD", "relay-secret")
-            .args(["-d", &conninfo, "-S", their_slot, "--start", "-n", "-f", "/dev/null"])
-            .arg(format!("--endpos={end}"))
-            .args(["-o", &format!("proto_version={proto}"), "-o", "publication_names=bench_pub"])
-            .status()
-            .await
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        best_theirs = best_theirs.min(started.elapsed());
-        assert!(status.success(), "pg_recvlogical failed: {status}");
-    }
-    let rate = |d: Duration| f64::from(rows) / d.as_secs_f64();
-    (rate(best_ours), rate(best_theirs), best_cpu.as_secs_f64() * 1e6 / f64::from(rows))
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::async_impl::schema_registry::{self, SrSettings};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
 
@@ -262,21 +262,29 @@ impl RegistrySettings {
 }
 
 /// The registry client shared by the key and value encoders: registers schemas (through schema_registry_converter,
-/// which caches them per subject) with retries, and classifies its failures.
+/// which caches them per subject) with retries, and classifies its failures. `check` asks it the same questions
+/// without registering anything ([`SchemaRegistry::subjects`], [`SchemaRegistry::is_compatible`],
+/// [`SchemaRegistry::mode`]), through the same settings and the same classification.
 #[derive(Debug)]
 pub struct SchemaRegistry {
     converter: AvroEncoder,
+    settings: RegistrySettings,
+    sr: SrSettings,
     url: String,
-    retry: RetryPolicy,
 }
+
+/// Whether a registry accepts new schemas (`GET /mode`): anything but `READWRITE` refuses registrations.
+pub const WRITABLE_MODE: &str = "READWRITE";
 
 impl SchemaRegistry {
     /// A client; no request is made until the first registration.
     pub fn new(settings: &RegistrySettings) -> Result<SchemaRegistry, EncodeError> {
+        let sr = settings.sr_settings()?;
         Ok(SchemaRegistry {
-            converter: AvroEncoder::new(settings.sr_settings()?),
+            converter: AvroEncoder::new(sr.clone()),
+            settings: settings.clone(),
+            sr,
             url: redact_url(&settings.url),
-            retry: settings.retry,
         })
     }
 
@@ -284,23 +292,102 @@ impl SchemaRegistry {
     /// Retries transient failures with exponential backoff; clears the converter's cached errors before each try so
     /// a failure is never served from its cache.
     pub async fn register(&self, topic: &str, is_key: bool, schema: &SuppliedSchema) -> Result<SchemaId, EncodeError> {
-        let subject = format!("{topic}-{}", if is_key { "key" } else { "value" });
+        let subject = subject_name(topic, is_key);
         let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), is_key, schema.clone());
-        let attempts = self.retry.attempts.max(1);
-        let mut backoff = self.retry.initial_backoff;
+        let registered = self
+            .with_retries(&subject, || {
+                self.converter.remove_errors_from_cache();
+                self.converter.get_schema_and_id(&subject, strategy.clone())
+            })
+            .await?;
+        tracing::info!(subject = %subject, schema_id = registered.id, "schema registered");
+        Ok(SchemaId(registered.id))
+    }
+
+    /// Every subject the registry holds.
+    pub async fn subjects(&self) -> Result<Vec<String>, EncodeError> {
+        self.with_retries("(all subjects)", || schema_registry::get_all_subjects(&self.sr)).await
+    }
+
+    /// Whether `schema` may be registered under the existing subject of `topic` by the subject's compatibility
+    /// rule, asked without registering it.
+    pub async fn is_compatible(&self, topic: &str, is_key: bool, schema: &SuppliedSchema) -> Result<bool, EncodeError> {
+        let subject = subject_name(topic, is_key);
+        self.with_retries(&subject, || schema_registry::is_compatible_schema(&self.sr, subject.clone(), schema.clone()))
+            .await
+    }
+
+    /// The registry's mode (`GET /mode`), or the effective mode of `topic`'s subject: [`WRITABLE_MODE`], or
+    /// `READONLY`/`IMPORT` where registrations fail. A registry without modes (404) accepts writes.
+    pub async fn mode(&self, subject_of: Option<(&str, bool)>) -> Result<String, EncodeError> {
+        #[derive(serde::Deserialize)]
+        struct Mode {
+            mode: String,
+        }
+        let client = reqwest::Client::builder().timeout(self.settings.request_timeout).build().map_err(|e| {
+            EncodeError::Settings(format!("schema registry client for {}: {}", self.url, crate::error_chain(&e)))
+        })?;
+        let (url, what) = match subject_of {
+            Some((topic, is_key)) => {
+                let subject = subject_name(topic, is_key);
+                (format!("{}/mode/{subject}?defaultToGlobal=true", self.settings.url), subject)
+            }
+            None => (format!("{}/mode", self.settings.url), "(mode)".to_owned()),
+        };
+        let mut request = client.get(&url).header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json");
+        if let Some((user, password)) = &self.settings.basic_auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let fail = |reason: String| EncodeError::Registry {
+            url: self.url.clone(),
+            subject: what.clone(),
+            reason,
+            source: Box::new(SRCError::non_retryable_without_cause("GET /mode")),
+        };
+        let response = request.send().await.map_err(|e| {
+            let reason = crate::error_chain(&e.without_url());
+            EncodeError::RegistryUnavailable {
+                url: self.url.clone(),
+                subject: what.clone(),
+                attempts: 1,
+                source: Box::new(SRCError::new("GET /mode", Some(reason.clone()), true)),
+                reason,
+            }
+        })?;
+        let status = response.status().as_u16();
+        if matches!(status, 401 | 403) {
+            return Err(EncodeError::Unauthorized { url: self.url.clone(), subject: what, status });
+        }
+        if status == 404 {
+            // A registry without modes (older Confluent, some compatible servers) accepts writes.
+            return Ok(WRITABLE_MODE.to_owned());
+        }
+        if !response.status().is_success() {
+            return Err(fail(format!("GET /mode answered HTTP {status}")));
+        }
+        let mode: Mode = response.json().await.map_err(|e| fail(format!("GET /mode: {}", crate::error_chain(&e))))?;
+        Ok(mode.mode)
+    }
+
+    /// Runs `call` until it succeeds, a definite failure, or the retry policy's attempts are spent, classifying the
+    /// failure from the registry's HTTP status (or its absence).
+    async fn with_retries<T, F, Fut>(&self, subject: &str, call: F) -> Result<T, EncodeError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SRCError>>,
+    {
+        let retry = self.settings.retry;
+        let attempts = retry.attempts.max(1);
+        let mut backoff = retry.initial_backoff;
         let mut attempt = 1;
         loop {
-            self.converter.remove_errors_from_cache();
-            let error = match self.converter.get_schema_and_id(&subject, strategy.clone()).await {
-                Ok(registered) => {
-                    tracing::info!(subject = %subject, schema_id = registered.id, "schema registered");
-                    return Ok(SchemaId(registered.id));
-                }
+            let error = match call().await {
+                Ok(value) => return Ok(value),
                 Err(e) => e,
             };
             let status = http_status(&error);
             let reason = describe(&error);
-            let (url, subject) = (self.url.clone(), subject.clone());
+            let (url, subject) = (self.url.clone(), subject.to_owned());
             match status {
                 Some(409) => return Err(EncodeError::IncompatibleSchema { url, subject, reason }),
                 Some(422) => return Err(EncodeError::InvalidSchema { url, subject, reason }),
@@ -323,7 +410,7 @@ impl SchemaRegistry {
                         "schema registry call failed, retrying"
                     );
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    backoff = (backoff * 2).min(retry.max_backoff);
                     attempt += 1;
                 }
                 Some(404) => {
@@ -337,6 +424,11 @@ impl SchemaRegistry {
             }
         }
     }
+}
+
+/// The subject of `topic`'s keys or values (TopicNameStrategy).
+pub fn subject_name(topic: &str, is_key: bool) -> String {
+    format!("{topic}-{}", if is_key { "key" } else { "value" })
 }
 
 /// The HTTP status of a registry error response, from the converter's message ("... failed with status 409 ...").
@@ -534,6 +626,40 @@ impl ValueEncoder for EnvelopeEncoder {
             let id = self.schema_id(&event.topic).await?;
             self.encode_with_id(id, event)
         })
+    }
+}
+
+/// The key and value encoders of a configuration, sharing one registry client: what `run` encodes with and what
+/// `check` asks the registry about.
+#[derive(Debug)]
+pub struct Encoders {
+    /// The registry client.
+    pub registry: Arc<SchemaRegistry>,
+    /// Record values.
+    pub value: Arc<EnvelopeEncoder>,
+    /// Record keys.
+    pub key: Arc<KeyEncoder>,
+}
+
+impl Encoders {
+    /// The encoders of `cfg`. One envelope schema serves every table and the message outbox, so a topic fed by two
+    /// of them keeps one schema.
+    pub fn new(cfg: &crate::config::Config, settings: &RegistrySettings) -> Result<Encoders, EncodeError> {
+        let registry = Arc::new(SchemaRegistry::new(settings)?);
+        let message_mapping = cfg.outbox.message_mapping();
+        let extra = crate::outbox::envelope_fields(cfg.outbox.tables.iter().chain(std::iter::once(&message_mapping)));
+        let value = Arc::new(EnvelopeEncoder::new(Arc::clone(&registry), extra)?);
+        let key = Arc::new(KeyEncoder::new(cfg.schema_registry.key_format, Arc::clone(&registry)));
+        Ok(Encoders { registry, value, key })
+    }
+
+    /// The schemas a topic's records are registered with, as `(is_key, schema)`.
+    pub fn schemas(&self) -> Vec<(bool, &SuppliedSchema)> {
+        let mut schemas = vec![(false, &self.value.schema)];
+        if let KeyMode::Avro(avro) = &self.key.0 {
+            schemas.push((true, &avro.schema));
+        }
+        schemas
     }
 }
 

@@ -13,7 +13,7 @@
 //! Each component's settings type lives next to the component and validates itself ([`crate::pg::config`],
 //! [`crate::outbox::config`], [`crate::kafka::config`], [`crate::avro::config`], [`crate::metrics`],
 //! [`crate::dead_letter`]); this module holds the file's top level, loading, environment overrides, the rules that
-//! span sections, and redaction ([`redact`]). The settings types are re-exported here: together they are the schema
+//! span sections, and redaction (`redact`). The settings types are re-exported here: together they are the schema
 //! of the file.
 
 use std::collections::BTreeMap;
@@ -635,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn aliases_default_to_column_and_required_columns_are_listed() {
+    fn aliases_default_to_the_column_and_table_names_parse() {
         let text = format!(
             "{MINIMAL}\n[[outbox.tables]]\ntable = \"app.events\"\nfield_event_timestamp = \"created_at\"\n\
              additional_fields = [{{ column = \"tenant\", placement = \"header\" }}, \
@@ -644,10 +644,7 @@ mod tests {
         let c = Config::from_toml_str(&text, |_| None).unwrap();
         let t = &c.outbox.tables[0];
         assert_eq!(t.additional_fields[0].alias, "tenant");
-        assert_eq!(
-            t.required_columns(),
-            ["id", "aggregateid", "type", "payload", "aggregatetype", "created_at", "tenant"]
-        );
+        assert_eq!(t.timestamp_column(), Some("created_at"));
         assert_eq!((t.table.schema.as_str(), t.table.name.as_str()), ("app", "events"));
     }
 

@@ -132,17 +132,6 @@ impl KafkaConfig {
             .collect()
     }
 
-    /// A librdkafka client configuration with `bootstrap.servers` and the pass-through properties; callers add
-    /// their role's settings (`transactional.id`, `isolation.level`, ...). Never log it: it holds secrets.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
-        let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap_servers);
-        for (key, value) in &self.properties {
-            config.set(key, value);
-        }
-        config
-    }
-
     /// [`Self::transaction_timeout_ms`] as a duration.
     pub const fn transaction_timeout(&self) -> Duration {
         Duration::from_millis(self.transaction_timeout_ms)

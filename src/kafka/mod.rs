@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 pub mod config;
 pub mod topic;
 
-use crate::config::TopicCreationConfig;
+use crate::config::{KafkaConfig, TopicCreationConfig};
 use crate::pg::identity::SourceIdentity;
 use crate::pg::lsn::Lsn;
 
@@ -88,7 +88,29 @@ impl std::fmt::Debug for KafkaSettings {
 }
 
 impl KafkaSettings {
-    fn base_config(&self) -> ClientConfig {
+    /// The settings of `[kafka]`.
+    pub fn from_config(cfg: &KafkaConfig) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: cfg.bootstrap_servers.clone(),
+            transactional_id: cfg.transactional_id.clone(),
+            transaction_timeout: cfg.transaction_timeout(),
+            checkpoint_topic: cfg.checkpoint_topic.clone(),
+            checkpoint_replication_factor: -1,
+            operation_timeout: Duration::from_secs(30),
+            topic_creation: cfg.topic_creation.clone(),
+            properties: cfg.properties.clone(),
+        }
+    }
+
+    /// How long a start waits for another producer's open transaction on the checkpoint topic: past its timeout
+    /// the broker aborts it.
+    pub fn checkpoint_wait(&self) -> Duration {
+        self.transaction_timeout + self.operation_timeout
+    }
+
+    /// A client configuration with the bootstrap servers and the pass-through properties (security, tuning): the
+    /// base of every client the relay creates.
+    pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
         for (k, v) in &self.properties {
@@ -98,7 +120,11 @@ impl KafkaSettings {
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, SinkError> {
-        self.base_config().create().map_err(|e| SinkError::Client { op: "admin client creation", source: e })
+        let mut c = self.client_config();
+        // Its metadata requests must never let a broker with auto.create.topics.enable create a topic (with the
+        // broker's defaults: a checkpoint topic that deletes by time).
+        c.set("allow.auto.create.topics", "false");
+        c.create().map_err(|e| SinkError::Client { op: "admin client creation", source: e })
     }
 }
 
@@ -228,6 +254,20 @@ pub enum SinkError {
         /// librdkafka's reason.
         reason: String,
     },
+    /// No broker answered while initialising transactions.
+    #[error(
+        "could not reach the Kafka bootstrap servers {bootstrap}: {source}{recent}; check kafka.bootstrap_servers, \
+         the security settings in [kafka.properties] and that the brokers are running"
+    )]
+    Unreachable {
+        /// `bootstrap.servers`.
+        bootstrap: String,
+        /// The client error.
+        #[source]
+        source: Box<KafkaError>,
+        /// The client's last connection errors, ` (...)`-wrapped, or empty.
+        recent: String,
+    },
     /// Any other Kafka client error during `op`.
     #[error("kafka {op} failed: {source}")]
     Client {
@@ -286,7 +326,10 @@ impl SinkError {
             | SinkError::BadCheckpoint { .. }
             | SinkError::CheckpointTopic { .. } => false,
             SinkError::Client { source, .. } => !is_fatal(source) && !is_authorization(source),
-            SinkError::Delivery { .. } | SinkError::CheckpointHidden { .. } | SinkError::Join(_) => true,
+            SinkError::Delivery { .. }
+            | SinkError::Unreachable { .. }
+            | SinkError::CheckpointHidden { .. }
+            | SinkError::Join(_) => true,
         }
     }
 
@@ -437,7 +480,12 @@ struct SinkContext {
     unauthorized: Mutex<Vec<String>>,
     /// Records the broker acknowledged, for the relay's progress (readiness).
     delivered: Arc<AtomicU64>,
+    /// The last few client errors (connection refused, TLS, SASL), to explain a call that timed out.
+    recent_errors: Mutex<Vec<String>>,
 }
+
+/// How many client errors [`SinkContext::recent_errors`] keeps.
+const RECENT_ERRORS_KEPT: usize = 3;
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -449,6 +497,18 @@ impl ClientContext for SinkContext {
             }
         }
         log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(%error, %reason, "kafka client error");
+        if let Ok(mut recent) = self.recent_errors.lock() {
+            if !recent.iter().any(|r| r == reason) {
+                recent.push(reason.to_owned());
+            }
+            if recent.len() > RECENT_ERRORS_KEPT {
+                recent.remove(0);
+            }
+        }
     }
 }
 
@@ -591,7 +651,7 @@ impl TxnProducer {
     /// `transactional.id` and completes or aborts whatever transaction it left open. `delivered` counts the records
     /// the broker acknowledges.
     pub async fn connect(settings: &KafkaSettings, delivered: Arc<AtomicU64>) -> Result<TxnProducer, SinkError> {
-        let mut c = settings.base_config();
+        let mut c = settings.client_config();
         // Set after the pass-through map: these are what exactly-once rests on and must not be overridden.
         c.set("transactional.id", &settings.transactional_id)
             .set("enable.idempotence", "true")
@@ -599,7 +659,7 @@ impl TxnProducer {
             .set("transaction.timeout.ms", settings.transaction_timeout.as_millis().to_string())
             // Topics are created by the relay (kafka.topic_creation) with the configured shape, or are an error.
             .set("allow.auto.create.topics", "false");
-        // Defaults measured in bench/: lz4 costs a fraction of zstd's CPU per event; a 16 MiB producer queue (instead
+        // Defaults measured in benches/: lz4 costs a fraction of zstd's CPU per event; a 16 MiB producer queue (instead
         // of librdkafka's 1 GiB) bounds memory while a large transaction streams through. All overridable.
         for (k, v) in [
             ("linger.ms", "5"),
@@ -616,15 +676,34 @@ impl TxnProducer {
                 failures: Mutex::new(Vec::new()),
                 unauthorized: Mutex::new(Vec::new()),
                 delivered,
+                recent_errors: Mutex::new(Vec::new()),
             })
             .map_err(|e| SinkError::Client { op: "producer creation", source: e })?;
         let producer = Arc::new(producer);
         let p = Arc::clone(&producer);
         let timeout = settings.operation_timeout;
         let mut this = TxnProducer { producer, settings: settings.clone(), open: None, spent: true, transactions: 0 };
-        blocking(move || p.init_transactions(timeout))
-            .await?
-            .map_err(|e| SinkError::from_kafka("init_transactions", e, &settings.transactional_id))?;
+        let initialised = blocking(move || p.init_transactions(timeout)).await?;
+        if let Err(e) = initialised {
+            // Serve queued error events so the context has seen them.
+            this.producer.poll(Duration::ZERO);
+            let recent = this.producer.context().recent_errors.lock().map(|r| r.join("; ")).unwrap_or_default();
+            let unreachable = matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::OperationTimedOut
+                        | RDKafkaErrorCode::BrokerTransportFailure
+                        | RDKafkaErrorCode::AllBrokersDown
+                        | RDKafkaErrorCode::Resolve
+                )
+            );
+            return Err(if unreachable {
+                let recent = if recent.is_empty() { recent } else { format!(" ({recent})") };
+                SinkError::Unreachable { bootstrap: settings.bootstrap_servers.clone(), source: Box::new(e), recent }
+            } else {
+                SinkError::from_kafka("init_transactions", e, &settings.transactional_id)
+            });
+        }
         this.spent = false;
         info!(transactional_id = %settings.transactional_id, "kafka transactions initialised; older instances fenced");
         Ok(this)
@@ -1032,10 +1111,12 @@ impl Topics {
     }
 }
 
-/// Creates the checkpoint topic (one partition, compacted) when it does not exist, and verifies that an existing
-/// one cannot lose a checkpoint: compacted only (no deletion by time or size), and replicated like the cluster
-/// allows (at least min(3, brokers) replicas).
+/// Creates the checkpoint topic (one partition, compacted) when it does not exist, then
+/// [verifies](verify_checkpoint_topic) it.
 pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), SinkError> {
+    if verify_checkpoint_topic(settings).await? == CheckpointTopic::Verified {
+        return Ok(());
+    }
     let admin = settings.admin()?;
     let topic = settings.checkpoint_topic.as_str();
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(settings.checkpoint_replication_factor))
@@ -1048,6 +1129,7 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
     for r in results {
         match r {
             Ok(_) => info!(topic, "created checkpoint topic"),
+            // Created meanwhile by another instance: verified below like any existing topic.
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
                 warn!(topic = %t, ?code, "checkpoint topic creation failed");
@@ -1055,8 +1137,60 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
             }
         }
     }
+    // Right after creation a broker may not know the topic yet: ask again, boundedly.
+    for attempt in 0..20 {
+        if verify_checkpoint_topic(settings).await? == CheckpointTopic::Verified {
+            return Ok(());
+        }
+        debug!(topic, attempt, "checkpoint topic not known yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(SinkError::CheckpointTopic {
+        topic: topic.to_owned(),
+        problem: "was created but the cluster does not report it; check the brokers' logs".to_owned(),
+    })
+}
+
+/// What [`verify_checkpoint_topic`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointTopic {
+    /// It does not exist (the relay creates it at start).
+    Absent,
+    /// It exists and cannot lose a checkpoint.
+    Verified,
+}
+
+/// Verifies, changing nothing, that an existing checkpoint topic cannot lose a checkpoint: compacted only (no
+/// deletion by time or size), and replicated like the cluster allows (at least min(3, brokers) replicas).
+pub async fn verify_checkpoint_topic(settings: &KafkaSettings) -> Result<CheckpointTopic, SinkError> {
+    let admin = Arc::new(settings.admin()?);
+    let topic = settings.checkpoint_topic.as_str();
     let bad = |problem: String| SinkError::CheckpointTopic { topic: topic.to_owned(), problem };
-    // Right after creation a broker may answer without the value yet: ask again, boundedly.
+    let (a, t, timeout) = (Arc::clone(&admin), topic.to_owned(), settings.operation_timeout);
+    let md = blocking(move || a.inner().fetch_metadata(Some(&t), timeout))
+        .await?
+        .map_err(|e| SinkError::Client { op: "checkpoint topic metadata", source: e })?;
+    let brokers = md.brokers().len();
+    let Some(found) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(CheckpointTopic::Absent) };
+    match found.error().map(RDKafkaErrorCode::from) {
+        None => {}
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            return Ok(CheckpointTopic::Absent);
+        }
+        Some(code) => {
+            return Err(SinkError::Client { op: "checkpoint topic metadata", source: KafkaError::MetadataFetch(code) });
+        }
+    }
+    let replicas = found.partitions().first().map_or(0, |p| p.replicas().len());
+    let wanted = brokers.min(3);
+    if replicas < wanted {
+        return Err(bad(format!(
+            "has {replicas} replica(s) on a cluster of {brokers} brokers: losing one broker would lose the \
+             checkpoint. Recreate it with a replication factor of at least {wanted} (or set kafka.checkpoint_topic \
+             to a new topic, which the relay creates with the broker's default.replication.factor)"
+        )));
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(settings.operation_timeout));
     let mut policy = None;
     for attempt in 0..20 {
         let configs = admin
@@ -1073,6 +1207,7 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
         if policy.is_some() {
             break;
         }
+        // Right after creation a broker may answer without the value yet.
         debug!(topic, attempt, "checkpoint topic configuration not known yet");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1088,24 +1223,7 @@ pub async fn ensure_checkpoint_topic(settings: &KafkaSettings) -> Result<(), Sin
         }
         None => warn!(topic, "the broker did not report the checkpoint topic's cleanup.policy; not verified"),
     }
-    let admin = Arc::new(admin);
-    let (a, t, timeout) = (Arc::clone(&admin), topic.to_owned(), settings.operation_timeout);
-    let md = blocking(move || a.inner().fetch_metadata(Some(&t), timeout))
-        .await?
-        .map_err(|e| SinkError::Client { op: "checkpoint topic metadata", source: e })?;
-    let brokers = md.brokers().len();
-    if let Some(partition) = md.topics().iter().find(|t| t.name() == topic).and_then(|t| t.partitions().first()) {
-        let replicas = partition.replicas().len();
-        let wanted = brokers.min(3);
-        if replicas < wanted {
-            return Err(bad(format!(
-                "has {replicas} replica(s) on a cluster of {brokers} brokers: losing one broker would lose the \
-                 checkpoint. Recreate it with a replication factor of at least {wanted} (or set kafka.checkpoint_topic \
-                 to a new topic, which the relay creates with the broker's default.replication.factor)"
-            )));
-        }
-    }
-    Ok(())
+    Ok(CheckpointTopic::Verified)
 }
 
 /// A client context that keeps librdkafka's per-partition end-of-data events out of the error log: reaching the
@@ -1133,15 +1251,20 @@ impl rdkafka::consumer::ConsumerContext for QuietContext {}
 /// Call it after [`TxnProducer::connect`]: fencing settles this connector's own open transaction. Another
 /// connector sharing the topic may still hold one, which stops every `read_committed` reader at its first offset
 /// (the last stable offset), possibly before this connector's newest checkpoint: so the read starts only once the
-/// last stable offset has reached the high watermark seen now, waiting at most the transaction timeout.
-pub async fn read_checkpoint(settings: &KafkaSettings, connector: &str) -> Result<Option<Checkpoint>, SinkError> {
+/// last stable offset has reached the high watermark seen now, waiting at most `wait_limit`
+/// ([`KafkaSettings::checkpoint_wait`] for a start: the broker aborts a transaction older than its timeout).
+pub async fn read_checkpoint(
+    settings: &KafkaSettings,
+    connector: &str,
+    wait_limit: Duration,
+) -> Result<Option<Checkpoint>, SinkError> {
     let settings = settings.clone();
     let connector = connector.to_owned();
-    blocking(move || read_checkpoint_blocking(&settings, &connector)).await?
+    blocking(move || read_checkpoint_blocking(&settings, &connector, wait_limit)).await?
 }
 
 fn checkpoint_consumer(settings: &KafkaSettings, isolation: &str) -> Result<BaseConsumer<QuietContext>, SinkError> {
-    let mut c = settings.base_config();
+    let mut c = settings.client_config();
     c.set("group.id", format!("{}-checkpoint-reader", settings.transactional_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
@@ -1151,7 +1274,11 @@ fn checkpoint_consumer(settings: &KafkaSettings, isolation: &str) -> Result<Base
     c.create_with_context(QuietContext).map_err(|e| SinkError::Client { op: "consumer creation", source: e })
 }
 
-fn read_checkpoint_blocking(settings: &KafkaSettings, connector: &str) -> Result<Option<Checkpoint>, SinkError> {
+fn read_checkpoint_blocking(
+    settings: &KafkaSettings,
+    connector: &str,
+    wait_limit: Duration,
+) -> Result<Option<Checkpoint>, SinkError> {
     let topic = settings.checkpoint_topic.as_str();
     let watermarks = |consumer: &BaseConsumer<QuietContext>| {
         consumer
@@ -1166,7 +1293,6 @@ fn read_checkpoint_blocking(settings: &KafkaSettings, connector: &str) -> Result
     }
     let consumer = checkpoint_consumer(settings, "read_committed")?;
     let started = Instant::now();
-    let wait_limit = settings.transaction_timeout + settings.operation_timeout;
     let mut logged = false;
     loop {
         let (_, lso) = watermarks(&consumer)?;

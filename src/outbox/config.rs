@@ -139,26 +139,6 @@ impl OutboxTableConfig {
     pub fn topic_for(&self, routed_by_value: &str) -> String {
         self.route_topic_replacement.replace(ROUTED_BY_VALUE, routed_by_value)
     }
-
-    /// Every column this mapping reads: the event columns, the routing column, the timestamp column when set and
-    /// the additional fields' columns, without duplicates, in that order.
-    pub fn required_columns(&self) -> Vec<&str> {
-        let mut columns: Vec<&str> = Vec::new();
-        let fixed = [
-            self.field_event_id.as_str(),
-            self.field_event_key.as_str(),
-            self.field_event_type.as_str(),
-            self.field_event_payload.as_str(),
-            self.route_by_field.as_str(),
-        ];
-        let extra = self.timestamp_column().into_iter().chain(self.additional_fields.iter().map(|f| f.column.as_str()));
-        for column in fixed.into_iter().chain(extra) {
-            if !columns.contains(&column) {
-                columns.push(column);
-            }
-        }
-        columns
-    }
 }
 
 /// An additional outbox column and where it goes.

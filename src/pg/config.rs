@@ -32,7 +32,7 @@ fn default_heartbeat_prefix() -> String {
     "outbox-relay.heartbeat".to_owned()
 }
 const fn default_spill_threshold_bytes() -> u64 {
-    // 16 MiB keeps the relay well inside 128 MiB of memory through a transaction of any size (bench/README.md).
+    // 16 MiB keeps the relay well inside 128 MiB of memory through a transaction of any size (benches/README.md).
     16 << 20
 }
 const fn default_stall_timeout_ms() -> u64 {

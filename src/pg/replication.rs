@@ -29,7 +29,7 @@
 //!
 //! - `framing`: whole backend messages off the socket and frontend messages onto it (`FrameReader`, `FrameWriter`),
 //!   the parsing of the tags postgres-protocol does not know, server notices; shared by [`conn`] and [`stream`].
-//! - [`conn`]: [`ReplicationClient`]: TCP, TLS ([`tls`]), startup, trust / password / md5 / SCRAM-SHA-256(-PLUS),
+//! - [`conn`]: [`ReplicationClient`]: TCP, TLS (`tls`), startup, trust / password / md5 / SCRAM-SHA-256(-PLUS),
 //!   simple queries and the replication commands.
 //! - [`commands`]: command text, identifier quoting, protocol-version rules; no I/O.
 //! - [`stream`]: `START_REPLICATION` ([`ReplicationClient::start_replication`]), [`ReplicationStream`], keepalives

@@ -108,6 +108,19 @@ impl KafkaNode {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Grants `User:relay` everything (topics, groups, transactional ids, the cluster), then applies `deny`
+    /// (e.g. `["--operation", "Write", "--topic", "t"]`) as a deny ACL for it.
+    pub fn allow_relay_all_but(&self, deny: &[&str]) {
+        for resource in [["--topic", "*"].as_slice(), &["--group", "*"], &["--transactional-id", "*"], &["--cluster"]] {
+            let mut args = vec!["--add", "--allow-principal", "User:relay", "--operation", "All"];
+            args.extend_from_slice(resource);
+            self.acl(&args);
+        }
+        let mut args = vec!["--add", "--deny-principal", "User:relay"];
+        args.extend_from_slice(deny);
+        self.acl(&args);
+    }
+
     /// Runs Kafka's `AclCommand` against the direct listener, e.g. `["--add", "--allow-principal", "User:relay", ...]`.
     pub fn acl(&self, args: &[&str]) {
         let output = Command::new(&self.java)

@@ -198,20 +198,27 @@ listen = "{metrics}"
         format!("{}.{aggregate_type}", self.topic_prefix)
     }
 
-    /// Starts the relay binary with extra arguments after `run` and extra environment variables.
-    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.path().join(format!("relay-{n}.log"));
-        let file = std::fs::File::create(&log).unwrap();
+    /// The relay binary with this harness's `--config` and nothing from the environment that would override it.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-        cmd.arg("--config").arg(&self.config_path).arg("--log-format").arg("text").arg("run").args(args);
+        cmd.arg("--config").arg(&self.config_path);
         // .infra/env exports the OUTBOX_RELAY_* overrides; they would point the relay at another database.
         for (k, _) in std::env::vars() {
             if k.starts_with("OUTBOX_RELAY_") {
                 cmd.env_remove(k);
             }
         }
+        cmd
+    }
+
+    /// Starts the relay binary with extra arguments after `run` and extra environment variables.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.path().join(format!("relay-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = self.command();
+        cmd.arg("--log-format").arg("text").arg("run").args(args);
         cmd.env("RUST_LOG", "info,outbox_relay=debug");
         for (k, v) in env {
             cmd.env(k, v);

@@ -58,6 +58,16 @@ pub fn infra_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty()).or_else(|| infra_env().remove(name))
 }
 
+/// [`infra_var`], or a panic saying how to start the services.
+pub fn required_var(name: &str) -> String {
+    infra_var(name).unwrap_or_else(|| {
+        panic!(
+            "{name} is not set and .infra/env does not define it: start the test services with \
+             `bash tests/infra/up.sh` (it writes .infra/env)"
+        )
+    })
+}
+
 /// The services, from the environment or else `.infra/env`; panics with instructions when they are not running.
 pub fn services() -> Services {
     let file = infra_env();

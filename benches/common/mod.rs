@@ -1,5 +1,6 @@
-//! Helpers shared by the benchmark programs `benches/replication.rs` and `benches/e2e.rs` (included with
-//! `#[path = "../bench/common.rs"] mod common;`). Not part of the test suite; see `bench/README.md`.
+//! Helpers shared by the benchmark programs `benches/replication.rs` and `benches/e2e.rs` (`mod common;`). Not part
+//! of the test suite; see `benches/README.md`. Where the services are comes from the test kit
+//! (`tests/common/services.rs`), the one reader of `.infra/env`.
 //!
 //! Everything here talks to the local services of `tests/infra/up.sh` only (127.0.0.1), creates its own
 //! `obbench_*` databases, slots and topics, and removes them again. Every wait is bounded.
@@ -21,7 +22,7 @@ pub const PREFIX: &str = "obbench";
 
 /// The outbox table (the same columns as the test harness, `tests/common/relay.rs`).
 pub const SCHEMA: &str =
-    concat!(include_str!("../config/outbox-table.sql"), "CREATE TABLE other (id bigserial PRIMARY KEY, note text);");
+    concat!(include_str!("../../config/outbox-table.sql"), "CREATE TABLE other (id bigserial PRIMARY KEY, note text);");
 
 /// Column list and values of one generated outbox row, as a function of the integer `i`. The JSON payload is
 /// 150 bytes as jsonb prints it (e.g. `{"items": [{"qty": 2, "sku": "SKU-3480", "price": 617.28}], "status": ...}`).
@@ -47,31 +48,20 @@ pub struct Env {
     pub schema_registry_url: String,
 }
 
+#[path = "../../tests/common/services.rs"]
+mod services;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn infra_env_file() -> HashMap<String, String> {
-    let Ok(text) = std::fs::read_to_string(repo_root().join(".infra/env")) else { return HashMap::new() };
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("export "))
-        .filter_map(|a| a.split_once('='))
-        .map(|(k, v)| {
-            let v = v.trim();
-            let v = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(v);
-            (k.trim().to_owned(), v.to_owned())
-        })
-        .collect()
+    services::repo_root()
 }
 
 impl Env {
     /// Reads the service addresses; fails with instructions when the services were never started.
     pub fn load() -> Result<Env> {
-        let file = infra_env_file();
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| file.get(k).cloned());
         let need = |k: &str| {
-            get(k).ok_or_else(|| anyhow!("{k} is not set and .infra/env lacks it: run `bash tests/infra/up.sh` first"))
+            services::infra_var(k)
+                .ok_or_else(|| anyhow!("{k} is not set and .infra/env lacks it: run `bash tests/infra/up.sh` first"))
         };
         let env = Env {
             pg_url: need("PG_URL")?,

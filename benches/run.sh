@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the outbox-relay benchmarks against the local services and prints one results table.
-# See bench/README.md.
+# See benches/README.md.
 #
-#   bash bench/run.sh [--rows N] [--quick] [--only decode,replication,e2e] [--repeat N]
+#   bash benches/run.sh [--rows N] [--quick] [--only decode,replication,e2e] [--repeat N]
 #                     [--profile tuned|latency|defaults] [--no-infra] [--no-build] [-- extra arguments for e2e]
 #
 # Parts (each also runnable alone, see README):
