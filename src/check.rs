@@ -145,7 +145,7 @@ pub enum CheckError {
          configuration it needs) or enable topic creation; the relay would stop (or dead-letter) at its first event"
     )]
     TopicMissing {
-        /// The topic.
+        /// A fixed route or the dead-letter topic.
         topic: String,
     },
     /// The principal may not use a topic the relay will write to.
@@ -154,7 +154,7 @@ pub enum CheckError {
          and WRITE on the topic (kafka-acls.sh --add --operation Describe --operation Write --topic {topic} ...)"
     )]
     TopicNotAuthorized {
-        /// The topic.
+        /// A fixed route or the dead-letter topic.
         topic: String,
         /// The broker's code.
         code: RDKafkaErrorCode,
@@ -183,13 +183,13 @@ pub enum CheckError {
          the subject's compatibility level deliberately"
     )]
     SubjectIncompatible {
-        /// The subject.
+        /// `<topic>-value` or `<topic>-key`.
         subject: String,
     },
     /// The probe did not finish in time.
     #[error("{service} check did not finish within {after:?}; the service may be overloaded or unreachable")]
     Timeout {
-        /// The service.
+        /// Whose probe ran out of time.
         service: Service,
         /// The limit.
         after: Duration,
@@ -199,7 +199,7 @@ pub enum CheckError {
 /// The result of probing one service.
 #[derive(Debug)]
 pub struct ServiceReport {
-    /// The service.
+    /// What was probed.
     pub service: Service,
     /// What was established, e.g. `wal_level=logical`.
     pub facts: Vec<String>,

@@ -42,7 +42,7 @@ pub struct ErrorsConfig {
 }
 
 impl ErrorsConfig {
-    pub(crate) fn validate(&self, kafka: &crate::config::KafkaConfig, report: &mut impl FnMut(&str, String)) {
+    pub(crate) fn validate(&self, kafka: &crate::kafka::config::KafkaConfig, report: &mut impl FnMut(&str, String)) {
         if let Err(reason) = crate::kafka::topic::validate_name(&self.dead_letter_topic) {
             report("errors.dead_letter_topic", reason);
         }

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use tokio_postgres::Client;
 
-use crate::config::{OutboxTableConfig, PostgresConfig};
 use crate::kafka::Checkpoint;
+use crate::outbox::config::OutboxTableConfig;
 use crate::outbox::{MapError, TableMapper};
+use crate::pg::config::PostgresConfig;
 use crate::pg::conninfo::ConnInfo;
 use crate::pg::identity::{HistoryEntry, SourceIdentity, parse_timeline_history};
 use crate::pg::lsn::Lsn;
@@ -106,7 +107,7 @@ pub struct ServerSettings {
     pub version: String,
     /// `server_version_num` (`160004`).
     pub version_num: i32,
-    /// `wal_level`.
+    /// `wal_level`: only `logical` allows logical decoding.
     pub wal_level: String,
     /// `current_database()`.
     pub database: String,

@@ -65,9 +65,9 @@ pub enum StartupError {
          --accept-gap to continue from {slot_lsn}"
     )]
     Gap {
-        /// Slot.
+        /// The configured slot's name.
         slot: String,
-        /// `confirmed_flush_lsn`.
+        /// How far the slot's consumer has confirmed (`confirmed_flush_lsn`).
         slot_lsn: Lsn,
         /// Checkpoint end LSN, or why there is none.
         checkpoint: String,
@@ -79,9 +79,9 @@ pub enum StartupError {
          --accept-gap to recreate it and continue from the current WAL position"
     )]
     SlotLost {
-        /// Slot.
+        /// The configured slot's name.
         slot: String,
-        /// Checkpoint end LSN.
+        /// Where the checkpoint says relaying stopped.
         checkpoint: Lsn,
     },
     /// The checkpoint was taken on another server or history.

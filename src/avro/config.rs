@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{percent_decode, redact_secret, redact_url};
+use crate::config::redact::{percent_decode, redact_secret, redact_url};
 
 const fn default_request_timeout_ms() -> u64 {
     10_000

@@ -34,8 +34,9 @@ use schema_registry_converter::async_impl::schema_registry::{self, SrSettings};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
 
-use crate::config::{KeyFormat, SchemaRegistryConfig, redact_url};
+use crate::config::redact::redact_url;
 use crate::outbox::OutboxEvent;
+use config::{KeyFormat, SchemaRegistryConfig};
 
 /// A schema id assigned by the registry.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -96,7 +97,7 @@ pub enum EncodeError {
     IncompatibleSchema {
         /// The registry URL, without credentials.
         url: String,
-        /// The subject.
+        /// `<topic>-value` or `<topic>-key` (TopicNameStrategy).
         subject: String,
         /// The registry's message.
         reason: String,
@@ -106,7 +107,7 @@ pub enum EncodeError {
     InvalidSchema {
         /// The registry URL, without credentials.
         url: String,
-        /// The subject.
+        /// `<topic>-value` or `<topic>-key` (TopicNameStrategy).
         subject: String,
         /// The registry's message.
         reason: String,
@@ -119,7 +120,7 @@ pub enum EncodeError {
     Unauthorized {
         /// The registry URL, without credentials.
         url: String,
-        /// The subject.
+        /// `<topic>-value` or `<topic>-key` (TopicNameStrategy).
         subject: String,
         /// 401 or 403.
         status: u16,
@@ -129,7 +130,7 @@ pub enum EncodeError {
     Registry {
         /// The registry URL, without credentials.
         url: String,
-        /// The subject.
+        /// `<topic>-value` or `<topic>-key` (TopicNameStrategy).
         subject: String,
         /// What happened.
         reason: String,

@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-mod redact;
+pub mod fields;
+pub mod redact;
 
 pub use crate::avro::config::{KeyFormat, SchemaRegistryConfig, ValueMode};
 pub use crate::dead_letter::{ErrorMode, ErrorsConfig};
@@ -33,8 +34,8 @@ pub use crate::outbox::config::{
     UnmappedRelations,
 };
 pub use crate::pg::config::{ConnectError, PostgresConfig, derive_pg_identifier};
+pub(crate) use redact::scrub_secrets;
 pub use redact::{REDACTED, is_secret_property, redact_secret, redact_url};
-pub(crate) use redact::{percent_decode, scrub_secrets};
 
 /// Environment variable naming the configuration file (read by the CLI's `--config`).
 pub const CONFIG_PATH_ENV: &str = "OUTBOX_RELAY_CONFIG";
@@ -56,15 +57,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 /// Longest accepted [`Config::connector_name`].
 pub const MAX_CONNECTOR_NAME_LEN: usize = 200;
 
-// ---------------------------------------------------------------------------------------------------------------
-// Defaults
-// ---------------------------------------------------------------------------------------------------------------
-
 fn default_connector_name() -> String {
     "outbox-relay".to_owned()
-}
-pub(crate) const fn default_true() -> bool {
-    true
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -372,49 +366,6 @@ fn validate_connector_name(name: &str, report: &mut impl FnMut(&str, String)) {
         report("connector_name", format!("is {} characters long; at most {MAX_CONNECTOR_NAME_LEN}", name.len()));
     } else if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         report("connector_name", format!("`{name}` contains {c:?}; use only letters, digits, '.', '_' and '-'"));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// kafka.properties values
-// ---------------------------------------------------------------------------------------------------------------
-
-pub(crate) fn deserialize_properties<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let map: BTreeMap<String, PropertyValue> = BTreeMap::deserialize(deserializer)?;
-    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
-}
-
-/// A librdkafka property value written as a TOML string, integer, float or boolean.
-struct PropertyValue(String);
-
-impl<'de> Deserialize<'de> for PropertyValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = PropertyValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, number or boolean (librdkafka property value)")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PropertyValue, E> {
-                Ok(PropertyValue(v.to_owned()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PropertyValue, E> {
-                Ok(PropertyValue(v.to_string()))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PropertyValue, E> {
-                Ok(PropertyValue(v.to_string()))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<PropertyValue, E> {
-                Ok(PropertyValue(v.to_string()))
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<PropertyValue, E> {
-                Ok(PropertyValue(v.to_string()))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{REDACTED, default_true, deserialize_properties, is_secret_property};
+use crate::config::fields::default_true;
+use crate::config::redact::{REDACTED, is_secret_property};
 
 /// librdkafka properties the relay sets itself; setting them in `[kafka.properties]` is an error naming the key to
 /// use instead.
@@ -243,5 +244,45 @@ impl KafkaConfig {
                 report(&format!("kafka.properties.\"{key}\""), format!("cannot be set here: {hint}"));
             }
         }
+    }
+}
+
+/// `[kafka.properties]`: librdkafka settings written as TOML strings, integers, floats or booleans, kept as text.
+fn deserialize_properties<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let map: BTreeMap<String, PropertyValue> = BTreeMap::deserialize(deserializer)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// A librdkafka property value written as a TOML string, integer, float or boolean.
+struct PropertyValue(String);
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PropertyValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean (librdkafka property value)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }

@@ -50,9 +50,9 @@ use tracing::{debug, info, warn};
 pub mod config;
 pub mod topic;
 
-use crate::config::{KafkaConfig, TopicCreationConfig};
 use crate::pg::identity::SourceIdentity;
 use crate::pg::lsn::Lsn;
+use config::{KafkaConfig, TopicCreationConfig};
 
 /// Kafka connection and transaction settings, built from the configuration.
 #[derive(Clone)]
@@ -406,7 +406,7 @@ impl Checkpoint {
 /// One record to produce. Borrowed from the pipeline's buffers: produce copies into librdkafka's queue.
 #[derive(Debug)]
 pub struct OutRecord<'a> {
-    /// Topic.
+    /// Destination, routed from the event.
     pub topic: &'a str,
     /// Explicit partition, or the default partitioner on the key.
     pub partition: Option<i32>,

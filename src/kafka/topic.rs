@@ -3,7 +3,9 @@
 //! Invariant: a name this module accepts is one the broker accepts (`[a-zA-Z0-9._-]`, 1 to 249 characters, not
 //! `.` or `..`); a template it accepts renders to such a name for every routing value made of those characters.
 
-use crate::outbox::ROUTED_BY_VALUE;
+/// Placeholder in a topic template (`outbox.tables[].route_topic_replacement`) replaced by the routing column's
+/// value.
+pub const ROUTED_BY_VALUE: &str = "${routedByValue}";
 
 /// Longest legal Kafka topic name.
 pub const MAX_TOPIC_LEN: usize = 249;

@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pg::slot::TableName;
 
-/// Placeholder in [`OutboxTableConfig::route_topic_replacement`] replaced by the routing column's value.
-pub const ROUTED_BY_VALUE: &str = "${routedByValue}";
+pub use crate::kafka::topic::ROUTED_BY_VALUE;
 
 fn default_tables() -> Vec<OutboxTableConfig> {
     vec![OutboxTableConfig::default()]
@@ -145,7 +144,7 @@ impl OutboxTableConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AdditionalField {
-    /// The column.
+    /// The outbox table column to copy.
     pub column: String,
     /// Where its value goes: `header`, `envelope` (a field of the Avro envelope) or `partition` (the Kafka
     /// partition number; at most one per table).

@@ -1032,7 +1032,7 @@ mod tests {
 
     #[test]
     fn mappings_from_config_and_shared_envelope_fields() {
-        use crate::config::{OutboxConfig, OutboxTableConfig};
+        use crate::outbox::config::{OutboxConfig, OutboxTableConfig};
         let env =
             |c: &str, a: &str| AdditionalField { column: c.into(), placement: Placement::Envelope, alias: a.into() };
         let table = |name: &str, fields| OutboxTableConfig {

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::pg::conninfo::{self, ConnInfo};
 
-use crate::config::{default_true, redact_url};
+use crate::config::fields::default_true;
+use crate::config::redact::redact_url;
 
 /// Longest PostgreSQL identifier (NAMEDATALEN - 1), which bounds slot and publication names.
 pub(crate) const MAX_PG_IDENTIFIER_LEN: usize = 63;

@@ -171,7 +171,7 @@ pub enum SlotError {
          {publication} SET (publish_via_partition_root = true)"
     )]
     PublicationNotViaRoot {
-        /// Publication.
+        /// `postgres.publication`.
         publication: String,
         /// The partitioned table.
         table: String,
@@ -182,7 +182,7 @@ pub enum SlotError {
          TABLE {table} (and make sure publish includes 'insert')"
     )]
     PublicationIncomplete {
-        /// Publication.
+        /// `postgres.publication`.
         publication: String,
         /// A table it misses.
         table: String,
@@ -193,7 +193,7 @@ pub enum SlotError {
     /// The slot exists but is not a pgoutput logical slot of this database.
     #[error("replication slot {slot:?} is not usable: {reason}")]
     SlotUnusable {
-        /// Slot.
+        /// `postgres.slot`.
         slot: String,
         /// Why.
         reason: String,
@@ -204,7 +204,7 @@ pub enum SlotError {
          protected are lost. Drop and recreate the slot, then restart the relay with --accept-gap after reconciling"
     )]
     SlotInvalidated {
-        /// Slot.
+        /// `postgres.slot`.
         slot: String,
         /// `wal_status` as read.
         wal_status: String,

@@ -44,7 +44,7 @@ pub enum TxnEvent {
         xid: Xid,
         /// LSN of its commit record.
         final_lsn: Lsn,
-        /// Commit time.
+        /// When it committed on the server (the event time when no timestamp column is configured).
         commit_time: PgTimestamp,
     },
     /// A row inserted into a published table.
@@ -58,9 +58,9 @@ pub enum TxnEvent {
     Message {
         /// Its LSN.
         lsn: Lsn,
-        /// Prefix.
+        /// What `pg_logical_emit_message` was given as prefix; selects the message outbox or heartbeats.
         prefix: String,
-        /// Content.
+        /// The message body, as emitted.
         content: Bytes,
     },
     /// The transaction committed.
@@ -69,7 +69,7 @@ pub enum TxnEvent {
         commit_lsn: Lsn,
         /// LSN just past it: the resume position after this transaction.
         end_lsn: Lsn,
-        /// Commit time.
+        /// When it committed on the server.
         commit_time: PgTimestamp,
     },
 }

@@ -145,7 +145,7 @@ pub enum DecodeError {
     BadLength {
         /// The message.
         kind: MessageKind,
-        /// The field.
+        /// Which field of the message, as the protocol documentation names it.
         field: &'static str,
         /// Where the field starts.
         offset: usize,
@@ -157,7 +157,7 @@ pub enum DecodeError {
     MissingNul {
         /// The message.
         kind: MessageKind,
-        /// The field.
+        /// Which field of the message, as the protocol documentation names it.
         field: &'static str,
         /// Where the string starts.
         offset: usize,
@@ -167,7 +167,7 @@ pub enum DecodeError {
     InvalidUtf8 {
         /// The message.
         kind: MessageKind,
-        /// The field.
+        /// Which field of the message, as the protocol documentation names it.
         field: &'static str,
         /// Where the string starts.
         offset: usize,
@@ -180,11 +180,11 @@ pub enum DecodeError {
     UnexpectedByte {
         /// The message.
         kind: MessageKind,
-        /// The field.
+        /// Which field of the message, as the protocol documentation names it.
         field: &'static str,
         /// Where the byte is.
         offset: usize,
-        /// The byte.
+        /// The value found.
         byte: u8,
         /// What the protocol allows there.
         expected: &'static str,
@@ -194,7 +194,7 @@ pub enum DecodeError {
     FieldNotSet {
         /// The message.
         kind: MessageKind,
-        /// The field.
+        /// Which field of the message, as the protocol documentation names it.
         field: &'static str,
     },
     /// Bytes follow a complete message.

@@ -566,7 +566,7 @@ pub struct LogicalDecodingMessage {
     pub transactional: bool,
     /// LSN of the message.
     pub lsn: Lsn,
-    /// The prefix.
+    /// The prefix given to `pg_logical_emit_message`; consumers select messages by it.
     pub prefix: String,
     /// The content, as bytes.
     pub content: Bytes,

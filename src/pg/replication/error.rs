@@ -155,7 +155,7 @@ pub enum ReplicationError {
          primary among the hosts of postgres.url"
     )]
     NotPrimary {
-        /// The host.
+        /// The last host of the URL tried (all were standbys).
         host: String,
     },
 
