@@ -230,32 +230,24 @@ impl Connector {
     }
 
     fn config_toml(&self, env: &Env, o: &Opts, kafka: &[(String, String)]) -> String {
-        let mut s = format!("connector_name = \"{}\"\n[postgres]\nurl = \"{}\"\n", self.name, self.db.url);
-        for (k, v) in &o.pg {
-            s.push_str(&format!("{k} = {v}\n"));
+        let lines = |pairs: &[(String, String)]| pairs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect::<String>();
+        common::services::RelayToml {
+            connector: self.name.clone(),
+            pg_url: self.db.url.clone(),
+            postgres: lines(&o.pg),
+            outbox: format!(
+                "[[outbox.tables]]\ntable = \"public.outbox\"\nroute_topic_replacement = \"{}.${{routedByValue}}\"\n",
+                self.name
+            ),
+            kafka_bootstrap: env.kafka_bootstrap.clone(),
+            checkpoint_topic: self.checkpoint_topic.clone(),
+            kafka: lines(kafka),
+            kafka_properties: o.props.clone(),
+            schema_registry_url: env.schema_registry_url.clone(),
+            metrics: format!("listen = \"127.0.0.1:{}\"\n", self.metrics_port),
+            extra: String::new(),
         }
-        s.push_str(&format!(
-            "[[outbox.tables]]\ntable = \"public.outbox\"\nroute_topic_replacement = \"{}.${{routedByValue}}\"\n",
-            self.name
-        ));
-        s.push_str(&format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ncheckpoint_topic = \"{}\"\n",
-            env.kafka_bootstrap, self.checkpoint_topic
-        ));
-        for (k, v) in kafka {
-            s.push_str(&format!("{k} = {v}\n"));
-        }
-        if !o.props.is_empty() {
-            s.push_str("[kafka.properties]\n");
-            for (k, v) in &o.props {
-                s.push_str(&format!("\"{k}\" = \"{v}\"\n"));
-            }
-        }
-        s.push_str(&format!(
-            "[schema_registry]\nurl = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
-            env.schema_registry_url, self.metrics_port
-        ));
-        s
+        .render()
     }
 
     /// The event topic with the broker's default partition count, so that the consumer can be assigned at once.

@@ -49,7 +49,7 @@ pub struct Env {
 }
 
 #[path = "../../tests/common/services.rs"]
-mod services;
+pub mod services;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

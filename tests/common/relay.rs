@@ -16,7 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::services::{Services, TestDb, unique_name};
+use crate::services::{RelayToml, Services, TestDb, unique_name};
 
 /// The outbox table every harness database has (Debezium's column names), plus an unrelated table.
 pub const SCHEMA: &str =
@@ -91,50 +91,41 @@ impl Harness {
 
     /// The configuration file's text.
     pub fn config_toml(&self, o: &Options) -> String {
-        format!(
-            r#"connector_name = "{connector}"
-[postgres]
-url = "{url}"
-heartbeat_interval_ms = {hb}
-status_interval_ms = 1000
-reconnect_backoff_initial_ms = 100
-reconnect_backoff_max_ms = 1000
-{extra_pg}
-{outbox}
-[kafka]
-bootstrap_servers = "{kafka}"
-checkpoint_topic = "{cp}"
-max_batch_ms = {mbm}
-max_batch_events = {mbe}
-transaction_timeout_ms = 60000
-[schema_registry]
-url = "{registry}"
-[metrics]
-listen = "{metrics}"
-{unhealthy}
-{extra}
-"#,
-            metrics = if self.metrics_port == 0 { String::new() } else { format!("127.0.0.1:{}", self.metrics_port) },
-            unhealthy = o.metrics.map(|ms| format!("unhealthy_after_ms = {ms}")).unwrap_or_default(),
-            connector = self.connector,
-            url = if o.url_params.is_empty() {
-                self.db.url.clone()
-            } else {
-                format!("{}&{}", self.db.url, o.url_params)
-            },
-            outbox = o.outbox_toml.as_ref().map(|t| t.replace("{prefix}", &self.topic_prefix)).unwrap_or_else(|| format!(
+        let url =
+            if o.url_params.is_empty() { self.db.url.clone() } else { format!("{}&{}", self.db.url, o.url_params) };
+        let outbox = o.outbox_toml.as_ref().map(|t| t.replace("{prefix}", &self.topic_prefix)).unwrap_or_else(|| {
+            format!(
                 "[[outbox.tables]]\ntable = \"public.outbox\"\nroute_topic_replacement = \"{}.${{routedByValue}}\"\n",
                 self.topic_prefix
-            )),
-            hb = o.heartbeat_interval_ms,
-            extra_pg = o.extra_postgres,
-            kafka = self.services.kafka_bootstrap,
-            cp = self.checkpoint_topic,
-            mbm = o.max_batch_ms,
-            mbe = o.max_batch_events,
-            registry = self.services.schema_registry_url,
-            extra = o.extra_toml,
-        )
+            )
+        });
+        // An empty address turns the endpoint off (tests run side by side).
+        let listen = if self.metrics_port == 0 { String::new() } else { format!("127.0.0.1:{}", self.metrics_port) };
+        let mut metrics = format!("listen = \"{listen}\"\n");
+        if let Some(ms) = o.metrics {
+            metrics.push_str(&format!("unhealthy_after_ms = {ms}\n"));
+        }
+        RelayToml {
+            connector: self.connector.clone(),
+            pg_url: url,
+            postgres: format!(
+                "heartbeat_interval_ms = {}\nstatus_interval_ms = 1000\nreconnect_backoff_initial_ms = 100\n\
+                 reconnect_backoff_max_ms = 1000\n{}",
+                o.heartbeat_interval_ms, o.extra_postgres
+            ),
+            outbox,
+            kafka_bootstrap: self.services.kafka_bootstrap.clone(),
+            checkpoint_topic: self.checkpoint_topic.clone(),
+            kafka: format!(
+                "max_batch_ms = {}\nmax_batch_events = {}\ntransaction_timeout_ms = 60000\n",
+                o.max_batch_ms, o.max_batch_events
+            ),
+            kafka_properties: Vec::new(),
+            schema_registry_url: self.services.schema_registry_url.clone(),
+            metrics,
+            extra: o.extra_toml.clone(),
+        }
+        .render()
     }
 
     /// Rewrites the configuration file.

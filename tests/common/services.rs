@@ -301,3 +301,58 @@ impl Drop for ThrowawayCluster {
         }
     }
 }
+
+/// The relay's configuration file, written the one way tests and benchmarks share: one connector on the local
+/// services. Section fields hold `key = value` lines (TOML literals, as the caller writes them).
+#[derive(Clone, Debug, Default)]
+pub struct RelayToml {
+    pub connector: String,
+    pub pg_url: String,
+    /// `[postgres]` lines after `url`.
+    pub postgres: String,
+    /// `[[outbox.tables]]` blocks.
+    pub outbox: String,
+    pub kafka_bootstrap: String,
+    pub checkpoint_topic: String,
+    /// `[kafka]` lines after `bootstrap_servers` and `checkpoint_topic`.
+    pub kafka: String,
+    /// `[kafka.properties]` entries (librdkafka names and values).
+    pub kafka_properties: Vec<(String, String)>,
+    pub schema_registry_url: String,
+    /// `[metrics]` lines; no section when empty.
+    pub metrics: String,
+    /// Further sections, verbatim.
+    pub extra: String,
+}
+
+impl RelayToml {
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let line =
+            |text: &str| if text.is_empty() || text.ends_with('\n') { text.to_owned() } else { format!("{text}\n") };
+        let mut s = format!(
+            "connector_name = \"{}\"\n[postgres]\nurl = \"{}\"\n{}{}[kafka]\nbootstrap_servers = \"{}\"\n\
+             checkpoint_topic = \"{}\"\n{}",
+            self.connector,
+            self.pg_url,
+            line(&self.postgres),
+            line(&self.outbox),
+            self.kafka_bootstrap,
+            self.checkpoint_topic,
+            line(&self.kafka)
+        );
+        if !self.kafka_properties.is_empty() {
+            s.push_str("[kafka.properties]\n");
+            for (k, v) in &self.kafka_properties {
+                s.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+            }
+        }
+        s.push_str(&format!("[schema_registry]\nurl = \"{}\"\n", self.schema_registry_url));
+        if !self.metrics.is_empty() {
+            s.push_str("[metrics]\n");
+            s.push_str(&line(&self.metrics));
+        }
+        s.push_str(&line(&self.extra));
+        s
+    }
+}
