@@ -11,12 +11,15 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The variable that arms a failpoint (tests only).
+pub const ENV: &str = "OUTBOX_RELAY_FAILPOINT";
+
 static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
 static HITS: AtomicU64 = AtomicU64::new(0);
 
 fn armed() -> &'static Option<(String, u64)> {
     ARMED.get_or_init(|| {
-        let v = std::env::var("OUTBOX_RELAY_FAILPOINT").ok()?;
+        let v = std::env::var(ENV).ok()?;
         let (name, n) = match v.split_once(':') {
             Some((name, n)) => (name.to_owned(), n.parse().unwrap_or(1)),
             None => (v, 1),

@@ -21,11 +21,11 @@ const EXIT_CONFIG: u8 = 2;
 
 /// Exactly-once relay of transactional outbox rows from PostgreSQL (logical replication) to Avro records on Kafka.
 ///
-/// Configuration comes from a TOML file (--config) plus environment variables: OUTBOX_RELAY_CONNECTOR_NAME,
-/// OUTBOX_RELAY_POSTGRES_URL, OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS, OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID,
-/// OUTBOX_RELAY_SCHEMA_REGISTRY_URL, OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME, OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD and
-/// OUTBOX_RELAY_METRICS_LISTEN override the keys they name. Exit codes: 0 success, 1 runtime failure, 2
-/// configuration or usage error.
+/// Configuration comes from a TOML file (--config) and environment variables, which override it: every key is
+/// OUTBOX_RELAY_ + its path in upper case with sections separated by __ (kafka.max_batch_ms is
+/// OUTBOX_RELAY_KAFKA__MAX_BATCH_MS, outbox.tables[0].table is OUTBOX_RELAY_OUTBOX__TABLES__0__TABLE); a name ending
+/// in _FILE reads the value from that file. Exit codes: 0 success, 1 runtime failure, 2 configuration or usage
+/// error.
 #[derive(Debug, Parser)]
 #[command(name = "outbox-relay", version, about, long_about)]
 struct Cli {
@@ -113,7 +113,12 @@ async fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let config = match Config::load(cli.config.as_deref()) {
-        Ok(config) => config,
+        Ok((config, ignored)) => {
+            for warning in ignored {
+                tracing::warn!(%warning, "configuration");
+            }
+            config
+        }
         Err(error) => {
             report_failure(cli.log_format, "configuration error", &anyhow::Error::new(error));
             return ExitCode::from(EXIT_CONFIG);

@@ -37,7 +37,6 @@ const fn default_unhealthy_after_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port` of the HTTP endpoint serving Prometheus `/metrics` and `/health`; empty disables it.
-    /// Env: `OUTBOX_RELAY_METRICS_LISTEN`.
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
     /// `/health` answers 503 once the relay has been unable to deliver for this long, in milliseconds: no

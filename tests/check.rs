@@ -59,7 +59,7 @@ url = "{registry}"
 
 fn config(pg_url: &str, kafka: &str, registry: &str) -> Config {
     let connector = services::unique_name("check");
-    Config::from_toml_str(&config_toml(pg_url, kafka, registry, &connector), |_| None).expect("test config is valid")
+    Config::from_toml_str(&config_toml(pg_url, kafka, registry, &connector), &[]).expect("test config is valid")
 }
 
 fn service(report: &CheckReport, service: Service) -> &ServiceReport {
@@ -232,7 +232,7 @@ async fn table_names_fold_like_sql_in_check_and_run() {
         let connector = services::unique_name("check");
         let text = config_toml(&db.url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
             .replace("table = \"outbox\"", &format!("table = '{table}'"));
-        Config::from_toml_str(&text, |_| None).unwrap()
+        Config::from_toml_str(&text, &[]).unwrap()
     };
     let folded = with_table("public.Outbox");
     assert_eq!(folded.outbox.tables[0].table.name, "outbox", "unquoted names fold to lower case");
@@ -292,7 +292,7 @@ async fn role_and_publication_problems() {
     let connector = services::unique_name("check");
     let text = config_toml(url.as_str(), &s.kafka_bootstrap, &s.schema_registry_url, &connector)
         .replace("[postgres]\n", "[postgres]\ncreate_publication = false\n");
-    let config = Config::from_toml_str(&text, |_| None).unwrap();
+    let config = Config::from_toml_str(&text, &[]).unwrap();
     let report = check::run(&config, &options()).await;
     db.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 
@@ -320,7 +320,7 @@ async fn start_up_decision_gap_and_missing_slot() {
     let slot = services::unique_name("chk_slot");
     let text = config_toml(&db.url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
         .replace("[postgres]\n", &format!("[postgres]\nslot = \"{slot}\"\ncreate_slot = false\n"));
-    let config = Config::from_toml_str(&text, |_| None).unwrap();
+    let config = Config::from_toml_str(&text, &[]).unwrap();
     let startup = check::check_startup(&config, &options()).await;
     assert!(
         matches!(only_problem(&startup), CheckError::Startup(StartupError::Slot(SlotError::SlotMissing(name))) if *name == slot),
@@ -346,7 +346,7 @@ async fn unwritable_spill_dir() {
     let connector = services::unique_name("check");
     let text = config_toml(&db.url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
         .replace("[postgres]\n", &format!("[postgres]\nspill_dir = \"{}\"\n", spill.display()));
-    let report = check::check_postgres(&Config::from_toml_str(&text, |_| None).unwrap(), &options()).await;
+    let report = check::check_postgres(&Config::from_toml_str(&text, &[]).unwrap(), &options()).await;
     let problem = only_problem(&report);
     assert!(matches!(problem, CheckError::Preflight(Finding::SpillDir { .. })), "{problem:?}");
     assert!(problem.to_string().contains("postgres.spill_dir"), "{problem}");
@@ -376,7 +376,7 @@ async fn missing_topics_are_found_when_the_relay_may_not_create_them() {
     let text = config_toml(&s.pg_url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
         .replace("table = \"outbox\"", &format!("table = \"outbox\"\nroute_topic_replacement = \"{connector}.all\""))
         + "[errors]\nmode = \"dead_letter\"\n";
-    let mut config = Config::from_toml_str(&text, |_| None).unwrap();
+    let mut config = Config::from_toml_str(&text, &[]).unwrap();
     assert_eq!(check::fixed_topics(&config), vec![format!("{connector}.all"), format!("{connector}.dead-letter")]);
     // Creation on: nothing to report, and nothing created.
     let report = check::check_kafka(&config, &options()).await;
@@ -437,7 +437,7 @@ async fn registry_subjects_that_would_refuse_the_relay() {
     let connector = services::unique_name("checkreg");
     let text = config_toml(&s.pg_url, &s.kafka_bootstrap, &s.schema_registry_url, &connector)
         .replace("table = \"outbox\"", &format!("table = \"outbox\"\nroute_topic_replacement = \"{connector}.all\""));
-    let config = Config::from_toml_str(&text, |_| None).unwrap();
+    let config = Config::from_toml_str(&text, &[]).unwrap();
     let report = check::check_schema_registry(&config, &options()).await;
     assert!(report.problems.is_empty(), "{report:#?}");
     let subject = format!("{connector}.all-value");
@@ -491,7 +491,7 @@ async fn topic_acls_on_a_secured_broker() {
             "[kafka]\nproperties = { \"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanisms\" = \"PLAIN\", \
              \"sasl.username\" = \"relay\", \"sasl.password\" = \"relay-secret\" }\n",
         );
-    let config = Config::from_toml_str(&text, |_| None).unwrap();
+    let config = Config::from_toml_str(&text, &[]).unwrap();
     let report = check::check_kafka(&config, &options()).await;
     let problem = only_problem(&report);
     assert!(matches!(problem, CheckError::TopicNotAuthorized { topic, .. } if *topic == forbidden), "{report:#?}");

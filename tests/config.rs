@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use outbox_relay::config::{Config, ConfigError, ConnectError, ENV_OVERRIDES, Placement};
+use outbox_relay::config::env::{ALIASES, var_name};
+use outbox_relay::config::{Config, ConfigError, ConnectError, Placement};
 
 fn example_path() -> PathBuf {
     services::repo_root().join("config/outbox-relay.example.toml")
@@ -97,7 +98,7 @@ url = "https://sr:file-sr-secret@registry.example/apis/ccompat/v7"
 
 #[test]
 fn example_file_parses_with_documented_defaults() {
-    let config = Config::from_file(&example_path(), |_| None).unwrap();
+    let config = Config::from_file(&example_path(), &[]).unwrap();
     assert!(config.warnings().is_empty(), "{:?}", config.warnings());
     assert_eq!(config.connector_name, "outbox-relay");
     assert_eq!(config.postgres.slot, "outbox_relay");
@@ -111,7 +112,7 @@ fn example_file_parses_with_documented_defaults() {
          [kafka]\nbootstrap_servers = \"{}\"\n[schema_registry]\nurl = \"{}\"\n",
         config.postgres.url, config.kafka.bootstrap_servers, config.schema_registry.url
     );
-    let defaults = Config::from_toml_str(&minimal, |_| None).unwrap();
+    let defaults = Config::from_toml_str(&minimal, &[]).unwrap();
     assert_eq!(config.to_redacted_toml().unwrap(), defaults.to_redacted_toml().unwrap());
 }
 
@@ -120,7 +121,7 @@ fn example_file_parses_with_documented_defaults() {
 #[test]
 fn readme_reference_and_example_cover_every_key() {
     let example = example_keys();
-    let config = Config::from_file(&example_path(), |_| None).unwrap();
+    let config = Config::from_file(&example_path(), &[]).unwrap();
     let mut effective = BTreeSet::new();
     key_paths(&toml::Value::try_from(&config).unwrap(), "", &mut effective);
     assert_eq!(example, effective, "config/outbox-relay.example.toml must show every key of Config");
@@ -130,19 +131,122 @@ fn readme_reference_and_example_cover_every_key() {
     let stale: Vec<_> = readme.difference(&example).collect();
     assert!(undocumented.is_empty(), "keys missing from README.md's configuration reference: {undocumented:?}");
     assert!(stale.is_empty(), "README.md documents keys the example file lacks: {stale:?}");
-    // Every environment override is documented next to its key.
+    // The environment scheme and every older variable name are documented.
     let readme_text = std::fs::read_to_string(services::repo_root().join("README.md")).unwrap();
-    for (var, key) in ENV_OVERRIDES {
-        let row = readme_text.lines().find(|l| l.starts_with(&format!("| `{key}` |"))).unwrap();
-        assert!(row.contains(var), "README row of {key} does not mention {var}");
+    for var in ALIASES.iter().map(|(var, _)| *var).chain(["OUTBOX_RELAY_KAFKA__MAX_BATCH_MS", "_FILE"]) {
+        assert!(readme_text.contains(var), "README.md does not mention {var}");
     }
+}
+
+/// Every key of the example file can be set from the environment alone, by the generic name, with a value of its
+/// type, and `print-config` through the real binary shows it set.
+#[test]
+fn every_key_is_configurable_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "from-a-file\n").unwrap();
+    let example: toml::Value = toml::from_str(&std::fs::read_to_string(example_path()).unwrap()).unwrap();
+    let mut vars: Vec<(String, String)> = vec![
+        ("OUTBOX_RELAY_POSTGRES__URL".into(), "postgres://u@envhost/db".into()),
+        ("OUTBOX_RELAY_KAFKA__BOOTSTRAP_SERVERS".into(), "envkafka:9092".into()),
+        ("OUTBOX_RELAY_SCHEMA_REGISTRY__URL".into(), "http://envregistry:8081".into()),
+        ("OUTBOX_RELAY_SCHEMA_REGISTRY__USERNAME".into(), "relay".into()),
+        ("OUTBOX_RELAY_SCHEMA_REGISTRY__PASSWORD_FILE".into(), secret.to_str().unwrap().into()),
+        ("OUTBOX_RELAY_KAFKA__PROPERTIES__LINGER_MS".into(), "7".into()),
+        ("OUTBOX_RELAY_KAFKA__TOPIC_CREATION__CONFIGS__MIN_INSYNC_REPLICAS".into(), "2".into()),
+        ("OUTBOX_RELAY_OUTBOX__TABLES__0__ADDITIONAL_FIELDS__0__COLUMN".into(), "tenant".into()),
+        ("OUTBOX_RELAY_OUTBOX__TABLES__0__ADDITIONAL_FIELDS__0__PLACEMENT".into(), "header".into()),
+    ];
+    // One changed value per scalar key: numbers + 1, booleans flipped, strings and enums of the example kept.
+    let mut expected: Vec<(String, toml::Value)> = Vec::new();
+    fn walk(v: &toml::Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, toml::Value)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    if matches!(
+                        k.as_str(),
+                        "properties" | "configs" | "additional_fields" | "url" | "bootstrap_servers"
+                    ) {
+                        continue;
+                    }
+                    path.push(k.clone());
+                    walk(v, path, out);
+                    path.pop();
+                }
+            }
+            toml::Value::Array(items) if items.iter().any(toml::Value::is_table) => {
+                path.push("0".into());
+                walk(&items[0], path, out);
+                path.pop();
+            }
+            other => out.push((path.clone(), other.clone())),
+        }
+    }
+    let mut leaves = Vec::new();
+    walk(&example, &mut Vec::new(), &mut leaves);
+    for (path, value) in leaves {
+        if value.as_str() == Some("") {
+            continue; // an empty variable sets nothing; the keys with an empty example are set above
+        }
+        let changed = match &value {
+            toml::Value::Integer(i) => toml::Value::Integer(if *i < 0 { 1 } else { i + 1 }),
+            toml::Value::Boolean(b) => toml::Value::Boolean(!b),
+            other => other.clone(),
+        };
+        let text = match &changed {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Array(items) => {
+                items.iter().map(|i| i.as_str().unwrap().to_owned()).collect::<Vec<_>>().join(",")
+            }
+            other => other.to_string(),
+        };
+        let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+        vars.push((var_name(&segments), text));
+        expected.push((path.join("."), changed));
+    }
+    assert!(expected.len() > 35, "walked only {} keys", expected.len());
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let output = relay(&["print-config"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed: toml::Value = toml::from_str(&stdout(&output)).unwrap();
+    for (key, want) in &expected {
+        let mut at = &printed;
+        for segment in key.split('.') {
+            at = match segment.parse::<usize>() {
+                Ok(i) => &at[i],
+                Err(_) => &at[segment],
+            };
+        }
+        // Fields that are re-derived or redacted on print are compared loosely.
+        if key.ends_with("password") || key.ends_with("username") {
+            continue;
+        }
+        assert_eq!(at, want, "{key} from {}", var_name(&key.split('.').collect::<Vec<_>>()));
+    }
+    assert_eq!(printed["kafka"]["properties"]["linger.ms"].as_str(), Some("7"));
+    assert_eq!(printed["kafka"]["topic_creation"]["configs"]["min.insync.replicas"].as_str(), Some("2"));
+    assert_eq!(printed["outbox"]["tables"][0]["additional_fields"][0]["column"].as_str(), Some("tenant"));
+    assert_eq!(printed["schema_registry"]["password"].as_str(), Some("***"), "set from the file, printed redacted");
+    let config = Config::from_toml_str("", &env).unwrap();
+    assert_eq!(config.schema_registry.password, "from-a-file");
+
+    // A typo in a nested key fails, naming the variable; a value is never echoed.
+    let output = relay(&["print-config"], &[env[0], env[1], env[2], ("OUTBOX_RELAY_KAFKA__MAX_BATCH_MSS", "9")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("OUTBOX_RELAY_KAFKA__MAX_BATCH_MSS"), "{}", stderr(&output));
+    let output = relay(&["print-config"], &[env[0], env[1], env[2], ("OUTBOX_RELAY_KAFKA__MAX_BATCH_MS", "s3cr3t")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("kafka.max_batch_ms (from environment variable OUTBOX_RELAY_KAFKA__MAX_BATCH_MS)")
+    );
+    assert!(!stderr(&output).contains("s3cr3t"), "{}", stderr(&output));
 }
 
 #[test]
 fn unknown_key_is_named_with_its_section() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), &VALID.replace("[kafka]\n", "[kafka]\nmax_batch_evnets = 5\n"));
-    let err = Config::from_file(&path, |_| None).unwrap_err();
+    let err = Config::from_file(&path, &[]).unwrap_err();
     assert!(matches!(&err, ConfigError::Parse { section, .. } if section == "section [kafka]"), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("max_batch_evnets"), "{message}");
@@ -187,8 +291,7 @@ fn environment_overrides_the_file() {
         ("OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS", "envkafka:9092"),
         ("OUTBOX_RELAY_METRICS_LISTEN", "0.0.0.0:9999"),
     ];
-    let lookup = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned());
-    let config = Config::from_file(&path, lookup).unwrap();
+    let config = Config::from_file(&path, &env).unwrap();
     assert_eq!(config.postgres.url, env[0].1);
     assert_eq!(config.connector_name, "env-connector");
     assert_eq!(config.postgres.slot, "env_connector", "derived defaults follow the overridden name");
@@ -209,7 +312,7 @@ fn environment_overrides_the_file() {
 
 #[test]
 fn secrets_are_redacted_in_debug_and_print_config() {
-    let config = Config::from_toml_str(VALID, |_| None).unwrap();
+    let config = Config::from_toml_str(VALID, &[]).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("secret\""), "{debug}");
     for secret in ["file-pg-secret", "file-kafka-secret", "file-jaas-secret", "file-sr-secret"] {
@@ -299,7 +402,7 @@ async fn connect_sql_honours_every_sslmode() {
             "[postgres]\nurl = \"postgres://{user}:{password}@{host}:{port}/{database}?{query}\"\n\
              [kafka]\nbootstrap_servers = \"k:9092\"\n[schema_registry]\nurl = \"http://r\"\n"
         );
-        let config = Config::from_toml_str(&text, |_| None).unwrap();
+        let config = Config::from_toml_str(&text, &[]).unwrap();
         async move { sql_version(&config.postgres).await }
     };
     // The certificate names localhost and 127.0.0.1; `wrong.example` resolves nowhere, so hostaddr supplies the IP
@@ -349,7 +452,7 @@ async fn a_refused_sql_login_is_definite_and_an_unreachable_server_transient() {
         let text = format!(
             "[postgres]\nurl = \"{url}\"\n[kafka]\nbootstrap_servers = \"k:9092\"\n[schema_registry]\nurl = \"http://r\"\n"
         );
-        Config::from_toml_str(&text, |_| None).unwrap()
+        Config::from_toml_str(&text, &[]).unwrap()
     };
     let mut wrong = base.clone();
     wrong.set_password(Some("not-the-password")).unwrap();

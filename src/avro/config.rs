@@ -20,13 +20,12 @@ const fn default_request_timeout_ms() -> u64 {
 pub struct SchemaRegistryConfig {
     /// Base URL of the Confluent-compatible API, e.g. `http://127.0.0.1:8081` or Apicurio's
     /// `http://host:8080/apis/ccompat/v7`. Required. May carry `user:password@` for basic auth.
-    /// Env: `OUTBOX_RELAY_SCHEMA_REGISTRY_URL`.
     #[serde(default)]
     pub url: String,
-    /// Basic auth user (instead of credentials in the URL). Env: `OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME`.
+    /// Basic auth user (instead of credentials in the URL).
     #[serde(default)]
     pub username: String,
-    /// Basic auth password. Env: `OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD`.
+    /// Basic auth password.
     #[serde(default)]
     pub password: String,
     /// Record key encoding: `string` (UTF-8 aggregate id) or `avro` (an Avro string registered under
@@ -129,7 +128,7 @@ impl SchemaRegistryConfig {
             report(
                 KEY,
                 "is required: set url in [schema_registry] or the environment variable \
-                 OUTBOX_RELAY_SCHEMA_REGISTRY_URL"
+                 OUTBOX_RELAY_SCHEMA_REGISTRY__URL"
                     .to_owned(),
             );
         } else {

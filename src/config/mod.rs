@@ -6,8 +6,8 @@
 //! No secret it holds (passwords in connection strings, registry credentials, secret librdkafka properties) appears
 //! in its `Debug` output, in [`Config::redacted`] or in any error this module returns.
 //!
-//! Loading order: defaults, then the TOML file, then the environment variables in [`ENV_OVERRIDES`] (a variable
-//! that is set and not empty wins over the file), then derived defaults, then validation. Validation reports every
+//! Loading order: defaults, then the TOML file, then the environment variables ([`env`]: `OUTBOX_RELAY_` + the key's
+//! path, e.g. `OUTBOX_RELAY_KAFKA__MAX_BATCH_MS`; a variable that is set and not empty wins over the file), then derived defaults, then validation. Validation reports every
 //! problem it finds at once, each naming its key (`kafka.max_batch_events`) and what to change.
 //!
 //! Each component's settings type lives next to the component and validates itself ([`crate::pg::config`],
@@ -16,12 +16,12 @@
 //! span sections, and redaction (`redact`). The settings types are re-exported here: together they are the schema
 //! of the file.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod env;
 pub mod fields;
 pub mod redact;
 
@@ -40,20 +40,6 @@ pub use redact::{REDACTED, is_secret_property, redact_secret, redact_url};
 /// Environment variable naming the configuration file (read by the CLI's `--config`).
 pub const CONFIG_PATH_ENV: &str = "OUTBOX_RELAY_CONFIG";
 
-/// Environment variables that override single configuration keys, as `(variable, key)`.
-///
-/// A variable overrides its key when it is set and not empty.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("OUTBOX_RELAY_CONNECTOR_NAME", "connector_name"),
-    ("OUTBOX_RELAY_POSTGRES_URL", "postgres.url"),
-    ("OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
-    ("OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID", "kafka.transactional_id"),
-    ("OUTBOX_RELAY_SCHEMA_REGISTRY_URL", "schema_registry.url"),
-    ("OUTBOX_RELAY_SCHEMA_REGISTRY_USERNAME", "schema_registry.username"),
-    ("OUTBOX_RELAY_SCHEMA_REGISTRY_PASSWORD", "schema_registry.password"),
-    ("OUTBOX_RELAY_METRICS_LISTEN", "metrics.listen"),
-];
-
 /// Longest accepted [`Config::connector_name`].
 pub const MAX_CONNECTOR_NAME_LEN: usize = 200;
 
@@ -71,7 +57,7 @@ fn default_connector_name() -> String {
 pub struct Config {
     /// Name of this connector: `[a-zA-Z0-9._-]+`, at most 200 characters. Derives the default slot, publication and
     /// Kafka `transactional.id`, and keys the checkpoint record, so it must stay the same across restarts of the
-    /// same relay and be unique among relays sharing a Kafka cluster. Env: `OUTBOX_RELAY_CONNECTOR_NAME`.
+    /// same relay and be unique among relays sharing a Kafka cluster.
     #[serde(default = "default_connector_name")]
     pub connector_name: String,
     /// PostgreSQL source.
@@ -176,74 +162,78 @@ impl fmt::Display for ProblemList<'_> {
 // ---------------------------------------------------------------------------------------------------------------
 
 impl Config {
-    /// Loads the configuration file at `path` (or only defaults when `None`) and applies the process environment.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env = |name: &str| std::env::var(name).ok();
-        match path {
-            Some(path) => Config::from_file(path, env),
-            None => Config::parse("", "defaults and environment", env),
-        }
+    /// Loads the configuration file at `path` (or only defaults when `None`) and applies the process environment
+    /// (the variables [`env`] describes). Variables with the prefix that name no key come back as warnings.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with(env::PREFIX))
+            .collect();
+        let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (text, origin) = match path {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?,
+                path.display().to_string(),
+            ),
+            None => (String::new(), "defaults and environment".to_owned()),
+        };
+        Config::parse(&text, &origin, &env)
     }
 
-    /// Loads the configuration file at `path`, taking environment variables from `env`.
-    pub fn from_file<F>(path: &Path, env: F) -> Result<Config, ConfigError>
-    where
-        F: Fn(&str) -> Option<String>,
-    {
+    /// Loads the configuration file at `path`, with the environment variables `env` (name, value).
+    pub fn from_file(path: &Path, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text, &path.display().to_string(), env)
+        Config::parse(&text, &path.display().to_string(), env).map(|(config, _)| config)
     }
 
-    /// Parses TOML text, taking environment variables from `env` (pass `|_| None` for none).
-    pub fn from_toml_str<F>(text: &str, env: F) -> Result<Config, ConfigError>
-    where
-        F: Fn(&str) -> Option<String>,
-    {
-        Config::parse(text, "<string>", env)
+    /// Parses TOML text, with the environment variables `env` (name, value; `&[]` for none).
+    pub fn from_toml_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::parse(text, "<string>", env).map(|(config, _)| config)
     }
 
-    fn parse<F>(text: &str, origin: &str, env: F) -> Result<Config, ConfigError>
-    where
-        F: Fn(&str) -> Option<String>,
-    {
+    fn parse(text: &str, origin: &str, env: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+        // The file alone first: its errors then point at its lines.
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
             section: enclosing_section(text, e.span()),
             detail: scrub_secrets(e.to_string().trim_end()),
         })?;
-        let mut from_env: BTreeMap<&'static str, &'static str> = BTreeMap::new();
-        for &(var, key) in ENV_OVERRIDES {
-            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
-                *config.env_target(key) = value;
-                from_env.insert(key, var);
-            }
+        let mut applied = env::Applied::default();
+        if env.iter().any(|(name, value)| name.starts_with(env::PREFIX) && !value.is_empty()) {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: origin.to_owned(),
+                section: enclosing_section(text, e.span()),
+                detail: scrub_secrets(e.to_string().trim_end()),
+            })?;
+            applied = env::apply(&mut table, env)
+                .map_err(|problems| ConfigError::Invalid { origin: origin.to_owned(), problems })?;
+            config = Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                origin: format!(
+                    "{origin} and the environment ({})",
+                    applied.vars.values().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                section: "environment".to_owned(),
+                detail: scrub_secrets(e.to_string().trim_end()),
+            })?;
         }
+        let warnings = applied
+            .ignored
+            .iter()
+            .map(|var| format!("environment variable {var} names no configuration key and is ignored"))
+            .collect();
         config.fill_derived_defaults();
         let mut problems = Vec::new();
         config.validate(&mut problems);
         if problems.is_empty() {
-            return Ok(config);
+            return Ok((config, warnings));
         }
         for problem in &mut problems {
-            if let Some(var) = from_env.get(problem.key.as_str()) {
+            if let Some(var) = applied.vars.get(problem.key.as_str()) {
                 problem.key = format!("{} (from environment variable {var})", problem.key);
             }
         }
         Err(ConfigError::Invalid { origin: origin.to_owned(), problems })
-    }
-
-    fn env_target(&mut self, key: &str) -> &mut String {
-        match key {
-            "postgres.url" => &mut self.postgres.url,
-            "kafka.bootstrap_servers" => &mut self.kafka.bootstrap_servers,
-            "kafka.transactional_id" => &mut self.kafka.transactional_id,
-            "schema_registry.url" => &mut self.schema_registry.url,
-            "schema_registry.username" => &mut self.schema_registry.username,
-            "schema_registry.password" => &mut self.schema_registry.password,
-            "metrics.listen" => &mut self.metrics.listen,
-            _ => &mut self.connector_name,
-        }
     }
 
     fn fill_derived_defaults(&mut self) {
@@ -387,11 +377,11 @@ mod tests {
     "#;
 
     fn minimal() -> Config {
-        Config::from_toml_str(MINIMAL, |_| None).unwrap()
+        Config::from_toml_str(MINIMAL, &[]).unwrap()
     }
 
     fn problems(text: &str) -> Vec<Problem> {
-        match Config::from_toml_str(text, |_| None) {
+        match Config::from_toml_str(text, &[]) {
             Err(ConfigError::Invalid { problems, .. }) => problems,
             other => panic!("expected an invalid configuration, got {other:?}"),
         }
@@ -420,7 +410,7 @@ mod tests {
 
     #[test]
     fn derived_names_follow_the_connector_name() {
-        let c = Config::from_toml_str(&format!("connector_name = \"Billing.EU-1\"\n{MINIMAL}"), |_| None).unwrap();
+        let c = Config::from_toml_str(&format!("connector_name = \"Billing.EU-1\"\n{MINIMAL}"), &[]).unwrap();
         assert_eq!(c.postgres.slot, "billing_eu_1");
         assert_eq!(c.postgres.publication, "billing_eu_1");
         assert_eq!(c.kafka.transactional_id, "outbox-relay-Billing.EU-1");
@@ -430,35 +420,34 @@ mod tests {
     #[test]
     fn unknown_key_names_key_and_section() {
         let text = format!("{MINIMAL}\n[kafka.properties]\n\"a\" = \"b\"\n[metrics]\nlisten = \"\"\nlistn = 1\n");
-        let err = Config::from_toml_str(&text, |_| None).unwrap_err();
+        let err = Config::from_toml_str(&text, &[]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("listn"), "{msg}");
         assert!(msg.contains("section [metrics]"), "{msg}");
-        let top = Config::from_toml_str("bogus = 1\n[postgres]\n", |_| None).unwrap_err().to_string();
+        let top = Config::from_toml_str("bogus = 1\n[postgres]\n", &[]).unwrap_err().to_string();
         assert!(top.contains("top level") && top.contains("bogus"), "{top}");
     }
 
     #[test]
     fn env_overrides_file_and_is_named_in_errors() {
-        let env = |name: &str| match name {
-            "OUTBOX_RELAY_POSTGRES_URL" => Some("postgres://u@other:6432/db".to_owned()),
-            "OUTBOX_RELAY_CONNECTOR_NAME" => Some("from-env".to_owned()),
-            "OUTBOX_RELAY_METRICS_LISTEN" => Some(String::new()),
-            _ => None,
-        };
-        let c = Config::from_toml_str(MINIMAL, env).unwrap();
+        let env = [
+            ("OUTBOX_RELAY_POSTGRES_URL", "postgres://u@other:6432/db"),
+            ("OUTBOX_RELAY_CONNECTOR_NAME", "from-env"),
+            ("OUTBOX_RELAY_METRICS__LISTEN", ""),
+        ];
+        let c = Config::from_toml_str(MINIMAL, &env).unwrap();
         assert_eq!(c.postgres.url, "postgres://u@other:6432/db");
         assert_eq!(c.connector_name, "from-env");
         assert_eq!(c.postgres.slot, "from_env");
         assert_eq!(c.metrics.listen, "127.0.0.1:9187", "an empty variable does not override");
 
-        let bad = |name: &str| (name == "OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS").then(|| "nope".to_owned());
-        let Err(ConfigError::Invalid { problems, .. }) = Config::from_toml_str(MINIMAL, bad) else {
+        let bad = [("OUTBOX_RELAY_KAFKA__BOOTSTRAP_SERVERS", "nope")];
+        let Err(ConfigError::Invalid { problems, .. }) = Config::from_toml_str(MINIMAL, &bad) else {
             panic!("expected invalid")
         };
         assert_eq!(
             problems[0].key,
-            "kafka.bootstrap_servers (from environment variable OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS)"
+            "kafka.bootstrap_servers (from environment variable OUTBOX_RELAY_KAFKA__BOOTSTRAP_SERVERS)"
         );
     }
 
@@ -467,7 +456,7 @@ mod tests {
         let problems = problems("");
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["postgres.url", "kafka.bootstrap_servers", "schema_registry.url"]);
-        assert!(problems[0].message.contains("OUTBOX_RELAY_POSTGRES_URL"));
+        assert!(problems[0].message.contains("OUTBOX_RELAY_POSTGRES__URL"));
     }
 
     #[test]
@@ -526,7 +515,7 @@ mod tests {
         assert!(sslmode.message.contains("verify-everything"), "{sslmode}");
         let dup = problems.iter().find(|p| p.key == "outbox.tables[1].table").unwrap();
         assert!(dup.message.contains("twice"), "{dup}");
-        let err = Config::from_toml_str(text, |_| None).unwrap_err().to_string();
+        let err = Config::from_toml_str(text, &[]).unwrap_err().to_string();
         assert!(!err.contains(":p@"), "password leaked into {err}");
     }
 
@@ -536,8 +525,8 @@ mod tests {
             "{MINIMAL}\n[[outbox.tables]]\nadditional_fields = [{{ column = \"t\", placement = \"partition\" }}]\n\
              [kafka.properties]\n\"linger.ms\" = 5\n"
         );
-        let printed = Config::from_toml_str(&text, |_| None).unwrap().to_redacted_toml().unwrap();
-        let reparsed = Config::from_toml_str(&printed, |_| None).unwrap();
+        let printed = Config::from_toml_str(&text, &[]).unwrap().to_redacted_toml().unwrap();
+        let reparsed = Config::from_toml_str(&printed, &[]).unwrap();
         assert_eq!(reparsed.to_redacted_toml().unwrap(), printed);
     }
 
@@ -549,7 +538,7 @@ mod tests {
             "[kafka.properties]\n\"sasl.password\" = kafka-secret\n",
             "[schema_registry]\npassword = [\"sr-secret\"\n",
         ] {
-            let err = Config::from_toml_str(broken, |_| None).unwrap_err();
+            let err = Config::from_toml_str(broken, &[]).unwrap_err();
             let text = format!("{err} {err:?}");
             assert!(matches!(err, ConfigError::Parse { .. }), "{text}");
             assert!(!text.contains("secret"), "secret quoted in {text}");
@@ -561,7 +550,7 @@ mod tests {
         let text = format!(
             "{MINIMAL}\n[[outbox.tables]]\nadditional_fields = [{{ column = \"t\", placement = \"footer\" }}]\n"
         );
-        let msg = Config::from_toml_str(&text, |_| None).unwrap_err().to_string();
+        let msg = Config::from_toml_str(&text, &[]).unwrap_err().to_string();
         assert!(msg.contains("footer") && msg.contains("header") && msg.contains("[[outbox.tables]]"), "{msg}");
     }
 
@@ -569,18 +558,16 @@ mod tests {
     fn explicit_empty_table_list_needs_messages() {
         let keys = problem_keys(&format!("{MINIMAL}\n[outbox]\ntables = []\n"));
         assert_eq!(keys, ["outbox.tables"]);
-        let c = Config::from_toml_str(
-            &format!("{MINIMAL}\n[outbox]\ntables = []\nmessages = {{ enabled = true }}\n"),
-            |_| None,
-        )
-        .unwrap();
+        let c =
+            Config::from_toml_str(&format!("{MINIMAL}\n[outbox]\ntables = []\nmessages = {{ enabled = true }}\n"), &[])
+                .unwrap();
         assert!(c.outbox.tables.is_empty());
     }
 
     #[test]
     fn template_without_placeholder_is_a_warning() {
         let text = format!("{MINIMAL}\n[[outbox.tables]]\nroute_topic_replacement = \"all-events\"\n");
-        let c = Config::from_toml_str(&text, |_| None).unwrap();
+        let c = Config::from_toml_str(&text, &[]).unwrap();
         assert_eq!(c.warnings().len(), 1);
         assert!(c.warnings()[0].contains("all-events"));
     }
@@ -592,7 +579,7 @@ mod tests {
              additional_fields = [{{ column = \"tenant\", placement = \"header\" }}, \
              {{ column = \"type\", placement = \"envelope\", alias = \"eventType\" }}]\n"
         );
-        let c = Config::from_toml_str(&text, |_| None).unwrap();
+        let c = Config::from_toml_str(&text, &[]).unwrap();
         let t = &c.outbox.tables[0];
         assert_eq!(t.additional_fields[0].alias, "tenant");
         assert_eq!(t.timestamp_column(), Some("created_at"));
@@ -604,7 +591,7 @@ mod tests {
         let text = format!(
             "{MINIMAL}\n[kafka.properties]\n\"linger.ms\" = 5\n\"enable.ssl.certificate.verification\" = false\n"
         );
-        let c = Config::from_toml_str(&text, |_| None).unwrap();
+        let c = Config::from_toml_str(&text, &[]).unwrap();
         assert_eq!(c.kafka.properties["linger.ms"], "5");
         assert_eq!(c.kafka.properties["enable.ssl.certificate.verification"], "false");
     }
@@ -625,7 +612,7 @@ mod tests {
             [schema_registry]
             url = "https://sr-user:sr-secret-1@registry:8081"
         "#;
-        let c = Config::from_toml_str(text, |_| None).unwrap();
+        let c = Config::from_toml_str(text, &[]).unwrap();
         let mut with_password = c.clone();
         with_password.schema_registry.url = "https://registry:8081".to_owned();
         with_password.schema_registry.username = "u".to_owned();

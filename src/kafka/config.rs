@@ -54,14 +54,13 @@ const fn default_max_batch_ms() -> u64 {
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Comma-separated `host:port` list. Required. Env: `OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS`.
+    /// Comma-separated `host:port` list. Required.
     #[serde(default)]
     pub bootstrap_servers: String,
     /// Compacted topic holding the relay's checkpoint (the last committed PostgreSQL LSN).
     #[serde(default = "default_checkpoint_topic")]
     pub checkpoint_topic: String,
     /// Producer `transactional.id`; must be stable across restarts. Default: `outbox-relay-<connector_name>`.
-    /// Env: `OUTBOX_RELAY_KAFKA_TRANSACTIONAL_ID`.
     #[serde(default)]
     pub transactional_id: String,
     /// Producer `transaction.timeout.ms`: the broker aborts a transaction left open this long. 1000 to 900000
@@ -180,7 +179,7 @@ impl KafkaConfig {
             report(
                 "kafka.bootstrap_servers",
                 "is required: set bootstrap_servers in [kafka] or the environment variable \
-                 OUTBOX_RELAY_KAFKA_BOOTSTRAP_SERVERS (host:port[,host:port...])"
+                 OUTBOX_RELAY_KAFKA__BOOTSTRAP_SERVERS (host:port[,host:port...])"
                     .to_owned(),
             );
         } else {

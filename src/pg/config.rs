@@ -52,7 +52,7 @@ const fn default_reconnect_backoff_max_ms() -> u64 {
 pub struct PostgresConfig {
     /// Connection URL, `postgres://user:password@host:port/database?sslmode=verify-full&sslrootcert=/ca.pem`.
     /// Required. `sslmode` is one of disable, prefer (default), require, verify-ca, verify-full; `sslrootcert`,
-    /// `sslcert` and `sslkey` name PEM files. Env: `OUTBOX_RELAY_POSTGRES_URL`.
+    /// `sslcert` and `sslkey` name PEM files.
     #[serde(default)]
     pub url: String,
     /// Logical replication slot name (`[a-z0-9_]`, at most 63 characters). Default: the connector name lowercased,
@@ -197,7 +197,7 @@ impl PostgresConfig {
         if self.url.is_empty() {
             report(
                 "postgres.url",
-                "is required: set url in [postgres] or the environment variable OUTBOX_RELAY_POSTGRES_URL".to_owned(),
+                "is required: set url in [postgres] or the environment variable OUTBOX_RELAY_POSTGRES__URL".to_owned(),
             );
         } else {
             match ConnInfo::from_url(&self.url) {
