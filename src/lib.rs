@@ -20,6 +20,8 @@
 //!   directory, the replication connection), as typed findings.
 //! - [`startup`]: the start-up decision (resume position, gap, lost slot, a checkpoint of another server).
 //! - [`pipeline`]: the loop that ties them together; acknowledges to PostgreSQL only after the Kafka commit.
+//! - [`leader`]: leadership among replicas of one connector (a lease held in PostgreSQL); runs the pipeline only
+//!   while holding it, with its settings.
 //! - [`dead_letter`]: what an event that cannot be mapped, encoded or produced becomes in dead-letter mode.
 //! - [`check`]: the `check` command: [`preflight`] and [`startup`] run as a dry run that reports instead of failing.
 //! - [`tail`]: the `tail` command: read a topic back decoded, as a consumer would.
@@ -33,6 +35,7 @@ pub mod dead_letter;
 #[doc(hidden)]
 pub mod failpoint;
 pub mod kafka;
+pub mod leader;
 pub mod metrics;
 pub mod outbox;
 pub mod pg;

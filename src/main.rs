@@ -210,7 +210,7 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
     let opts = outbox_relay::pipeline::RunOptions { accept_gap: args.accept_gap, start_lsn };
     // On a runtime worker, not the main thread: wake-ups between the reader, the Kafka sink and the replication
     // stream then stay on the workers (benches/README.md: a third less CPU per event for large transactions).
-    let result = tokio::spawn(outbox_relay::pipeline::run(config, opts, stats, shutdown_rx))
+    let result = tokio::spawn(outbox_relay::leader::run(config, opts, stats, shutdown_rx))
         .await
         .map_err(|e| anyhow::anyhow!("pipeline task failed: {e}"))?;
     up.store(false, Ordering::Relaxed);

@@ -97,6 +97,8 @@ pub const COMMIT_SECONDS: &str = "outbox_relay_kafka_commit_seconds_total";
 pub const UP: &str = "outbox_relay_up";
 /// 1 while the relay is delivering (see the module doc).
 pub const READY: &str = "outbox_relay_ready";
+/// 1 while this relay holds its connector's leadership lease (or leadership is off), 0 as a standby.
+pub const LEADER: &str = "outbox_relay_leader";
 /// Events sent to the dead-letter topic.
 pub const DEAD_LETTERS: &str = "outbox_relay_dead_letters_total";
 /// Rows of unmapped published tables skipped (`outbox.unmapped_relations = "ignore"`).
@@ -142,11 +144,13 @@ pub struct Stats {
     pub producer_restarts: AtomicU64,
     /// A replication session is streaming.
     pub streaming: AtomicBool,
+    /// This relay holds its connector's leadership lease (see [`crate::leader`]).
+    pub leader: AtomicBool,
     /// The sink holds records not yet committed.
     pub pending: AtomicBool,
     /// Unix ms of the sink's last progress (a batch started, records acknowledged by the broker, a commit).
     pub last_progress_unix_ms: AtomicU64,
-    /// Unix ms of the last moment the relay was observed ready.
+    /// Unix ms of the last moment the relay was observed ready (or, as a standby, reached PostgreSQL).
     pub last_ready_unix_ms: AtomicU64,
     /// Records the broker acknowledged (shared with the producer's delivery callback).
     pub delivered: Arc<AtomicU64>,
@@ -239,6 +243,12 @@ pub fn render(stats: &Stats, up: bool, ready: bool) -> String {
         "gauge",
         "1 while a replication session streams and the producer makes progress.",
         f64::from(u8::from(ready)),
+    );
+    metric(
+        LEADER,
+        "gauge",
+        "1 while this relay leads its connector (holds the lease), 0 while it waits as a standby.",
+        f64::from(u8::from(stats.leader.load(Ordering::Relaxed))),
     );
     metric(DEAD_LETTERS, "counter", "Events sent to the dead-letter topic.", get(&stats.dead_letters) as f64);
     metric(UNMAPPED_ROWS, "counter", "Rows of unmapped published tables skipped.", get(&stats.unmapped_rows) as f64);

@@ -233,7 +233,9 @@ async fn a_second_instance_fences_the_first() {
     committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 1}"#.into())]).await);
     h.wait_for_records(&[h.topic("order")], 1, Duration::from_secs(30));
 
-    let mut second = h.spawn(&[], &[]);
+    // Kafka fencing is the second line behind the leadership lease: an instance that does not take the lease
+    // (leader.enabled = false) still cannot make the first commit beside it.
+    let mut second = h.spawn(&[], &[("OUTBOX_RELAY_LEADER__ENABLED", "false")]);
     // The second fences the first at init_transactions; the first notices at its next commit (or heartbeat) and
     // stops; the second then gets the slot.
     committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 2}"#.into())]).await);

@@ -28,6 +28,7 @@ pub mod redact;
 pub use crate::avro::config::{KeyFormat, SchemaRegistryConfig, ValueMode};
 pub use crate::dead_letter::{ErrorMode, ErrorsConfig};
 pub use crate::kafka::config::{KafkaConfig, TopicCreationConfig};
+pub use crate::leader::LeaderConfig;
 pub use crate::metrics::MetricsConfig;
 pub use crate::outbox::config::{
     AdditionalField, OutboxConfig, OutboxMessagesConfig, OutboxTableConfig, Placement, ROUTED_BY_VALUE,
@@ -78,6 +79,9 @@ pub struct Config {
     /// Prometheus metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Leadership among replicas with the same connector name (hot standby).
+    #[serde(default)]
+    pub leader: LeaderConfig,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             schema_registry: SchemaRegistryConfig::default(),
             errors: ErrorsConfig::default(),
             metrics: MetricsConfig::default(),
+            leader: LeaderConfig::default(),
         }
     }
 }
@@ -271,6 +276,7 @@ impl Config {
         self.schema_registry.validate(&mut report);
         self.errors.validate(&self.kafka, &mut report);
         self.metrics.validate(&mut report);
+        self.leader.validate(&mut report);
         // Rules that span sections.
         let messages = &self.outbox.messages;
         if messages.enabled && messages.prefix == self.postgres.heartbeat_prefix {

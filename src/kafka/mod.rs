@@ -1236,7 +1236,8 @@ impl ClientContext for QuietContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        // librdkafka reports it per partition or, from the consumer's error event, as a global code.
+        if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             debug!(%reason, "end of partition");
         } else {
             warn!(%error, %reason, "kafka client error");

@@ -269,9 +269,26 @@ impl PostgresConfig {
         &self,
         timeout: impl Into<Option<Duration>>,
     ) -> Result<tokio_postgres::Client, ConnectError> {
+        self.connect(timeout.into(), None).await
+    }
+
+    /// Like [`Self::connect_sql_timeout`], for a connection with a job of its own: its application name is the
+    /// configured one plus ` <role>`, so `pg_stat_activity` tells it apart (e.g. `outbox-relay lease`).
+    pub async fn connect_sql_as(&self, timeout: Duration, role: &str) -> Result<tokio_postgres::Client, ConnectError> {
+        self.connect(Some(timeout), Some(role)).await
+    }
+
+    async fn connect(
+        &self,
+        timeout: Option<Duration>,
+        role: Option<&str>,
+    ) -> Result<tokio_postgres::Client, ConnectError> {
         let info = self.connection()?;
         let (mut config, tls) = info.tokio_postgres()?;
-        if let Some(t) = timeout.into() {
+        if let Some(role) = role {
+            config.application_name(format!("{} {role}", info.application_name));
+        }
+        if let Some(t) = timeout {
             config.connect_timeout(info.connect_timeout.map_or(t, |c| c.min(t)));
         }
         let (client, connection) =
