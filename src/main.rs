@@ -66,6 +66,20 @@ enum Command {
     /// Read a topic back as a consumer would (read_committed, values decoded through the schema registry) and
     /// print one JSON object per record on standard output.
     Tail(TailArgs),
+    /// Ask the relay running on this host (at metrics.listen) whether it is healthy (`/health`) or, with --ready,
+    /// ready (`/ready`); exits 0 when it answers 200, else 1. A container HEALTHCHECK or exec probe without curl.
+    Health(HealthArgs),
+}
+
+/// Options of `health`.
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// Probe `/ready` (streaming and committing) instead of `/health` (alive).
+    #[arg(long)]
+    ready: bool,
+    /// Give up after this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 3_000)]
+    timeout_ms: u64,
 }
 
 /// Options of `tail`.
@@ -132,6 +146,7 @@ async fn main() -> ExitCode {
         Command::Check(args) => run_check(&config, &args).await,
         Command::PrintConfig => print_config(&config),
         Command::Tail(args) => run_tail(&config, &args).await,
+        Command::Health(args) => run_health(&config, &args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +268,21 @@ async fn run_tail(config: &Config, args: &TailArgs) -> anyhow::Result<()> {
     let n = outbox_relay::tail::tail(config, &opts, |line| println!("{line}")).await?;
     tracing::info!(records = n, topic = %args.topic, "tail finished");
     Ok(())
+}
+
+async fn run_health(config: &Config, args: &HealthArgs) -> anyhow::Result<()> {
+    let addr =
+        config.metrics.listen_addr().context("metrics.listen is empty: the relay serves no endpoint to probe")?;
+    let path = if args.ready { "/ready" } else { "/health" };
+    let status = outbox_relay::metrics::probe(addr, path, Duration::from_millis(args.timeout_ms))
+        .await
+        .with_context(|| format!("probing {path} at {addr} (metrics.listen)"))?;
+    if status == 200 {
+        println!("{path}: 200");
+        Ok(())
+    } else {
+        anyhow::bail!("{path} at {addr} answered {status}")
+    }
 }
 
 fn print_config(config: &Config) -> anyhow::Result<()> {

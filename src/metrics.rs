@@ -262,6 +262,40 @@ pub fn render(stats: &Stats, up: bool, ready: bool) -> String {
     out
 }
 
+/// `GET path` on a running relay's endpoint at `addr` (an unspecified address such as `0.0.0.0` means this host):
+/// the HTTP status code. For probes from inside a container image that has no shell tools (`outbox-relay health`).
+pub async fn probe(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let exchange = async {
+        let mut sock = tokio::net::TcpStream::connect(target).await?;
+        sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes()).await?;
+        let mut head = Vec::with_capacity(256);
+        let mut buf = [0u8; 256];
+        // The status line is all that is needed.
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            let n = sock.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        let line = String::from_utf8_lossy(&head);
+        line.split_whitespace().nth(1).and_then(|code| code.parse::<u16>().ok()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response from {target}"))
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {target} in time")))?
+}
+
 /// Serves `/metrics`, `/health` and `/ready` until the process ends.
 pub async fn serve(
     addr: SocketAddr,

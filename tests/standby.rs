@@ -78,6 +78,17 @@ async fn a_standby_takes_over_when_the_leader_is_killed_under_load_exactly_once(
     assert_eq!(h.http_status("/health"), Some(200), "a standby that reaches PostgreSQL is healthy");
     assert_eq!(h.http_status("/ready"), Some(503), "a standby does not stream");
     assert_eq!(h.metric("outbox_relay_leader"), Some(0.0));
+    // The same through `outbox-relay health`, the probe a container image uses (no curl needed).
+    let probe = |ready: bool| {
+        let mut cmd = h.command();
+        cmd.arg("health");
+        if ready {
+            cmd.arg("--ready");
+        }
+        cmd.output().unwrap().status.code()
+    };
+    assert_eq!(probe(false), Some(0), "health of a standby");
+    assert_eq!(probe(true), Some(1), "readiness of a standby");
 
     let loader = tokio::spawn(load(Arc::clone(&h), 300, Duration::from_millis(20)));
     // Let the leader deliver part of the load, then kill it.
@@ -95,6 +106,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed_under_load_exactly_once(
     h.wait_for_records_of(Some(&b), &[h.topic("order")], expected.len(), Duration::from_secs(90));
     assert_eq!(h.metric("outbox_relay_leader"), Some(1.0));
     assert_eq!(h.http_status("/ready"), Some(200));
+    assert_eq!(probe(true), Some(0), "readiness of the new leader");
 
     // The killed replica comes back (a restart policy): it waits instead of fencing the leader.
     let mut a2 = h.spawn(&[], &[("OUTBOX_RELAY_METRICS__LISTEN", leader_metrics.as_str())]);
