@@ -3,17 +3,21 @@
 # sources or runs this first (scripts/quickstart.sh, tests/run.sh, .ci/run, benches/run.sh), so each of them works on a
 # fresh machine on its own.
 #
-#   bash scripts/prerequisites.sh [--ci]
-#     --ci   also the rustfmt and clippy components (CI's lint step)
+#   bash scripts/prerequisites.sh [--ci] [--tests]
+#     --ci      also the rustfmt and clippy components (CI's lint step)
+#     --tests   also what the test suite needs besides the services: promtool (Debian's prometheus package), which
+#               unit-tests config/prometheus-alerts.yml
 #
 # librdkafka is built from source by rdkafka-sys (cmake) against OpenSSL, libcurl (OIDC) and zlib headers.
 # Needs root for apt-get; as another user it only reports what is missing.
 set -euo pipefail
 
 ci=0
+tests=0
 for arg in "$@"; do
     case $arg in
         --ci) ci=1 ;;
+        --tests) tests=1 ;;
         *) echo "prerequisites.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -23,6 +27,9 @@ need=()
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+if ((tests)) && ! command -v promtool >/dev/null 2>&1; then
+    need+=(prometheus)
+fi
 if ((${#need[@]})); then
     if [[ $(id -u) != 0 ]]; then
         echo "prerequisites.sh: missing Debian packages: ${need[*]}; install them as root (apt-get install ${need[*]})" >&2
@@ -30,7 +37,7 @@ if ((${#need[@]})); then
     fi
     echo "[prerequisites] installing ${need[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -26,6 +26,8 @@
 //! - [`check`]: the `check` command: [`preflight`] and [`startup`] run as a dry run that reports instead of failing.
 //! - [`tail`]: the `tail` command: read a topic back decoded, as a consumer would.
 //! - [`metrics`]: Prometheus `/metrics`, `/health` and `/ready`, with its settings.
+//! - [`monitor`]: the replication slot as the server sees it (retained and pending WAL, `wal_status`), polled on a
+//!   connection of its own for the metrics.
 //! - `failpoint`: named crash points for the crash-consistency tests (inert unless armed by environment).
 
 pub mod avro;
@@ -37,6 +39,7 @@ pub mod failpoint;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod monitor;
 pub mod outbox;
 pub mod pg;
 pub mod pipeline;

@@ -212,6 +212,8 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the metrics endpoint to {addr} (metrics.listen)"))?;
     }
+    // The slot as the server sees it, on a connection of its own: reported even while replication is down.
+    let monitor = outbox_relay::monitor::spawn(config.postgres.clone(), Arc::clone(&stats));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -229,6 +231,7 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("pipeline task failed: {e}"))?;
     up.store(false, Ordering::Relaxed);
+    monitor.abort();
     result.map_err(anyhow::Error::from)
 }
 

@@ -108,6 +108,40 @@ pub const HEARTBEAT_FAILURES: &str = "outbox_relay_heartbeat_failures_total";
 /// Kafka producers replaced after a transactional call with an unknown outcome.
 pub const PRODUCER_RESTARTS: &str = "outbox_relay_kafka_producer_restarts_total";
 
+/// WAL the replication slot retains on the server (current position minus `restart_lsn`).
+pub const SLOT_RETAINED: &str = "outbox_relay_slot_retained_wal_bytes";
+/// WAL written since the slot's confirmed position: what the relay still has to deliver, seen from the server.
+pub const SLOT_PENDING: &str = "outbox_relay_slot_pending_wal_bytes";
+/// `safe_wal_size` of the slot (only with `max_slot_wal_keep_size`).
+pub const SLOT_SAFE: &str = "outbox_relay_slot_safe_wal_bytes";
+/// 1 while a walsender streams the slot (this relay's or another's).
+pub const SLOT_ACTIVE: &str = "outbox_relay_slot_active";
+/// The slot's `wal_status`, one series per value.
+pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
+/// 1 while the slot exists.
+pub const SLOT_EXISTS: &str = "outbox_relay_slot_exists";
+/// Unix time of the last successful read of the slot (see [`crate::monitor`]).
+pub const SLOT_CHECKED: &str = "outbox_relay_slot_checked_timestamp_seconds";
+
+/// The slot as last read from the server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotStatus {
+    /// The slot exists.
+    pub exists: bool,
+    /// WAL retained for it, bytes.
+    pub retained_bytes: u64,
+    /// WAL written since its confirmed position, bytes.
+    pub pending_bytes: u64,
+    /// `safe_wal_size`, when the server limits slots.
+    pub safe_wal_bytes: Option<i64>,
+    /// Streamed now.
+    pub active: bool,
+    /// The streaming backend (0 when none).
+    pub active_pid: i32,
+    /// `reserved`, `extended`, `unreserved`, `lost`.
+    pub wal_status: String,
+}
+
 /// How long records may wait for the producer without any progress before the relay counts as not ready.
 pub const STALL_BEFORE_NOT_READY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -152,6 +186,10 @@ pub struct Stats {
     pub last_progress_unix_ms: AtomicU64,
     /// Unix ms of the last moment the relay was observed ready (or, as a standby, reached PostgreSQL).
     pub last_ready_unix_ms: AtomicU64,
+    /// The slot as the monitor last read it (written every few seconds by one task, read when scraped).
+    pub slot: std::sync::Mutex<Option<SlotStatus>>,
+    /// Unix ms of that read.
+    pub slot_checked_unix_ms: AtomicU64,
     /// Records the broker acknowledged (shared with the producer's delivery callback).
     pub delivered: Arc<AtomicU64>,
     /// `delivered` when last looked at: a change is progress.
@@ -183,6 +221,14 @@ impl Stats {
     /// The sink made progress (handed records to the producer, or committed).
     pub fn note_progress(&self) {
         self.last_progress_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Records a read of the slot.
+    pub fn set_slot(&self, status: &SlotStatus) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(status.clone());
+        }
+        self.slot_checked_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
     }
 
     /// Readiness now, remembering when the relay was last ready.
@@ -258,6 +304,41 @@ pub fn render(stats: &Stats, up: bool, ready: bool) -> String {
         "counter",
         "Kafka producers replaced after a commit or abort with an unknown outcome.",
         get(&stats.producer_restarts) as f64,
+    );
+    let slot = stats.slot.lock().ok().and_then(|s| s.clone());
+    if let Some(slot) = slot {
+        metric(
+            SLOT_EXISTS,
+            "gauge",
+            "1 while the replication slot exists (read from the server).",
+            f64::from(u8::from(slot.exists)),
+        );
+        metric(
+            SLOT_RETAINED,
+            "gauge",
+            "WAL the replication slot retains on the server, bytes.",
+            slot.retained_bytes as f64,
+        );
+        metric(
+            SLOT_PENDING,
+            "gauge",
+            "WAL written since the slot's confirmed position (not yet delivered), bytes, read from the server.",
+            slot.pending_bytes as f64,
+        );
+        if let Some(safe) = slot.safe_wal_bytes {
+            metric(SLOT_SAFE, "gauge", "WAL that may still be written before the slot is at risk, bytes.", safe as f64);
+        }
+        metric(SLOT_ACTIVE, "gauge", "1 while a walsender streams the slot.", f64::from(u8::from(slot.active)));
+        let _ = writeln!(out, "# HELP {SLOT_WAL_STATUS} The slot's wal_status (PostgreSQL), 1 for the current value.");
+        let _ = writeln!(out, "# TYPE {SLOT_WAL_STATUS} gauge");
+        for status in ["reserved", "extended", "unreserved", "lost"] {
+            let _ = writeln!(out, "{SLOT_WAL_STATUS}{{status=\"{status}\"}} {}", u8::from(slot.wal_status == status));
+        }
+    }
+    let checked = get(&stats.slot_checked_unix_ms) as f64 / 1e3;
+    let _ = writeln!(
+        out,
+        "# HELP {SLOT_CHECKED} Unix time of the last successful read of the slot from the server.\n# TYPE {SLOT_CHECKED} gauge\n{SLOT_CHECKED} {checked}"
     );
     out
 }

@@ -353,9 +353,18 @@ fn help_explains_every_subcommand_and_flag() {
     let output = relay(&["--help"], &[]);
     assert_eq!(output.status.code(), Some(0));
     let help = stdout(&output);
-    for word in
-        ["run", "check", "print-config", "--config", "--log-level", "--log-format", "OUTBOX_RELAY_CONFIG", "Exit codes"]
-    {
+    for word in [
+        "run",
+        "check",
+        "print-config",
+        "tail",
+        "health",
+        "--config",
+        "--log-level",
+        "--log-format",
+        "OUTBOX_RELAY_CONFIG",
+        "Exit codes",
+    ] {
         assert!(help.contains(word), "{word} missing from --help:\n{help}");
     }
     let run_help = stdout(&relay(&["run", "--help"], &[]));
@@ -462,4 +471,22 @@ async fn a_refused_sql_login_is_definite_and_an_unreachable_server_transient() {
     let down = format!("postgres://u:p@127.0.0.1:{}/db?sslmode=disable&connect_timeout=2", services::closed_port());
     let err = load(down).postgres.connect_sql().await.expect_err("nothing listens");
     assert!(err.is_transient(), "{}", error_chain(&err));
+}
+
+/// The alert rules pass their unit tests (`config/prometheus-alerts.test.yml`: a vanished target fires, an idle
+/// database without heartbeats does not, a backlog that grows while replication is down does, an unreadable slot
+/// does), checked by Prometheus's own `promtool` (scripts/prerequisites.sh --tests installs it).
+#[test]
+fn alert_rules_pass_their_promtool_unit_tests() {
+    let config = services::repo_root().join("config");
+    let promtool = |args: &[&str]| {
+        Command::new("promtool").args(args).current_dir(&config).output().unwrap_or_else(|e| {
+            panic!("promtool not runnable ({e}): install Debian's prometheus package (bash scripts/prerequisites.sh --tests)")
+        })
+    };
+    let check = promtool(&["check", "rules", "prometheus-alerts.yml"]);
+    assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
+    let test = promtool(&["test", "rules", "prometheus-alerts.test.yml"]);
+    assert!(test.status.success(), "{}{}", stdout(&test), stderr(&test));
+    assert!(stdout(&test).contains("SUCCESS"), "{}", stdout(&test));
 }

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/prerequisites.sh
+bash scripts/prerequisites.sh --tests
 bash tests/infra/up.sh --with-pg-latest
 # up.sh started the newer PostgreSQL too: the protocol 3/4 tests must run, not skip.
 export OUTBOX_RELAY_REQUIRE_PG_LATEST=1

@@ -205,3 +205,74 @@ async fn a_leader_whose_postgres_connections_are_cut_steps_down() {
 async fn a_leader_whose_postgres_network_stalls_steps_down() {
     leader_cut_off_from_postgres("standbystall", true).await;
 }
+
+/// The value of `name{status="<status>"}` from the harness relay's `/metrics`.
+fn labelled_metric(h: &Harness, name: &str, status: &str) -> Option<f64> {
+    let (_, body) = h.http_get("/metrics")?;
+    let prefix = format!("{name}{{status=\"{status}\"}} ");
+    body.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Waits until `f` holds for the harness relay's metrics (the slot monitor reads the server every 10 s).
+async fn wait_metrics(h: &Harness, what: &str, f: impl Fn(&Harness) -> bool, log: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !f(h) {
+        assert!(Instant::now() < deadline, "{what}: not seen in the metrics within 40 s:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_health_is_reported_from_the_server_while_replication_is_down() {
+    let h = Arc::new(Harness::new("slothealth", options()).await);
+    // A first run creates the slot.
+    let mut expected: HashSet<String> = h.deliver_then_stop(1, 1).await.into_iter().collect();
+    // Someone else holds the connector's lease: the relay waits and does not replicate.
+    let holder = h.db.client().await;
+    let key = outbox_relay::leader::lock_key(&h.connector);
+    holder.execute("SELECT pg_advisory_lock($1, $2)", &[&outbox_relay::leader::LOCK_CLASS, &key]).await.unwrap();
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STANDBY, Duration::from_secs(30));
+    let log = || relay.log_text();
+    let metric = |name: &str| h.metric(name).unwrap_or(-1.0);
+    wait_metrics(
+        &h,
+        "a first read of the slot",
+        |h| h.metric("outbox_relay_slot_checked_timestamp_seconds").unwrap_or(0.0) > 0.0,
+        log,
+    )
+    .await;
+    assert_eq!(metric("outbox_relay_slot_exists"), 1.0);
+    assert_eq!(metric("outbox_relay_slot_active"), 0.0, "nobody streams the slot");
+    assert_eq!(labelled_metric(&h, "outbox_relay_slot_wal_status", "reserved"), Some(1.0));
+    let before = metric("outbox_relay_slot_pending_wal_bytes");
+    let retained_before = metric("outbox_relay_slot_retained_wal_bytes");
+
+    // WAL piles up while nothing replicates, and the relay says so.
+    let mut c = h.db.client().await;
+    expected.extend(h.insert_rows(&mut c, "order", 200).await);
+    wait_metrics(
+        &h,
+        "pending WAL growing",
+        |h| h.metric("outbox_relay_slot_pending_wal_bytes").unwrap_or(0.0) > before + 20_000.0,
+        log,
+    )
+    .await;
+    assert!(metric("outbox_relay_slot_retained_wal_bytes") > retained_before);
+    let piled = metric("outbox_relay_slot_pending_wal_bytes");
+
+    // The lease is freed: the relay leads, delivers, and the pending WAL drains.
+    drop(holder);
+    h.wait_for_records_of(Some(&relay), &[h.topic("order")], expected.len(), Duration::from_secs(60));
+    wait_metrics(&h, "the slot streamed", |h| h.metric("outbox_relay_slot_active") == Some(1.0), log).await;
+    wait_metrics(
+        &h,
+        "pending WAL drained",
+        |h| h.metric("outbox_relay_slot_pending_wal_bytes").unwrap_or(f64::MAX) < piled / 2.0,
+        log,
+    )
+    .await;
+    relay.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_exactly_once(&h.read_committed(&[h.topic("order")]), &expected, &relay.log_text());
+}
