@@ -190,17 +190,20 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
     };
     // One line that says what this relay is, with nothing secret in it.
     let tables: Vec<String> = config.outbox.tables.iter().map(|t| t.table.to_string()).collect();
+    let topics: Vec<&str> = config.outbox.tables.iter().map(|t| t.route_topic_replacement.as_str()).collect();
     tracing::info!(
         connector = %config.connector_name,
         postgres = %outbox_relay::config::redact_url(&config.postgres.url),
         slot = %config.postgres.slot,
         publication = %config.postgres.publication,
         tables = ?tables,
+        topics = ?topics,
         messages = config.outbox.messages.enabled,
         kafka = %config.kafka.bootstrap_servers,
         checkpoint_topic = %config.kafka.checkpoint_topic,
         value_mode = ?config.schema_registry.value_mode,
         errors = ?config.errors.mode,
+        leader_lease = config.leader.enabled,
         accept_gap = args.accept_gap,
         start_lsn = args.start_lsn.as_deref(),
         "starting"
@@ -214,6 +217,21 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
     }
     // The slot as the server sees it, on a connection of its own: reported even while replication is down.
     let monitor = outbox_relay::monitor::spawn(config.postgres.clone(), Arc::clone(&stats));
+    // How far the consumers downstream are behind, for every replica (a standby too).
+    let lag = config.consumer_lag.enabled.then(|| {
+        let patterns = config
+            .outbox
+            .tables
+            .iter()
+            .map(|t| outbox_relay::kafka::lag::TopicPattern::new(&t.route_topic_replacement));
+        outbox_relay::kafka::lag::spawn(
+            outbox_relay::kafka::KafkaSettings::from_config(&config.kafka).client_config(),
+            patterns.collect(),
+            config.consumer_lag.clone(),
+            Duration::from_secs(10),
+            Arc::clone(&stats),
+        )
+    });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -232,6 +250,9 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("pipeline task failed: {e}"))?;
     up.store(false, Ordering::Relaxed);
     monitor.abort();
+    if let Some(lag) = lag {
+        lag.abort();
+    }
     result.map_err(anyhow::Error::from)
 }
 

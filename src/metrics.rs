@@ -123,6 +123,11 @@ pub const SLOT_EXISTS: &str = "outbox_relay_slot_exists";
 /// Unix time of the last successful read of the slot (see [`crate::monitor`]).
 pub const SLOT_CHECKED: &str = "outbox_relay_slot_checked_timestamp_seconds";
 
+/// Records a consumer group has still to read on one of the relay's topics (last stable offset minus committed).
+pub const CONSUMER_LAG: &str = "outbox_relay_consumer_lag_records";
+/// Unix time of the last successful consumer-lag measurement (see [`crate::kafka::lag`]).
+pub const CONSUMER_LAG_CHECKED: &str = "outbox_relay_consumer_lag_checked_timestamp_seconds";
+
 /// The slot as last read from the server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotStatus {
@@ -190,6 +195,10 @@ pub struct Stats {
     pub slot: std::sync::Mutex<Option<SlotStatus>>,
     /// Unix ms of that read.
     pub slot_checked_unix_ms: AtomicU64,
+    /// Consumer-group lag per (group, topic), as last measured.
+    pub consumer_lag: std::sync::Mutex<crate::kafka::lag::Lags>,
+    /// Unix ms of that measurement.
+    pub consumer_lag_checked_unix_ms: AtomicU64,
     /// Records the broker acknowledged (shared with the producer's delivery callback).
     pub delivered: Arc<AtomicU64>,
     /// `delivered` when last looked at: a change is progress.
@@ -229,6 +238,14 @@ impl Stats {
             *slot = Some(status.clone());
         }
         self.slot_checked_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Records a consumer-lag measurement.
+    pub fn set_consumer_lag(&self, lags: crate::kafka::lag::Lags) {
+        if let Ok(mut current) = self.consumer_lag.lock() {
+            *current = lags;
+        }
+        self.consumer_lag_checked_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
     }
 
     /// Readiness now, remembering when the relay was last ready.
@@ -335,6 +352,21 @@ pub fn render(stats: &Stats, up: bool, ready: bool) -> String {
             let _ = writeln!(out, "{SLOT_WAL_STATUS}{{status=\"{status}\"}} {}", u8::from(slot.wal_status == status));
         }
     }
+    let lags = stats.consumer_lag.lock().map(|l| l.clone()).unwrap_or_default();
+    if !lags.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP {CONSUMER_LAG} Records a consumer group has still to read on a relay topic (last stable offset minus committed offset, summed over partitions).\n# TYPE {CONSUMER_LAG} gauge"
+        );
+        for ((group, topic), lag) in &lags {
+            let _ = writeln!(out, "{CONSUMER_LAG}{{group=\"{}\",topic=\"{}\"}} {lag}", label(group), label(topic));
+        }
+    }
+    let lag_checked = get(&stats.consumer_lag_checked_unix_ms) as f64 / 1e3;
+    let _ = writeln!(
+        out,
+        "# HELP {CONSUMER_LAG_CHECKED} Unix time of the last consumer-lag measurement.\n# TYPE {CONSUMER_LAG_CHECKED} gauge\n{CONSUMER_LAG_CHECKED} {lag_checked}"
+    );
     let checked = get(&stats.slot_checked_unix_ms) as f64 / 1e3;
     let _ = writeln!(
         out,
@@ -375,6 +407,11 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: std::time::Duration) -
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {target} in time")))?
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Serves `/metrics`, `/health` and `/ready` until the process ends.

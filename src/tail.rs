@@ -51,7 +51,7 @@ pub async fn tail(cfg: &Config, opts: &TailOptions, mut out: impl FnMut(String))
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false");
-    let consumer: BaseConsumer = client.create()?;
+    let consumer: BaseConsumer = client.create().map_err(crate::kafka::config::redact_config_error)?;
     let md = consumer.fetch_metadata(Some(&opts.topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     let mut partitions = 0usize;

@@ -13,7 +13,8 @@ mod relay;
 mod proxy;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use relay::{Harness, Options};
 
@@ -546,4 +547,86 @@ async fn a_client_certificate_authenticates_check_and_both_connections_of_run() 
         .unwrap()
         .get(0);
     assert_eq!(logins, 2, "the SQL and the replication connection:\n{}", relay.log_text());
+}
+
+/// Kafka's own `kafka-consumer-groups` (ConsumerGroupCommand) against the local broker; its standard output.
+fn consumer_groups(args: &[&str]) -> String {
+    let libs = services::required_var("KAFKA_LIBS_DIR");
+    let java = services::infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
+    let output = Command::new(java)
+        .args(["-Xmx128m", "-cp", &format!("{libs}/*"), "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"])
+        .args(["--bootstrap-server", &services::services().kafka_bootstrap])
+        .args(args)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ConsumerGroupCommand {args:?}:\n{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// The group's lag on `topic` as Kafka's tool reports it (the LAG column, summed over partitions).
+fn tool_lag(group: &str, topic: &str) -> i64 {
+    let out = consumer_groups(&["--describe", "--group", group]);
+    out.lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(topic))
+        .filter_map(|l| l.split_whitespace().nth(5).and_then(|lag| lag.parse::<i64>().ok()))
+        .sum()
+}
+
+fn relay_lag(h: &Harness, group: &str, topic: &str) -> Option<i64> {
+    let (_, body) = h.http_get("/metrics")?;
+    let prefix = format!("outbox_relay_consumer_lag_records{{group=\"{group}\",topic=\"{topic}\"}} ");
+    body.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Waits until the relay's metric equals Kafka's tool for the group (the relay measures every second here).
+fn wait_lag_equal(h: &Harness, group: &str, topic: &str, log: &str) -> i64 {
+    let expected = tool_lag(group, topic);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = relay_lag(h, group, topic);
+        if got == Some(expected) {
+            return expected;
+        }
+        assert!(Instant::now() < deadline, "relay reports {got:?}, kafka-consumer-groups {expected}:\n{log}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_group_lag_matches_kafkas_own_tool() {
+    let h = Harness::new(
+        "lag",
+        Options {
+            metrics: Some(60_000),
+            extra_toml: "[consumer_lag]\ninterval_ms = 1000\n".to_owned(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let mut c = h.db.client().await;
+    h.insert_rows(&mut c, "order", 30).await;
+    let topic = h.topic("order");
+    h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), 30, Duration::from_secs(30));
+
+    // A downstream group that has read nothing (its offsets at the start), discovered without configuration.
+    let group = format!("{}-billing", h.connector);
+    consumer_groups(&["--reset-offsets", "--group", &group, "--topic", &topic, "--to-earliest", "--execute"]);
+    let behind = wait_lag_equal(&h, &group, &topic, &relay.log_text());
+    assert!(behind >= 30, "30 records (and their transaction markers) to read, reported {behind}");
+
+    // It catches up: lag 0. New events: the lag grows again by at least their number.
+    consumer_groups(&["--reset-offsets", "--group", &group, "--topic", &topic, "--to-latest", "--execute"]);
+    assert_eq!(wait_lag_equal(&h, &group, &topic, &relay.log_text()), 0);
+    h.insert_rows(&mut c, "order", 10).await;
+    h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), 40, Duration::from_secs(30));
+    let again = wait_lag_equal(&h, &group, &topic, &relay.log_text());
+    assert!(again >= 10, "{again}");
+    relay.stop();
 }

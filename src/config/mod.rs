@@ -28,6 +28,7 @@ pub mod redact;
 pub use crate::avro::config::{KeyFormat, SchemaRegistryConfig, ValueMode};
 pub use crate::dead_letter::{ErrorMode, ErrorsConfig};
 pub use crate::kafka::config::{KafkaConfig, TopicCreationConfig};
+pub use crate::kafka::lag::ConsumerLagConfig;
 pub use crate::leader::LeaderConfig;
 pub use crate::metrics::MetricsConfig;
 pub use crate::outbox::config::{
@@ -82,6 +83,9 @@ pub struct Config {
     /// Leadership among replicas with the same connector name (hot standby).
     #[serde(default)]
     pub leader: LeaderConfig,
+    /// Lag of the consumer groups reading the relay's topics.
+    #[serde(default)]
+    pub consumer_lag: ConsumerLagConfig,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             errors: ErrorsConfig::default(),
             metrics: MetricsConfig::default(),
             leader: LeaderConfig::default(),
+            consumer_lag: ConsumerLagConfig::default(),
         }
     }
 }
@@ -277,6 +282,7 @@ impl Config {
         self.errors.validate(&self.kafka, &mut report);
         self.metrics.validate(&mut report);
         self.leader.validate(&mut report);
+        self.consumer_lag.validate(&mut report);
         // Rules that span sections.
         let messages = &self.outbox.messages;
         if messages.enabled && messages.prefix == self.postgres.heartbeat_prefix {

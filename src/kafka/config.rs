@@ -285,3 +285,34 @@ impl<'de> Deserialize<'de> for PropertyValue {
         deserializer.deserialize_any(Visitor)
     }
 }
+
+/// A client-creation error with the value of a secret property replaced by [`crate::config::REDACTED`]:
+/// librdkafka's configuration errors quote the value they refuse (`sasl.jaas.config` pasted from a Java client is
+/// the classic), and these errors reach logs and messages.
+pub(crate) fn redact_config_error(error: rdkafka::error::KafkaError) -> rdkafka::error::KafkaError {
+    use rdkafka::error::KafkaError;
+    match error {
+        KafkaError::ClientConfig(result, description, key, _) if crate::config::is_secret_property(&key) => {
+            KafkaError::ClientConfig(result, description, key, crate::config::REDACTED.to_owned())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    #[test]
+    fn a_refused_secret_property_is_not_quoted_back() {
+        let mut c = rdkafka::config::ClientConfig::new();
+        c.set("bootstrap.servers", "127.0.0.1:1").set(
+            "sasl.jaas.config",
+            "org.apache.kafka.common.security.scram.ScramLoginModule required password=\"s3cr3t\";",
+        );
+        let Err(e) = c.create::<rdkafka::consumer::BaseConsumer>() else { panic!("librdkafka accepted a JAAS line") };
+        assert!(e.to_string().contains("s3cr3t"), "librdkafka quotes the value: {e}");
+        let redacted = super::redact_config_error(e).to_string();
+        assert!(!redacted.contains("s3cr3t") && redacted.contains("sasl.jaas.config"), "{redacted}");
+    }
+}

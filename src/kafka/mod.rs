@@ -48,6 +48,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 pub mod config;
+pub mod lag;
 pub mod topic;
 
 use crate::pg::identity::SourceIdentity;
@@ -124,7 +125,8 @@ impl KafkaSettings {
         // Its metadata requests must never let a broker with auto.create.topics.enable create a topic (with the
         // broker's defaults: a checkpoint topic that deletes by time).
         c.set("allow.auto.create.topics", "false");
-        c.create().map_err(|e| SinkError::Client { op: "admin client creation", source: e })
+        c.create()
+            .map_err(|e| SinkError::Client { op: "admin client creation", source: config::redact_config_error(e) })
     }
 }
 
@@ -678,7 +680,7 @@ impl TxnProducer {
                 delivered,
                 recent_errors: Mutex::new(Vec::new()),
             })
-            .map_err(|e| SinkError::Client { op: "producer creation", source: e })?;
+            .map_err(|e| SinkError::Client { op: "producer creation", source: config::redact_config_error(e) })?;
         let producer = Arc::new(producer);
         let p = Arc::clone(&producer);
         let timeout = settings.operation_timeout;
@@ -1272,7 +1274,8 @@ fn checkpoint_consumer(settings: &KafkaSettings, isolation: &str) -> Result<Base
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false")
         .set("auto.offset.reset", "earliest");
-    c.create_with_context(QuietContext).map_err(|e| SinkError::Client { op: "consumer creation", source: e })
+    c.create_with_context(QuietContext)
+        .map_err(|e| SinkError::Client { op: "consumer creation", source: config::redact_config_error(e) })
 }
 
 fn read_checkpoint_blocking(
