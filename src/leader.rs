@@ -246,7 +246,11 @@ impl Lease {
                     Ok(Ok(_)) => {
                         // A standby that can reach PostgreSQL is healthy.
                         stats.last_ready_unix_ms.store(crate::metrics::now_unix_ms(), Ordering::Relaxed);
-                        let holder = holder(&client, key).await;
+                        let holder = match holder(&client, &cfg.connector_name).await {
+                            Ok(Some(h)) => h.to_string(),
+                            Ok(None) => "unknown (the lease was just freed)".to_owned(),
+                            Err(e) => format!("unknown ({e})"),
+                        };
                         if holder_logged.as_ref() != Some(&holder) {
                             info!(connector = %cfg.connector_name, leader = %holder, "another relay leads this connector; waiting as a standby");
                             holder_logged = Some(holder);
@@ -315,24 +319,42 @@ impl Lease {
     }
 }
 
-/// Who holds the lease, for the standby's log: `pid 123 (10.0.0.5, outbox-relay lease, since ...)`.
-async fn holder(client: &tokio_postgres::Client, key: i32) -> String {
+/// The backend holding a connector's lease, as `pg_stat_activity` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// Backend pid.
+    pub pid: i32,
+    /// Client address, or `local socket`.
+    pub client: String,
+    /// Its `application_name` (`outbox-relay lease` unless configured otherwise).
+    pub application_name: String,
+    /// When its session started.
+    pub since: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backend pid {} ({}, {}, since {})", self.pid, self.client, self.application_name, self.since)
+    }
+}
+
+/// Who holds the lease of `connector_name` now, if anyone.
+pub async fn holder(
+    client: &tokio_postgres::Client,
+    connector_name: &str,
+) -> Result<Option<Holder>, tokio_postgres::Error> {
     let query = "SELECT a.pid, coalesce(host(a.client_addr), 'local socket'), a.application_name, \
                  to_char(a.backend_start, 'YYYY-MM-DD\"T\"HH24:MI:SSOF') \
                  FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
                  WHERE l.locktype = 'advisory' AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid \
                  AND l.objsubid = 2 AND l.granted";
-    match client.query_opt(query, &[&LOCK_CLASS, &key]).await {
-        Ok(Some(row)) => {
-            let pid: i32 = row.try_get(0).unwrap_or_default();
-            let addr: String = row.try_get(1).unwrap_or_default();
-            let app: String = row.try_get(2).unwrap_or_default();
-            let since: String = row.try_get(3).unwrap_or_default();
-            format!("backend pid {pid} ({addr}, {app}, since {since})")
-        }
-        Ok(None) => "unknown (the lease was just freed)".to_owned(),
-        Err(e) => format!("unknown ({e})"),
-    }
+    let row = client.query_opt(query, &[&LOCK_CLASS, &lock_key(connector_name)]).await?;
+    Ok(row.map(|row| Holder {
+        pid: row.try_get(0).unwrap_or_default(),
+        client: row.try_get(1).unwrap_or_default(),
+        application_name: row.try_get(2).unwrap_or_default(),
+        since: row.try_get(3).unwrap_or_default(),
+    }))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! - [`dead_letter`]: what an event that cannot be mapped, encoded or produced becomes in dead-letter mode.
 //! - [`check`]: the `check` command: [`preflight`] and [`startup`] run as a dry run that reports instead of failing.
 //! - [`tail`]: the `tail` command: read a topic back decoded, as a consumer would.
+//! - [`status`]: the `status` command: checkpoint, slot, leader and consumer lag, read from the services.
 //! - [`metrics`]: Prometheus `/metrics`, `/health` and `/ready`, with its settings.
 //! - [`monitor`]: the replication slot as the server sees it (retained and pending WAL, `wal_status`), polled on a
 //!   connection of its own for the metrics.
@@ -45,6 +46,7 @@ pub mod pg;
 pub mod pipeline;
 pub mod preflight;
 pub mod startup;
+pub mod status;
 pub mod tail;
 
 /// `error: source: source ...`: an error and its sources for a message, skipping a source whose text its parent

@@ -66,9 +66,24 @@ enum Command {
     /// Read a topic back as a consumer would (read_committed, values decoded through the schema registry) and
     /// print one JSON object per record on standard output.
     Tail(TailArgs),
+    /// Where the connector stands, read from the services (works with or without a running relay): checkpoint
+    /// (LSN, age), slot (confirmed position, pending and retained WAL, wal_status, streaming backend), the replica
+    /// leading, consumer-group lag. Exits 1 when a part could not be read.
+    Status(StatusArgs),
     /// Ask the relay running on this host (at metrics.listen) whether it is healthy (`/health`) or, with --ready,
     /// ready (`/ready`); exits 0 when it answers 200, else 1. A container HEALTHCHECK or exec probe without curl.
     Health(HealthArgs),
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Time limit of each part, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    timeout_ms: u64,
 }
 
 /// Options of `health`.
@@ -147,6 +162,7 @@ async fn main() -> ExitCode {
         Command::PrintConfig => print_config(&config),
         Command::Tail(args) => run_tail(&config, &args).await,
         Command::Health(args) => run_health(&config, &args).await,
+        Command::Status(args) => run_status(&config, &args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -292,6 +308,16 @@ async fn run_tail(config: &Config, args: &TailArgs) -> anyhow::Result<()> {
     let n = outbox_relay::tail::tail(config, &opts, |line| println!("{line}")).await?;
     tracing::info!(records = n, topic = %args.topic, "tail finished");
     Ok(())
+}
+
+async fn run_status(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
+    let status = outbox_relay::status::read(config, Duration::from_millis(args.timeout_ms)).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status).context("serializing the status")?);
+    } else {
+        print!("{status}");
+    }
+    if status.complete() { Ok(()) } else { anyhow::bail!("part of the status could not be read (see above)") }
 }
 
 async fn run_health(config: &Config, args: &HealthArgs) -> anyhow::Result<()> {

@@ -145,6 +145,8 @@ pub struct SlotStatus {
     pub active_pid: i32,
     /// `reserved`, `extended`, `unreserved`, `lost`.
     pub wal_status: String,
+    /// The position the consumer confirmed.
+    pub confirmed_flush_lsn: Option<crate::pg::lsn::Lsn>,
 }
 
 /// How long records may wait for the producer without any progress before the relay counts as not ready.

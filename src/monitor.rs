@@ -74,7 +74,8 @@ fn report(failing: &mut bool, what: &str) {
     }
 }
 
-async fn poll(client: &tokio_postgres::Client, slot_name: &str) -> Result<SlotStatus, String> {
+/// Reads the slot `slot_name` and the server's WAL position (also the `status` command's source).
+pub async fn poll(client: &tokio_postgres::Client, slot_name: &str) -> Result<SlotStatus, String> {
     let info = slot::slot_info(client, slot_name).await.map_err(|e| crate::error_chain(&e))?;
     // On a server in recovery the slot cannot advance anyway; the replay position stands in for the insert position.
     let row = client
@@ -99,6 +100,7 @@ async fn poll(client: &tokio_postgres::Client, slot_name: &str) -> Result<SlotSt
             active: s.active,
             active_pid: s.active_pid.unwrap_or(0),
             wal_status: s.wal_status.unwrap_or_default(),
+            confirmed_flush_lsn: s.confirmed_flush_lsn,
         },
     })
 }

@@ -14,6 +14,7 @@ mod proxy;
 
 use std::collections::HashSet;
 use std::process::Command;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use relay::{Harness, Options};
@@ -628,5 +629,30 @@ async fn consumer_group_lag_matches_kafkas_own_tool() {
     h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), 40, Duration::from_secs(30));
     let again = wait_lag_equal(&h, &group, &topic, &relay.log_text());
     assert!(again >= 10, "{again}");
+
+    // `status` reads the same from the services: checkpoint, slot, leader, this group's lag.
+    let out = h.command().args(["status", "--json"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let end_lsn = status["checkpoint"]["end_lsn"].as_str().unwrap_or_else(|| panic!("{text}"));
+    assert!(status["checkpoint"]["age_seconds"].as_f64().unwrap() < 60.0, "{text}");
+    assert_eq!(status["slot"]["exists"], true, "{text}");
+    assert_eq!(status["slot"]["active"], true, "{text}");
+    assert_eq!(status["slot"]["wal_status"], "reserved", "{text}");
+    // Both positions parse (they are read at slightly different moments, so a heartbeat may move one in between).
+    let confirmed = status["slot"]["confirmed_flush_lsn"].as_str().unwrap();
+    for position in [confirmed, end_lsn] {
+        assert!(outbox_relay::pg::lsn::Lsn::from_str(position).is_ok(), "{text}");
+    }
+    assert_eq!(status["leader"]["application_name"], "outbox-relay lease", "{text}");
+    let lags = status["consumer_lag"].as_array().unwrap();
+    let mine = lags.iter().find(|l| l["group"] == group.as_str()).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(mine["topic"], topic.as_str());
+    assert_eq!(mine["lag"].as_i64(), Some(again), "{text}");
+    let human = h.command().arg("status").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains(&format!("consumers   {group} on {topic}: {again} behind"))
+    );
     relay.stop();
 }
