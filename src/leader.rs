@@ -16,7 +16,9 @@
 //!   0.7 × `lease_timeout` after its last good check, so it has stopped before another relay can take over.
 //! - Kafka fencing stays the second line: all replicas share one `transactional.id`, so a leader that stepped down
 //!   too late can no longer commit, and nothing is duplicated even then.
-//! - A standby is healthy (`/health`) while it can reach PostgreSQL, and never ready (`/ready`): it does not stream.
+//! - A standby is ready (`/ready`) and so healthy while it can reach PostgreSQL: it can take over. Kubernetes needs
+//!   that: a PodDisruptionBudget or a rolling update that counted the standby as unavailable would never let the
+//!   leader's pod go.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -244,8 +246,8 @@ impl Lease {
                         return Ok(Some(Lease { client: Arc::new(client), checker: None }));
                     }
                     Ok(Ok(_)) => {
-                        // A standby that can reach PostgreSQL is healthy.
-                        stats.last_ready_unix_ms.store(crate::metrics::now_unix_ms(), Ordering::Relaxed);
+                        // A standby that can reach PostgreSQL can take over: ready in its role, and healthy.
+                        stats.standby_contact_unix_ms.store(crate::metrics::now_unix_ms(), Ordering::Relaxed);
                         let holder = match holder(&client, &cfg.connector_name).await {
                             Ok(Some(h)) => h.to_string(),
                             Ok(None) => "unknown (the lease was just freed)".to_owned(),

@@ -4,8 +4,12 @@
 //! module reads them when scraped. Metric names are constants, described once, `outbox_relay_<noun>_<unit>`.
 //!
 //! Health is derived from the same atomics ([`Stats::health`]):
-//! - **ready** (`/ready`, `outbox_relay_ready`): a replication session is streaming and nothing waits for a Kafka
-//!   commit that does not come (records pending with no progress for [`STALL_BEFORE_NOT_READY`]);
+//! - **ready** (`/ready`, `outbox_relay_ready`), in the replica's role: the leader while a replication session is
+//!   streaming and nothing waits for a Kafka commit that does not come (records pending with no progress for
+//!   [`STALL_BEFORE_NOT_READY`]); a standby while it reaches PostgreSQL and so can take over (within
+//!   [`STANDBY_CONTACT`]). Kubernetes needs the standby ready: a budget or a rolling update that counted it as
+//!   unavailable would never let the leader's pod go. Whether the connector delivers is `outbox_relay_leader`
+//!   with `outbox_relay_ready`;
 //! - **healthy** (`/health`): the relay was ready at some moment within `metrics.unhealthy_after_ms`. A stuck
 //!   producer, a restart loop or a service that stays unreachable turns it 503, so a liveness probe restarts a
 //!   relay that cannot deliver, while a short outage does not.
@@ -149,6 +153,9 @@ pub struct SlotStatus {
     pub confirmed_flush_lsn: Option<crate::pg::lsn::Lsn>,
 }
 
+/// A standby counts as ready while its last contact with PostgreSQL (a lease attempt) is this recent.
+pub const STANDBY_CONTACT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long records may wait for the producer without any progress before the relay counts as not ready.
 pub const STALL_BEFORE_NOT_READY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -187,6 +194,8 @@ pub struct Stats {
     pub streaming: AtomicBool,
     /// This relay holds its connector's leadership lease (see [`crate::leader`]).
     pub leader: AtomicBool,
+    /// Unix ms of a standby's last successful lease attempt (it reached PostgreSQL and could take over).
+    pub standby_contact_unix_ms: AtomicU64,
     /// The sink holds records not yet committed.
     pub pending: AtomicBool,
     /// Unix ms of the sink's last progress (a batch started, records acknowledged by the broker, a commit).
@@ -260,7 +269,14 @@ impl Stats {
         let stalled = self.pending.load(Ordering::Relaxed)
             && now.saturating_sub(self.last_progress_unix_ms.load(Ordering::Relaxed))
                 > STALL_BEFORE_NOT_READY.as_millis() as u64;
-        let ready = self.streaming.load(Ordering::Relaxed) && !stalled;
+        // A standby is ready in its role while it is in contact with PostgreSQL and can take over (see the module
+        // doc); a leader while it streams and its producer makes progress.
+        let ready = if self.leader.load(Ordering::Relaxed) {
+            self.streaming.load(Ordering::Relaxed) && !stalled
+        } else {
+            now.saturating_sub(self.standby_contact_unix_ms.load(Ordering::Relaxed))
+                < STANDBY_CONTACT.as_millis() as u64
+        };
         if ready {
             self.last_ready_unix_ms.store(now, Ordering::Relaxed);
         }
@@ -507,6 +523,7 @@ mod tests {
     #[test]
     fn readiness_follows_streaming_and_progress_and_health_the_last_ready_moment() {
         let s = Stats::new();
+        s.leader.store(true, Ordering::Relaxed);
         assert_eq!(s.health(1000), Health { ready: false, healthy: true }, "starting: healthy, not ready");
         s.streaming.store(true, Ordering::Relaxed);
         assert!(s.health(1000).ready);
@@ -522,5 +539,15 @@ mod tests {
         s.last_ready_unix_ms.store(now_unix_ms() - 5000, Ordering::Relaxed);
         assert_eq!(s.health(1000), Health { ready: false, healthy: false });
         assert!(s.health(10_000).healthy);
+    }
+
+    #[test]
+    fn a_standby_is_ready_while_it_reaches_postgres() {
+        let s = Stats::new();
+        assert!(!s.health(1000).ready, "no contact yet");
+        s.standby_contact_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+        assert_eq!(s.health(1000), Health { ready: true, healthy: true });
+        s.standby_contact_unix_ms.store(now_unix_ms() - STANDBY_CONTACT.as_millis() as u64 - 1, Ordering::Relaxed);
+        assert!(!s.health(1000).ready, "lost contact: cannot take over");
     }
 }

@@ -112,10 +112,25 @@ fn accepts_connections(addr: &str) -> bool {
         .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok())
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on (bound once by the OS, then released).
+/// A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts later.
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux): a port the OS hands out for `bind(0)` is also
+/// what outgoing connections use, so between this call and the server's bind a Kafka or PostgreSQL client could
+/// take it (the server then fails with "address in use"). Below the range only explicit binds compete, and a
+/// per-process counter keeps the tests of one binary apart.
 pub fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(port).expect("below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in 20000..32000 on 127.0.0.1")
 }
 
 /// A name unique to this process and call, usable as a PostgreSQL identifier.
