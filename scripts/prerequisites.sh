@@ -6,7 +6,8 @@
 #   bash scripts/prerequisites.sh [--ci] [--tests]
 #     --ci      also the rustfmt and clippy components (CI's lint step)
 #     --tests   also what the test suite needs besides the services: promtool (Debian's prometheus package), which
-#               unit-tests config/prometheus-alerts.yml
+#               unit-tests config/prometheus-alerts.yml, and kubernetes-validate (PyPI, with the Kubernetes
+#               schemas bundled), which validates deploy/kubernetes/
 #
 # librdkafka is built from source by rdkafka-sys (cmake) against OpenSSL, libcurl (OIDC) and zlib headers.
 # Needs root for apt-get; as another user it only reports what is missing.
@@ -38,6 +39,11 @@ if ((${#need[@]})); then
     echo "[prerequisites] installing ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ((tests)) && ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    echo "[prerequisites] installing kubernetes-validate (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

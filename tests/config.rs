@@ -490,3 +490,73 @@ fn alert_rules_pass_their_promtool_unit_tests() {
     assert!(test.status.success(), "{}{}", stdout(&test), stderr(&test));
     assert!(stdout(&test).contains("SUCCESS"), "{}", stdout(&test));
 }
+
+/// The Kubernetes manifests validate against the Kubernetes schemas (`kubernetes-validate --strict`, installed by
+/// scripts/prerequisites.sh --tests) and fit the relay: the configuration they give (ConfigMap + env, secrets as
+/// files) loads, the probes ask the endpoints the relay serves on the port it listens on, and the grace period
+/// covers the 30 s drain.
+#[test]
+fn kubernetes_manifests_validate_and_fit_the_relay() {
+    let manifest = services::repo_root().join("deploy/kubernetes/outbox-relay.yaml");
+    let manifest = manifest.to_str().unwrap();
+    let validate = Command::new("python3").args(["-m", "kubernetes_validate", "--strict", manifest]).output().unwrap();
+    assert!(
+        validate.status.success(),
+        "{}{}\n(kubernetes-validate missing? bash scripts/prerequisites.sh --tests installs it)",
+        stdout(&validate),
+        stderr(&validate)
+    );
+    assert_eq!(stdout(&validate).matches("passed").count(), 4, "{}", stdout(&validate));
+
+    // The parts of the manifests that must agree with the relay, as JSON (PyYAML comes with kubernetes-validate).
+    let script = r#"
+import json, sys, yaml
+docs = {d["kind"]: d for d in yaml.safe_load_all(open(sys.argv[1]))}
+pod = docs["Deployment"]["spec"]["template"]["spec"]
+c = pod["containers"][0]
+print(json.dumps({
+    "env": {**docs["ConfigMap"]["data"], **{e["name"]: e["value"] for e in c["env"]}},
+    "grace": pod["terminationGracePeriodSeconds"],
+    "liveness": c["livenessProbe"]["httpGet"]["path"],
+    "readiness": c["readinessProbe"]["httpGet"]["path"],
+    "port": c["ports"][0]["containerPort"],
+    "secret_mount": [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "secrets"][0],
+    "replicas": docs["Deployment"]["spec"]["replicas"],
+    "pdb": docs["PodDisruptionBudget"]["spec"],
+}))
+"#;
+    let parsed = Command::new("python3").args(["-c", script, manifest]).output().unwrap();
+    assert!(parsed.status.success(), "{}", stderr(&parsed));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&parsed)).unwrap();
+    assert!(m["grace"].as_u64().unwrap() > 30, "the grace period must cover the 30 s drain");
+    assert_eq!(m["liveness"], "/health");
+    assert_eq!(m["readiness"], "/ready");
+    assert_eq!(m["replicas"], 2, "a leader and a standby");
+    assert_eq!(m["pdb"]["maxUnavailable"], 1);
+
+    // The environment the pod gets, with its secret files, is a configuration the relay accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let mount = m["secret_mount"].as_str().unwrap();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (name, value) in m["env"].as_object().unwrap() {
+        let mut value = value.as_str().unwrap().to_owned();
+        if name.ends_with("_FILE") {
+            let file = dir.path().join(value.trim_start_matches(mount).trim_start_matches('/'));
+            let content = if name.contains("POSTGRES") { "postgres://relay:pw@db:5432/orders" } else { "secret" };
+            std::fs::write(&file, content).unwrap();
+            value = file.to_str().unwrap().to_owned();
+        } else {
+            assert!(!value.starts_with(mount), "{name}: only _FILE variables point at the secrets");
+        }
+        env.push((name.clone(), value));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let output = relay(&["print-config"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("names no configuration key"), "{}", stderr(&output));
+    let printed: toml::Value = toml::from_str(&stdout(&output)).unwrap();
+    assert_eq!(printed["connector_name"].as_str(), Some("orders"));
+    assert_eq!(printed["kafka"]["properties"]["sasl.password"].as_str(), Some("***"), "read from the file, redacted");
+    assert_eq!(printed["metrics"]["listen"].as_str(), Some(format!("0.0.0.0:{}", m["port"]).as_str()));
+    assert!(printed["leader"]["enabled"].as_bool().unwrap(), "the standby needs the lease");
+}
