@@ -398,3 +398,89 @@ async fn a_topic_the_relay_may_not_write_to_is_named_or_dead_lettered() {
     assert!(records.iter().any(|r| r.header("id").as_deref() == Some(after.as_str())));
     assert!(read(&[forbidden]).is_empty());
 }
+
+/// Kafka as production runs it: SASL_SSL with SCRAM-SHA-512, the broker's certificate verified, and the principal
+/// holding exactly the ACLs the README lists. The relay delivers exactly once; without the transactional-id ACL it
+/// stops at once with a named error instead of retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
+    let broker = tokio::task::spawn_blocking(kafka_node::KafkaNode::start_sasl_ssl).await.unwrap();
+    let h = Harness::new("saslssl", Options::default()).await;
+    let transactional_id = format!("outbox-relay-{}", h.connector);
+    // The README's minimal ACLs for User:relay, and nothing else.
+    let acls: Vec<Vec<String>> = vec![
+        // Event topics (the route template's prefix): describe, write, create (topic_creation.enabled).
+        vec!["--topic", &h.topic_prefix, "--resource-pattern-type", "prefixed", "--operation", "Describe"],
+        vec!["--topic", &h.topic_prefix, "--resource-pattern-type", "prefixed", "--operation", "Write"],
+        vec!["--topic", &h.topic_prefix, "--resource-pattern-type", "prefixed", "--operation", "Create"],
+        // The checkpoint topic (named under the same prefix here): read it back and check its policy.
+        vec!["--topic", &h.checkpoint_topic, "--operation", "Read"],
+        vec!["--topic", &h.checkpoint_topic, "--operation", "DescribeConfigs"],
+        // The transactional id.
+        vec!["--transactional-id", &transactional_id, "--operation", "Write"],
+        vec!["--transactional-id", &transactional_id, "--operation", "Describe"],
+    ]
+    .into_iter()
+    .map(|a| a.into_iter().map(str::to_owned).collect())
+    .collect();
+    for acl in &acls {
+        let mut args = vec!["--add", "--allow-principal", "User:relay"];
+        args.extend(acl.iter().map(String::as_str));
+        broker.acl(&args);
+    }
+    let ca = broker.ca_file();
+    let properties = format!(
+        "[kafka]\nproperties = {{ \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanisms\" = \"SCRAM-SHA-512\", \
+         \"sasl.username\" = \"relay\", \"sasl.password\" = \"relay-secret\", \"ssl.ca.location\" = \"{}\" }}\n",
+        ca.display()
+    );
+    h.rewrite_config(|t| {
+        t.replace(&h.services.kafka_bootstrap, &broker.client_listener())
+            .replace("[kafka]\n", &properties)
+            .replace("[metrics]\n", "[consumer_lag]\nenabled = false\n[metrics]\n")
+    });
+    let direct = broker.bootstrap();
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(90));
+    let c = h.db.client().await;
+    let mut expected = HashSet::new();
+    for _ in 0..5 {
+        expected.insert(good(&c).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let records = relay::read_committed(&direct, &[h.topic("order")]);
+        if records.len() >= expected.len() {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "have {}; log:\n{}", records.len(), relay.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let ids: Vec<String> = records.iter().filter_map(|r| r.header("id")).collect();
+    assert_eq!(ids.len(), expected.len(), "exactly once:\n{}", relay.log_text());
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
+    relay.stop();
+    assert!(!relay.log_text().contains(" ERROR "), "{}", relay.log_text());
+
+    // Without WRITE on its transactional id the relay cannot start: a named, definite error, not a retry loop.
+    broker.acl(&[
+        "--remove",
+        "--force",
+        "--allow-principal",
+        "User:relay",
+        "--transactional-id",
+        &transactional_id,
+        "--operation",
+        "Write",
+    ]);
+    let mut relay = h.spawn(&[], &[]);
+    let status = relay.wait_exit(Duration::from_secs(90)).expect("stops instead of retrying");
+    assert!(!status.success());
+    let log = relay.log_text();
+    println!("--- without the transactional id's WRITE:\n{}", log.lines().rev().take(3).collect::<Vec<_>>().join("\n"));
+    assert!(
+        log.contains(&format!("may not use transactional id `{transactional_id}`")) && log.contains("grant it WRITE"),
+        "named, with the ACL to grant:\n{log}"
+    );
+    assert!(!log.contains("starting over"), "no retry loop:\n{log}");
+}

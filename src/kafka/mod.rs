@@ -313,6 +313,17 @@ pub enum SinkError {
         /// How long the relay waited.
         waited_s: u64,
     },
+    /// The principal may not use the transactional id: nothing can be produced until an operator grants it.
+    #[error(
+        "the Kafka principal may not use transactional id `{transactional_id}` (TransactionalIdAuthorizationFailed): \
+         grant it WRITE and DESCRIBE on that transactional id, e.g. kafka-acls.sh --add --allow-principal User:<name> \
+         --operation Write --operation Describe --transactional-id {transactional_id} (README, \"What it needs from \
+         Kafka\")"
+    )]
+    TransactionalIdNotAuthorized {
+        /// `kafka.transactional_id`.
+        transactional_id: String,
+    },
     /// The blocking task running a librdkafka call died.
     #[error("kafka worker task failed: {0}")]
     Join(String),
@@ -326,7 +337,8 @@ impl SinkError {
             | SinkError::TransactionTooLong { .. }
             | SinkError::Refused(_)
             | SinkError::BadCheckpoint { .. }
-            | SinkError::CheckpointTopic { .. } => false,
+            | SinkError::CheckpointTopic { .. }
+            | SinkError::TransactionalIdNotAuthorized { .. } => false,
             SinkError::Client { source, .. } => !is_fatal(source) && !is_authorization(source),
             SinkError::Delivery { .. }
             | SinkError::Unreachable { .. }
@@ -338,6 +350,8 @@ impl SinkError {
     fn from_kafka(op: &'static str, source: KafkaError, transactional_id: &str) -> SinkError {
         if is_fenced(&source) {
             SinkError::Fenced { transactional_id: transactional_id.to_owned() }
+        } else if source.rdkafka_error_code() == Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) {
+            SinkError::TransactionalIdNotAuthorized { transactional_id: transactional_id.to_owned() }
         } else {
             SinkError::Client { op, source }
         }

@@ -8,8 +8,17 @@ use std::time::{Duration, Instant};
 
 use crate::services::{closed_port, infra_var};
 
-/// SASL/PLAIN users of [`KafkaNode::start_secured`] (test-only passwords).
+/// SASL users of [`KafkaNode::start_secured`] (PLAIN) and [`KafkaNode::start_sasl_ssl`] (SCRAM-SHA-512);
+/// test-only passwords.
 pub const SECURED_USERS: &[(&str, &str)] = &[("relay", "relay-secret")];
+
+/// How the client listener authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Security {
+    None,
+    SaslPlain,
+    SaslSslScram,
+}
 
 pub struct KafkaNode {
     pub dir: tempfile::TempDir,
@@ -26,7 +35,7 @@ pub struct KafkaNode {
 impl KafkaNode {
     /// Formats storage and starts the broker; waits until it serves.
     pub fn start() -> KafkaNode {
-        KafkaNode::start_with(None, false)
+        KafkaNode::start_with(None, Security::None)
     }
 
     /// Like [`KafkaNode::start`], with a second listener for clients that advertises `proxy_port`: clients that
@@ -34,17 +43,32 @@ impl KafkaNode {
     /// broker's own traffic and [`KafkaNode::bootstrap`] stay direct. Returns the node; the client listener's own
     /// port is `client.0`, which the proxy forwards to.
     pub fn start_behind(proxy_port: u16) -> KafkaNode {
-        KafkaNode::start_with(Some(proxy_port), false)
+        KafkaNode::start_with(Some(proxy_port), Security::None)
     }
 
     /// A broker with authorization: the client listener (`client_listener()`) takes SASL/PLAIN logins
     /// ([`SECURED_USERS`]) and the StandardAuthorizer denies what no ACL allows; the direct listener
     /// (`bootstrap()`) stays unauthenticated and all-powerful, for the test and for [`KafkaNode::acl`].
     pub fn start_secured() -> KafkaNode {
-        KafkaNode::start_with(None, true)
+        KafkaNode::start_with(None, Security::SaslPlain)
     }
 
-    fn start_with(proxy_port: Option<u16>, secured: bool) -> KafkaNode {
+    /// A broker as production has it: the client listener speaks SASL_SSL with SCRAM-SHA-512 logins
+    /// ([`SECURED_USERS`]) behind TLS with a certificate for 127.0.0.1 and localhost ([`KafkaNode::ca_file`]
+    /// verifies it), and the StandardAuthorizer denies what no ACL allows. The direct listener stays as in
+    /// [`KafkaNode::start_secured`].
+    pub fn start_sasl_ssl() -> KafkaNode {
+        KafkaNode::start_with(None, Security::SaslSslScram)
+    }
+
+    /// The CA certificate (PEM) clients verify the SASL_SSL listener with.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("tls-cert.pem")
+    }
+
+    fn start_with(proxy_port: Option<u16>, security: Security) -> KafkaNode {
+        let secured = security != Security::None;
+        let scram = security == Security::SaslSslScram;
         let libs = infra_var("KAFKA_LIBS_DIR").expect("KAFKA_LIBS_DIR (run `bash tests/infra/up.sh`)");
         let java = infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
         let dir = tempfile::Builder::new().prefix("outbox-relay-kafka-").tempdir().unwrap();
@@ -58,7 +82,33 @@ impl KafkaNode {
             }
             None => None,
         };
-        let security = if secured {
+        let security = if scram {
+            // A self-signed certificate that names the listener's address: clients verify it (the relay's default
+            // endpoint identification) against the certificate itself as CA.
+            let (key, cert) = (dir.path().join("tls-key.pem"), dir.path().join("tls-cert.pem"));
+            let made = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+            let keystore = dir.path().join("tls-keystore.pem");
+            let pem = std::fs::read_to_string(&key).unwrap() + &std::fs::read_to_string(&cert).unwrap();
+            std::fs::write(&keystore, pem).unwrap();
+            format!(
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CLIENT:SASL_SSL\n\
+                 sasl.enabled.mechanisms=SCRAM-SHA-512\nlistener.name.client.sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                 listener.name.client.scram-sha-512.sasl.jaas.config=\
+                 org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                 listener.name.client.ssl.keystore.type=PEM\nlistener.name.client.ssl.keystore.location={}\n\
+                 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n\
+                 super.users=User:ANONYMOUS\n",
+                keystore.display()
+            )
+        } else if secured {
             let users: String = SECURED_USERS.iter().map(|(u, p)| format!(" user_{u}=\"{p}\"")).collect();
             format!(
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CLIENT:SASL_PLAINTEXT\n\
@@ -89,15 +139,19 @@ impl KafkaNode {
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("server.properties"), props).unwrap();
-        let status = Command::new(&java)
+        let mut format = Command::new(&java);
+        format
             .args(["-Xmx256m", "-cp", &format!("{libs}/*"), "kafka.tools.StorageTool", "format", "--standalone", "-t"])
             .arg("Zm9yIHRlc3RzIG9ubHkx")
             .arg("-c")
-            .arg(dir.path().join("server.properties"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
+            .arg(dir.path().join("server.properties"));
+        if scram {
+            // SCRAM credentials live in the cluster metadata: written at format time.
+            for (user, password) in SECURED_USERS {
+                format.args(["--add-scram", &format!("SCRAM-SHA-512=[name={user},password={password}]")]);
+            }
+        }
+        let status = format.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
         assert!(status.success(), "kafka storage format failed");
         let mut node = KafkaNode { dir, port, client, controller_port, child: None, java, libs };
         node.restart();
