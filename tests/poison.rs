@@ -405,8 +405,10 @@ async fn a_topic_the_relay_may_not_write_to_is_named_or_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
     let broker = tokio::task::spawn_blocking(kafka_node::KafkaNode::start_sasl_ssl).await.unwrap();
-    let h = Harness::new("saslssl", Options::default()).await;
+    let h = Harness::new("saslssl", Options { metrics: Some(60_000), ..Options::default() }).await;
     let transactional_id = format!("outbox-relay-{}", h.connector);
+    // A downstream consumer group whose lag the relay measures (configured, so no cluster-wide Describe is needed).
+    let group = format!("{}-billing", h.connector);
     // The README's minimal ACLs for User:relay, and nothing else.
     let acls: Vec<Vec<String>> = vec![
         // Event topics (the route template's prefix): describe, write, create (topic_creation.enabled).
@@ -419,6 +421,8 @@ async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
         // The transactional id.
         vec!["--transactional-id", &transactional_id, "--operation", "Write"],
         vec!["--transactional-id", &transactional_id, "--operation", "Describe"],
+        // consumer_lag: the committed offsets of the groups it measures.
+        vec!["--group", &group, "--operation", "Describe"],
     ]
     .into_iter()
     .map(|a| a.into_iter().map(str::to_owned).collect())
@@ -437,7 +441,7 @@ async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
     h.rewrite_config(|t| {
         t.replace(&h.services.kafka_bootstrap, &broker.client_listener())
             .replace("[kafka]\n", &properties)
-            .replace("[metrics]\n", "[consumer_lag]\nenabled = false\n[metrics]\n")
+            .replace("[metrics]\n", &format!("[consumer_lag]\ngroups = [\"{group}\"]\ninterval_ms = 1000\n[metrics]\n"))
     });
     let direct = broker.bootstrap();
     let mut relay = h.spawn(&[], &[]);
@@ -459,6 +463,30 @@ async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
     let ids: Vec<String> = records.iter().filter_map(|r| r.header("id")).collect();
     assert_eq!(ids.len(), expected.len(), "exactly once:\n{}", relay.log_text());
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
+
+    // The group has read nothing (offsets at the start, set through the broker's direct listener): the relay, with
+    // only Describe on the group, reports it behind by at least the 5 events.
+    let libs = services::required_var("KAFKA_LIBS_DIR");
+    let java = services::infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
+    let reset = std::process::Command::new(java)
+        .args(["-Xmx128m", "-cp", &format!("{libs}/*"), "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"])
+        .args(["--bootstrap-server", &direct, "--reset-offsets", "--group", &group, "--topic", &h.topic("order")])
+        .args(["--to-earliest", "--execute"])
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    let metric = format!("outbox_relay_consumer_lag_records{{group=\"{group}\",topic=\"{}\"}} ", h.topic("order"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag = h.http_get("/metrics").and_then(|(_, body)| {
+            body.lines().find_map(|l| l.strip_prefix(&metric).and_then(|v| v.trim().parse::<i64>().ok()))
+        });
+        if lag.is_some_and(|l| l >= 5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag {lag:?} not reported:\n{}", relay.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
     relay.stop();
     assert!(!relay.log_text().contains(" ERROR "), "{}", relay.log_text());
 

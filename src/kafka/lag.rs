@@ -139,9 +139,9 @@ pub fn measure(
     timeout: Duration,
 ) -> Result<Lags, rdkafka::error::KafkaError> {
     let mut probe = base.clone();
-    // Never joins: only metadata, the group list and ListOffsets with read_committed (the last stable offset).
+    // Never joins: only metadata, the group list and ListOffsets with read_committed (the last stable offset). No
+    // group.id either: librdkafka would look up that group's coordinator, which needs an ACL the relay has no use for.
     probe
-        .set("group.id", "outbox-relay-lag-probe")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("allow.auto.create.topics", "false");
@@ -168,7 +168,6 @@ pub fn measure(
             .iter()
             .filter(|g| g.protocol_type() == "consumer" || g.protocol_type().is_empty())
             .map(|g| g.name().to_owned())
-            .filter(|name| name != "outbox-relay-lag-probe")
             .collect()
     } else {
         groups.to_vec()
