@@ -138,12 +138,14 @@ pub async fn run(
                     }
                 }
                 reason = lost.changed(), if !stepped_down => {
-                    if reason.is_ok() {
-                        let why = lost.borrow().clone().unwrap_or_default();
-                        warn!(reason = %why, "lost the leadership lease; stepping down (stopping the pipeline)");
-                        stepped_down = true;
-                        let _ = stop_tx.send(true);
-                    }
+                    // A checker that ended without a word (it panicked) cannot vouch for the lease either.
+                    let why = match reason {
+                        Ok(()) => lost.borrow().clone().unwrap_or_default(),
+                        Err(_) => "the lease check stopped".to_owned(),
+                    };
+                    warn!(reason = %why, "lost the leadership lease; stepping down (stopping the pipeline)");
+                    stepped_down = true;
+                    let _ = stop_tx.send(true);
                 }
             }
         };
