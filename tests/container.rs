@@ -69,17 +69,6 @@ fn run_container(image: &str, name: &str, volume: &str, env: &[String], extra: &
     ok(&refs);
 }
 
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Reads `topic` with the image's own `tail` (read_committed, decoded through the registry): the event ids.
 fn tail_ids(image: &str, env: &[String], topic: &str) -> Vec<String> {
     let mut args: Vec<String> = ["run", "--rm", "--network", "host"].iter().map(|s| (*s).to_owned()).collect();
@@ -122,7 +111,7 @@ async fn the_image_runs_from_environment_variables_stops_cleanly_and_resumes_exa
     // Not root; metrics from outside the container; the image's healthcheck passes.
     assert_eq!(ok(&["exec", &first, "id", "-u"]).trim(), "10001", "the relay does not run as root");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http_status(port, "/ready") != Some(200) {
+    while relay::http_get(port, "/ready").map(|(status, _)| status) != Some(200) {
         assert!(Instant::now() < deadline, "/ready not 200 from outside:\n{}", logs(&first));
         std::thread::sleep(Duration::from_millis(300));
     }

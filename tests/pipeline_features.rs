@@ -13,7 +13,6 @@ mod relay;
 mod proxy;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -550,23 +549,9 @@ async fn a_client_certificate_authenticates_check_and_both_connections_of_run() 
     assert_eq!(logins, 2, "the SQL and the replication connection:\n{}", relay.log_text());
 }
 
-/// Kafka's own `kafka-consumer-groups` (ConsumerGroupCommand) against the local broker; its standard output.
+/// Kafka's own `kafka-consumer-groups` against the local broker; its standard output.
 fn consumer_groups(args: &[&str]) -> String {
-    let libs = services::required_var("KAFKA_LIBS_DIR");
-    let java = services::infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
-    let output = Command::new(java)
-        .args(["-Xmx128m", "-cp", &format!("{libs}/*"), "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"])
-        .args(["--bootstrap-server", &services::services().kafka_bootstrap])
-        .args(args)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "ConsumerGroupCommand {args:?}:\n{out}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
+    services::kafka_tool(services::CONSUMER_GROUPS, &services::services().kafka_bootstrap, args)
 }
 
 /// The group's lag on `topic` as Kafka's tool reports it (the LAG column, summed over partitions).
@@ -579,9 +564,7 @@ fn tool_lag(group: &str, topic: &str) -> i64 {
 }
 
 fn relay_lag(h: &Harness, group: &str, topic: &str) -> Option<i64> {
-    let (_, body) = h.http_get("/metrics")?;
-    let prefix = format!("outbox_relay_consumer_lag_records{{group=\"{group}\",topic=\"{topic}\"}} ");
-    body.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+    h.metric(&format!("outbox_relay_consumer_lag_records{{group=\"{group}\",topic=\"{topic}\"}}")).map(|v| v as i64)
 }
 
 /// Waits until the relay's metric equals Kafka's tool for the group (the relay measures every second here).

@@ -466,22 +466,14 @@ async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
 
     // The group has read nothing (offsets at the start, set through the broker's direct listener): the relay, with
     // only Describe on the group, reports it behind by at least the 5 events.
-    let libs = services::required_var("KAFKA_LIBS_DIR");
-    let java = services::infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
-    let reset = std::process::Command::new(java)
-        .args(["-Xmx128m", "-cp", &format!("{libs}/*"), "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"])
-        .args(["--bootstrap-server", &direct, "--reset-offsets", "--group", &group, "--topic", &h.topic("order")])
-        .args(["--to-earliest", "--execute"])
-        .output()
-        .unwrap();
-    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
-    let metric = format!("outbox_relay_consumer_lag_records{{group=\"{group}\",topic=\"{}\"}} ", h.topic("order"));
+    let topic = h.topic("order");
+    let reset = ["--reset-offsets", "--group", &group, "--topic", &topic, "--to-earliest", "--execute"];
+    services::kafka_tool(services::CONSUMER_GROUPS, &direct, &reset);
+    let metric = format!("outbox_relay_consumer_lag_records{{group=\"{group}\",topic=\"{topic}\"}}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let lag = h.http_get("/metrics").and_then(|(_, body)| {
-            body.lines().find_map(|l| l.strip_prefix(&metric).and_then(|v| v.trim().parse::<i64>().ok()))
-        });
-        if lag.is_some_and(|l| l >= 5) {
+        let lag = h.metric(&metric);
+        if lag.is_some_and(|l| l >= 5.0) {
             break;
         }
         assert!(Instant::now() < deadline, "lag {lag:?} not reported:\n{}", relay.log_text());

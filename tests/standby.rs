@@ -212,13 +212,6 @@ async fn a_leader_whose_postgres_network_stalls_steps_down() {
     leader_cut_off_from_postgres("standbystall", true).await;
 }
 
-/// The value of `name{status="<status>"}` from the harness relay's `/metrics`.
-fn labelled_metric(h: &Harness, name: &str, status: &str) -> Option<f64> {
-    let (_, body) = h.http_get("/metrics")?;
-    let prefix = format!("{name}{{status=\"{status}\"}} ");
-    body.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
-}
-
 /// Waits until `f` holds for the harness relay's metrics (the slot monitor reads the server every 10 s).
 async fn wait_metrics(h: &Harness, what: &str, f: impl Fn(&Harness) -> bool, log: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -250,7 +243,7 @@ async fn slot_health_is_reported_from_the_server_while_replication_is_down() {
     .await;
     assert_eq!(metric("outbox_relay_slot_exists"), 1.0);
     assert_eq!(metric("outbox_relay_slot_active"), 0.0, "nobody streams the slot");
-    assert_eq!(labelled_metric(&h, "outbox_relay_slot_wal_status", "reserved"), Some(1.0));
+    assert_eq!(h.metric("outbox_relay_slot_wal_status{status=\"reserved\"}"), Some(1.0));
     let before = metric("outbox_relay_slot_pending_wal_bytes");
     let retained_before = metric("outbox_relay_slot_retained_wal_bytes");
 

@@ -70,10 +70,10 @@ pub fn apply(table: &mut Table, env: &[(&str, &str)]) -> Result<Applied, Vec<Pro
             continue;
         }
         let (base, from_file) = match name.strip_suffix(FILE_SUFFIX) {
-            Some(base) if resolve(base).is_some() => (base, true),
+            Some(base) if resolve(base, &defaults).is_some() => (base, true),
             _ => (name, false),
         };
-        let Some(path) = resolve(base) else {
+        let Some(path) = resolve(base, &defaults) else {
             if base.contains("__") {
                 problems.push(Problem {
                     key: name.to_owned(),
@@ -127,8 +127,9 @@ fn is_alias(name: &str) -> bool {
     ALIASES.iter().any(|(alias, _)| *alias == name)
 }
 
-/// The key path a variable name (without `_FILE`) spells, if it spells one of the schema's shape.
-fn resolve(name: &str) -> Option<Vec<String>> {
+/// The key path a variable name (without `_FILE`) spells, if it spells one of the shape of `defaults` (the default
+/// configuration as a table).
+fn resolve(name: &str, defaults: &Table) -> Option<Vec<String>> {
     if let Some((_, key)) = ALIASES.iter().find(|(alias, _)| *alias == name) {
         return Some(key.split('.').map(str::to_owned).collect());
     }
@@ -144,9 +145,8 @@ fn resolve(name: &str) -> Option<Vec<String>> {
         path.push(if in_map { segment.replace('_', ".") } else { segment });
     }
     // Only names whose first segment is a section or a top-level key; the rest is checked when setting.
-    let defaults = Value::try_from(Config::default()).ok()?;
     let first = path.first()?;
-    let top = defaults.as_table()?.get(first.as_str())?;
+    let top = defaults.get(first.as_str())?;
     (top.is_table() == (path.len() > 1)).then_some(path)
 }
 
@@ -304,6 +304,11 @@ fn convert(reference: Option<&Value>, text: String) -> Result<Value, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
     use super::*;
+
+    fn resolve(name: &str) -> Option<Vec<String>> {
+        let defaults = Value::try_from(Config::default()).unwrap();
+        super::resolve(name, defaults.as_table().unwrap())
+    }
 
     #[test]
     fn names_resolve_to_keys() {

@@ -177,18 +177,7 @@ impl KafkaNode {
 
     /// Runs Kafka's `AclCommand` against the direct listener, e.g. `["--add", "--allow-principal", "User:relay", ...]`.
     pub fn acl(&self, args: &[&str]) {
-        let output = Command::new(&self.java)
-            .args(["-Xmx128m", "-cp", &format!("{}/*", self.libs), "org.apache.kafka.tools.AclCommand"])
-            .args(["--bootstrap-server", &self.bootstrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "AclCommand {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        crate::services::kafka_tool("org.apache.kafka.tools.AclCommand", &self.bootstrap(), args);
     }
 
     /// The client listener's own address (what a proxy in front of it forwards to).

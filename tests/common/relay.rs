@@ -141,20 +141,12 @@ impl Harness {
 
     /// `GET path` on the relay's metrics endpoint: status code and body.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
         assert!(self.metrics_port != 0, "Options::metrics is off");
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let status = out.split_whitespace().nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Some((status, body))
+        http_get(self.metrics_port, path)
     }
 
-    /// The value of a metric without labels, from `/metrics`.
+    /// The value of one series from `/metrics`: a metric without labels (`outbox_relay_ready`) or a series with
+    /// its labels as the relay prints them (`outbox_relay_slot_wal_status{status="reserved"}`).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.http_get("/metrics")?;
         body.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse().ok()))
@@ -322,6 +314,20 @@ impl Harness {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and body, `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// A Kafka record as read back.

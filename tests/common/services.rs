@@ -133,6 +133,25 @@ pub fn closed_port() -> u16 {
     panic!("no free TCP port in 20000..32000 on 127.0.0.1")
 }
 
+/// Runs one of Kafka's own command-line tools (`class` from the jars `tests/infra/up.sh` fetched, e.g.
+/// `org.apache.kafka.tools.AclCommand`) against `bootstrap`; panics with its output unless it succeeds, else returns
+/// its standard output.
+pub fn kafka_tool(class: &str, bootstrap: &str, args: &[&str]) -> String {
+    let libs = required_var("KAFKA_LIBS_DIR");
+    let java = infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
+    let output = std::process::Command::new(java)
+        .args(["-Xmx128m", "-cp", &format!("{libs}/*"), class, "--bootstrap-server", bootstrap])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{class}: {e}"));
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{class} {args:?} failed:\n{out}\n{}", String::from_utf8_lossy(&output.stderr));
+    out
+}
+
+/// Kafka's `kafka-consumer-groups` tool, for [`kafka_tool`].
+pub const CONSUMER_GROUPS: &str = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand";
+
 /// A name unique to this process and call, usable as a PostgreSQL identifier.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
