@@ -81,6 +81,9 @@ pub enum CheckError {
         /// The error chain.
         detail: String,
     },
+    /// `target_session_attrs=read-write` and no host of the URL is a primary.
+    #[error(transparent)]
+    PostgresNotPrimary(ConnectError),
     /// The server answered but refused the login (bad password, unknown database, pg_hba.conf).
     #[error(
         "PostgreSQL at {target} refused the connection: {detail}; check the user, password and database in postgres.url and pg_hba.conf"
@@ -327,6 +330,7 @@ async fn sql_connection(config: &Config, options: &CheckOptions) -> Result<tokio
             },
             None => CheckError::PostgresUnreachable { target, detail: error_chain(&source) },
         }),
+        Ok(Err(e @ ConnectError::NotPrimary { .. })) => Err(CheckError::PostgresNotPrimary(e)),
         Ok(Err(other)) => Err(CheckError::PostgresUnreachable { target, detail: error_chain(&other) }),
         Ok(Ok(client)) => Ok(client),
     }

@@ -560,3 +560,80 @@ print(json.dumps({
     assert_eq!(printed["metrics"]["listen"].as_str(), Some(format!("0.0.0.0:{}", m["port"]).as_str()));
     assert!(printed["leader"]["enabled"].as_bool().unwrap(), "the standby needs the lease");
 }
+
+/// `docker/compose.yaml` cannot be run here (no image registry is reachable, so `postgres`, `apache/kafka` and
+/// `apicurio/apicurio-registry` cannot be pulled); what can be shown without the images is shown: its image tags
+/// come from `tests/infra/versions.env` (the versions the tests run), the relay starts only once the other three
+/// report healthy, restarts, gets more than the 30 s drain to stop, and keeps its spill directory on a volume; and the
+/// table its init script creates, with the relay's environment from the file (host names pointed at the local
+/// services), passes `check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_file_fits_the_relay_and_the_tested_versions() {
+    let root = services::repo_root();
+    let compose = root.join("docker/compose.yaml");
+    let script = r#"
+import json, sys, yaml
+print(json.dumps(yaml.safe_load(open(sys.argv[1]))))
+"#;
+    let parsed = Command::new("python3").args(["-c", script, compose.to_str().unwrap()]).output().unwrap();
+    assert!(parsed.status.success(), "{}\n(PyYAML comes with bash scripts/prerequisites.sh --tests)", stderr(&parsed));
+    let c: serde_json::Value = serde_json::from_str(&stdout(&parsed)).unwrap();
+    let s = &c["services"];
+
+    // Image tags: each a variable of versions.env, required (no silent "latest").
+    let versions = std::fs::read_to_string(root.join("tests/infra/versions.env")).unwrap();
+    let defined: BTreeSet<&str> =
+        versions.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+    for (service, variable) in
+        [("postgres", "PG_VERSION"), ("kafka", "KAFKA_VERSION"), ("registry", "APICURIO_VERSION")]
+    {
+        let image = s[service]["image"].as_str().unwrap();
+        assert!(image.contains(&format!("${{{variable}:?")), "{service}: {image} must require {variable}");
+        assert!(defined.contains(variable), "versions.env defines {variable}");
+        assert!(s[service]["healthcheck"]["test"].is_array(), "{service} reports its health");
+    }
+    assert!(root.join("docker/.env").canonicalize().unwrap().ends_with("tests/infra/versions.env"));
+
+    let relay_svc = &s["outbox-relay"];
+    for dependency in ["postgres", "kafka", "registry"] {
+        assert_eq!(relay_svc["depends_on"][dependency]["condition"], "service_healthy", "{dependency}");
+    }
+    assert_eq!(relay_svc["restart"], "unless-stopped");
+    let grace = relay_svc["stop_grace_period"].as_str().unwrap();
+    assert!(grace.trim_end_matches('s').parse::<u64>().unwrap() > 30, "stop_grace_period {grace} covers the drain");
+    let volumes: Vec<&str> = relay_svc["volumes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(volumes.iter().any(|v| v.ends_with(":/var/lib/outbox-relay")), "spill directory on a volume: {volumes:?}");
+
+    // The init script is the table file the tests use, and the relay's environment accepts it.
+    let init = s["postgres"]["volumes"].as_array().unwrap()[0].as_str().unwrap();
+    let (source, target) = init.split_once(':').unwrap();
+    assert!(target.starts_with("/docker-entrypoint-initdb.d/"), "{init}");
+    let table_sql = std::fs::read_to_string(root.join("docker").join(source)).unwrap();
+    let svc = services::services();
+    let db = services::TestDb::create(&svc, "compose").await;
+    db.execute(&table_sql).await;
+    let connector = format!("compose_{}", std::process::id());
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (name, value) in relay_svc["environment"].as_object().unwrap() {
+        let value = value.as_str().unwrap().to_owned();
+        let value = match name.as_str() {
+            // Same parameters, the local server and test database.
+            "OUTBOX_RELAY_POSTGRES__URL" => {
+                assert!(value.ends_with("?sslmode=disable"), "{value}");
+                db.url.clone()
+            }
+            "OUTBOX_RELAY_KAFKA__BOOTSTRAP_SERVERS" => svc.kafka_bootstrap.clone(),
+            "OUTBOX_RELAY_SCHEMA_REGISTRY__URL" => svc.schema_registry_url.clone(),
+            _ => value,
+        };
+        env.push((name.clone(), value));
+    }
+    env.push(("OUTBOX_RELAY_CONNECTOR_NAME".into(), connector.clone()));
+    // Its own checkpoint topic on the shared broker.
+    env.push(("OUTBOX_RELAY_KAFKA__CHECKPOINT_TOPIC".into(), format!("{connector}.checkpoints")));
+    env.push(("OUTBOX_RELAY_METRICS__LISTEN".into(), String::new()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let check = relay(&["check"], &env);
+    assert!(check.status.success(), "check with the compose environment:\n{}{}", stdout(&check), stderr(&check));
+    assert!(!stderr(&check).contains("names no configuration key"), "{}", stderr(&check));
+}

@@ -549,6 +549,71 @@ async fn a_client_certificate_authenticates_check_and_both_connections_of_run() 
     assert_eq!(logins, 2, "the SQL and the replication connection:\n{}", relay.log_text());
 }
 
+/// A multi-host URL with `target_session_attrs=read-write` whose first host is a hot standby: every connection of the
+/// relay (SQL, replication, lease, monitor) skips the standby and lands on the primary, and it relays. With only the
+/// standby in the URL, `check` refuses with the reason instead of trying to decode on a read-only server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_host_url_with_read_write_uses_the_primary_for_every_connection() {
+    let settings = ["wal_level=logical", "max_wal_senders=10", "max_replication_slots=10"];
+    let primary = services::ThrowawayCluster::start(&services::services(), &settings);
+    let standby = services::ThrowawayCluster::standby_of(&primary);
+    let svc = services::Services { pg_url: primary.url(), ..services::services() };
+    let h = Harness::new_on(svc, "multihost", Options::default()).await;
+    let on = |port: u16| h.db.url.replace(&format!(":{}/", primary.port), &format!(":{port}/"));
+    let standby_url = on(standby.port);
+    assert_ne!(standby_url, h.db.url);
+    // The database reaches the standby by streaming replication; wait (bounded) until it can be opened there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let standby_client = loop {
+        match tokio_postgres::connect(&standby_url, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                break client;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("standby not there yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the database never reached the standby: {e}"),
+        }
+    };
+    let read_only: String = standby_client.query_one("SHOW transaction_read_only", &[]).await.unwrap().get(0);
+    assert_eq!(read_only, "on", "the second cluster must be a real standby");
+
+    let standby_only = format!("{standby_url}&target_session_attrs=read-write");
+    h.rewrite_config(|t| t.replace(&h.db.url, &standby_only));
+    let check = h.command().arg("check").output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success(), "check passed against a standby alone:\n{report}");
+    assert!(report.contains("read-only server (a standby)"), "the refusal names the reason:\n{report}");
+
+    let both = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{}?sslmode=disable&target_session_attrs=read-write",
+        standby.port, primary.port, h.db.name
+    );
+    h.rewrite_config(|t| t.replace(&standby_only, &both));
+    let check = h.command().arg("check").output().unwrap();
+    assert!(
+        check.status.success(),
+        "check with the standby first:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let mut c = h.db.client().await;
+    let ids = h.insert_rows(&mut c, "order", 3).await;
+    let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 3, Duration::from_secs(30));
+    assert_eq!(records.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(), ids);
+    // Every connection of the relay is on the primary, none on the standby.
+    let relay_sessions = |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
+    let sql = "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'outbox-relay%' ORDER BY 1";
+    let on_primary = relay_sessions(c.query(sql, &[]).await.unwrap());
+    let on_standby = relay_sessions(standby_client.query(sql, &[]).await.unwrap());
+    assert!(on_standby.is_empty(), "relay sessions on the standby: {on_standby:?}");
+    assert!(on_primary.len() >= 4, "SQL, replication, lease and monitor on the primary: {on_primary:?}");
+}
+
 /// Kafka's own `kafka-consumer-groups` against the local broker; its standard output.
 fn consumer_groups(args: &[&str]) -> String {
     services::kafka_tool(services::CONSUMER_GROUPS, &services::services().kafka_bootstrap, args)

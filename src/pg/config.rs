@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pg::conninfo::{self, ConnInfo};
+use crate::pg::conninfo::{self, ConnInfo, TargetSessionAttrs};
 
 use crate::config::fields::default_true;
 use crate::config::redact::redact_url;
@@ -169,6 +169,16 @@ pub enum ConnectError {
     /// The configuration was built without loading it, so `postgres.url` was never parsed.
     #[error("postgres.url was not parsed: build the configuration with Config::load or Config::from_toml_str")]
     NotLoaded,
+    /// `target_session_attrs=read-write` and every host of the URL answered as read-only (standbys). Transient: a
+    /// failover may promote one of them.
+    #[error(
+        "{target}: every host is a read-only server (a standby) and target_session_attrs=read-write asks for the \
+         primary; list the primary among the hosts of postgres.url"
+    )]
+    NotPrimary {
+        /// `host:port` list, for the operator.
+        target: String,
+    },
     /// The server could not be reached or refused the login.
     #[error("cannot connect to PostgreSQL at {target}")]
     Connect {
@@ -185,6 +195,7 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::Connect { source, .. } => crate::pg::is_transient_sql_error(source),
+            ConnectError::NotPrimary { .. } => true,
             _ => false,
         }
     }
@@ -284,21 +295,48 @@ impl PostgresConfig {
         role: Option<&str>,
     ) -> Result<tokio_postgres::Client, ConnectError> {
         let info = self.connection()?;
-        let (mut config, tls) = info.tokio_postgres()?;
-        if let Some(role) = role {
-            config.application_name(format!("{} {role}", info.application_name));
-        }
-        if let Some(t) = timeout {
-            config.connect_timeout(info.connect_timeout.map_or(t, |c| c.min(t)));
-        }
-        let (client, connection) =
-            config.connect(tls).await.map_err(|source| ConnectError::Connect { target: info.targets(), source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "postgres sql connection closed with an error");
+        // The URL's hosts in order, like libpq: the first that accepts (and, with read-write, is a primary) wins; the
+        // error is the last host's.
+        let mut last = ConnectError::Url(conninfo::ConfigError::Missing("host"));
+        for target in &info.hosts {
+            let (mut config, tls) = info.tokio_postgres(target)?;
+            if let Some(role) = role {
+                config.application_name(format!("{} {role}", info.application_name));
             }
-        });
-        Ok(client)
+            if let Some(t) = timeout {
+                config.connect_timeout(info.connect_timeout.map_or(t, |c| c.min(t)));
+            }
+            let (client, connection) = match config.connect(tls).await {
+                Ok(pair) => pair,
+                Err(source) => {
+                    tracing::debug!(host = %target, error = %source, "sql connection attempt failed");
+                    last = ConnectError::Connect { target: target.to_string(), source };
+                    continue;
+                }
+            };
+            let task = tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "postgres sql connection closed with an error");
+                }
+            });
+            if info.target_session_attrs == TargetSessionAttrs::ReadWrite {
+                let answer = match client.query_one(conninfo::READ_ONLY_QUERY, &[]).await {
+                    Ok(row) => row.try_get::<_, String>(0).ok(),
+                    Err(source) => {
+                        last = ConnectError::Connect { target: target.to_string(), source };
+                        continue;
+                    }
+                };
+                if ConnInfo::is_read_only(answer.as_deref()) {
+                    drop(client);
+                    let _ = task.await;
+                    last = ConnectError::NotPrimary { target: info.targets() };
+                    continue;
+                }
+            }
+            return Ok(client);
+        }
+        Err(last)
     }
 
     /// [`Self::status_interval_ms`] as a duration.

@@ -132,6 +132,9 @@ impl FromStr for ChannelBindingMode {
     }
 }
 
+/// What both connections ask a server to learn whether it accepts writes (see [`ConnInfo::is_read_only`]).
+pub const READ_ONLY_QUERY: &str = "SHOW transaction_read_only";
+
 /// Which server of several hosts to use (libpq's `target_session_attrs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TargetSessionAttrs {
@@ -466,18 +469,18 @@ impl ConnInfo {
         self.ssl_mode == SslMode::VerifyFull
     }
 
-    /// The ordinary SQL connection's configuration (tokio-postgres), with TLS from [`ConnInfo::ssl_connector`].
-    pub fn tokio_postgres(&self) -> Result<(tokio_postgres::Config, postgres_openssl::MakeTlsConnector), ConfigError> {
+    /// The ordinary SQL connection's configuration (tokio-postgres) for one host of the URL, with TLS from
+    /// [`ConnInfo::ssl_connector`]. One host at a time: the caller walks [`ConnInfo::hosts`] and applies
+    /// `target_session_attrs` itself ([`ConnInfo::is_read_only`]), as the replication connection does, so both give
+    /// the same typed answer when no host is a primary.
+    pub fn tokio_postgres(
+        &self,
+        target: &HostPort,
+    ) -> Result<(tokio_postgres::Config, postgres_openssl::MakeTlsConnector), ConfigError> {
         let mut config = tokio_postgres::Config::new();
-        for h in &self.hosts {
-            config.host(&h.host).port(h.port);
-        }
-        if self.hosts.iter().all(|h| h.addr.is_some()) {
-            for h in &self.hosts {
-                if let Some(addr) = h.addr {
-                    config.hostaddr(addr);
-                }
-            }
+        config.host(&target.host).port(target.port);
+        if let Some(addr) = target.addr {
+            config.hostaddr(addr);
         }
         config.user(&self.user).dbname(&self.dbname).application_name(&self.application_name);
         if let Some(p) = &self.password {
@@ -489,10 +492,6 @@ impl ConnInfo {
         if let Some(o) = &self.options {
             config.options(o);
         }
-        config.target_session_attrs(match self.target_session_attrs {
-            TargetSessionAttrs::Any => tokio_postgres::config::TargetSessionAttrs::Any,
-            TargetSessionAttrs::ReadWrite => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
-        });
         config.ssl_mode(match self.ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -508,6 +507,12 @@ impl ConnInfo {
             Ok(())
         });
         Ok((config, tls))
+    }
+
+    /// Whether a server's answer to [`READ_ONLY_QUERY`] rules it out under `target_session_attrs=read-write` (libpq's
+    /// test: a standby, or a server with `default_transaction_read_only`).
+    pub fn is_read_only(answer: Option<&str>) -> bool {
+        answer == Some("on")
     }
 
     /// Appends `-c name=value` to the backend options, escaping spaces and backslashes as the server expects.
@@ -753,10 +758,12 @@ mod more_tests {
         assert_eq!(c.hosts[0].connect_to(), "10.0.0.1:5433");
         assert_eq!(c.target_session_attrs, TargetSessionAttrs::ReadWrite);
         assert_eq!(c.targets(), "db1:5433,db2:5432,[::1]:6000");
-        let (config, _) = c.tokio_postgres().unwrap();
-        assert_eq!(config.get_hosts().len(), 3);
-        assert_eq!(config.get_ports(), [5433, 5432, 6000]);
-        assert_eq!(config.get_target_session_attrs(), tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        // The SQL connection is configured per host, with its own hostaddr; read-write is applied by the caller.
+        let (config, _) = c.tokio_postgres(&c.hosts[2]).unwrap();
+        assert_eq!(config.get_ports(), [6000]);
+        assert_eq!(config.get_hostaddrs(), ["::1".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(config.get_target_session_attrs(), tokio_postgres::config::TargetSessionAttrs::Any);
+        assert!(ConnInfo::is_read_only(Some("on")) && !ConnInfo::is_read_only(Some("off")));
     }
 
     #[test]
@@ -765,14 +772,14 @@ mod more_tests {
             "postgresql://u:p@h1:6432/app?sslmode=verify-full&sslrootcert=system&application_name=x&connect_timeout=3",
         )
         .unwrap();
-        let (config, _) = c.tokio_postgres().unwrap();
+        let (config, _) = c.tokio_postgres(&c.hosts[0]).unwrap();
         assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
         assert_eq!(config.get_application_name(), Some("x"));
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert!(c.verifies_chain() && c.verifies_host());
         let c = ConnInfo::from_url("postgres://u@h/db").unwrap();
         assert_eq!((c.ssl_mode, c.verifies_chain()), (SslMode::Prefer, false));
-        assert_eq!(c.tokio_postgres().unwrap().0.get_application_name(), Some(DEFAULT_APPLICATION_NAME));
+        assert_eq!(c.tokio_postgres(&c.hosts[0]).unwrap().0.get_application_name(), Some(DEFAULT_APPLICATION_NAME));
         // Files are read at load: a URL naming a missing file does not load, for either connection.
         let e = ConnInfo::from_url("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem").unwrap_err();
         assert!(matches!(&e, ConfigError::File { name: "sslrootcert", .. }), "{e}");

@@ -307,6 +307,40 @@ impl ThrowawayCluster {
         ThrowawayCluster { dir, bin_dir, port }
     }
 
+    /// A hot standby of `primary`: a base backup over streaming replication (`pg_basebackup -R`, so it follows the
+    /// primary), started read-only on a port of its own. It answers `transaction_read_only = on`, as a standby
+    /// behind a multi-host URL does.
+    pub fn standby_of(primary: &ThrowawayCluster) -> ThrowawayCluster {
+        let dir = tempfile::Builder::new().prefix("outbox-relay-pg-standby-").tempdir().expect("temporary directory");
+        if is_root() {
+            let mut chown = Command::new("chown");
+            chown.arg("-R").arg("postgres:").arg(dir.path());
+            run_checked(chown, "chown of the standby directory");
+        }
+        let data = dir.path().join("data");
+        let mut backup = pg_command(&primary.bin_dir.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(&data)
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream"])
+            .arg("--no-sync");
+        run_checked(backup, "pg_basebackup");
+        let port = closed_port();
+        let options = format!(
+            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c hot_standby=on",
+            dir.path().display()
+        );
+        let mut start = pg_command(&primary.bin_dir.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("postgres.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]);
+        run_checked(start, "pg_ctl start of the standby");
+        ThrowawayCluster { dir, bin_dir: primary.bin_dir.clone(), port }
+    }
+
     /// Restarts the server (fast shutdown: every connection is terminated, as in a real restart).
     pub fn restart(&self) {
         let mut restart = pg_command(&self.bin_dir.join("pg_ctl"));

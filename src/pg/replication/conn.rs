@@ -130,9 +130,8 @@ impl ReplicationClient {
             None => fut.await?,
         };
         if config.target_session_attrs == TargetSessionAttrs::ReadWrite {
-            let results = client.simple_query("SHOW transaction_read_only").await?;
-            let read_only = results.iter().find_map(|r| r.get(0, "transaction_read_only")) == Some("on");
-            if read_only {
+            let results = client.simple_query(crate::pg::conninfo::READ_ONLY_QUERY).await?;
+            if ConnInfo::is_read_only(results.iter().find_map(|r| r.get(0, "transaction_read_only"))) {
                 let _ = client.close().await;
                 return Err(ReplicationError::NotPrimary { host: target.to_string() });
             }
