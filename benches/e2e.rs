@@ -1,6 +1,6 @@
 //! End to end: the release `outbox-relay` binary against the real PostgreSQL, Kafka broker and schema registry.
 //!
-//! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn] [--shape single|bulk|both] [--rows N]
+//! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn,startup] [--shape single|bulk|both] [--rows N]
 //!  [--repeat R] [--rate R] [--seconds S] [--conns C] [--big-rows N] [--kafka key=value]...
 //!  [--prop librdkafka.key=value]... [--pg key=value]... [--perf DIR] [--keep-logs] [--quick]`
 //!
@@ -15,6 +15,11 @@
 //!   `synchronous_commit = on`) offers R events/s for S seconds; a `read_committed` consumer computes receive time
 //!   minus commit time per event from the envelope's `timestamp` (commit time, microseconds). p50/p99/max; target p99 <=
 //!   50 ms. The relay's VmRSS is sampled every 100 ms meanwhile (target <= 64 MiB steady).
+//! - `startup`: with warm services (connector, slot, topics and registry subject made by a first run), one row is
+//!   written while no relay runs, then the relay process is started and timed until it logs "replication started"
+//!   and until a `read_committed` consumer has the row; stopped with SIGTERM; `--repeat` runs (default 5 here),
+//!   medians. Target: process start to first delivered event <= 300 ms. This also bounds how fast a standby that
+//!   takes over, or a relay restarted after a crash, delivers again.
 //! - `bigtxn`: a fresh relay relays one transaction of `--big-rows` rows (default 1M) written while it runs; peak
 //!   VmRSS / VmHWM (target <= 128 MiB), max over `--repeat` runs.
 //!
@@ -147,8 +152,8 @@ async fn run() -> Result<bool> {
         bail!("--rate 1..=50000, --seconds 1..=600, --conns 1..=64");
     }
     for p in &opts.parts {
-        if !["throughput", "latency", "bigtxn"].contains(&p.as_str()) {
-            bail!("--only: throughput, latency, bigtxn (comma separated), not {p:?}");
+        if !["throughput", "latency", "bigtxn", "startup"].contains(&p.as_str()) {
+            bail!("--only: throughput, latency, bigtxn, startup (comma separated), not {p:?}");
         }
     }
     let env = Env::load()?;
@@ -166,6 +171,9 @@ async fn run() -> Result<bool> {
     }
     if opts.parts.iter().any(|p| p == "bigtxn") {
         ok &= bigtxn(&env, &opts).await?;
+    }
+    if opts.parts.iter().any(|p| p == "startup") {
+        ok &= startup(&env, &opts, args.num("repeat", 5)?).await?;
     }
     Ok(ok)
 }
@@ -985,6 +993,105 @@ async fn latency_inner(env: &Env, opts: &Opts, c: &mut Connector) -> Result<bool
         );
     }
     Ok(ok_lat && ok_rss)
+}
+
+async fn startup(env: &Env, opts: &Opts, repeat: u32) -> Result<bool> {
+    let mut c = Connector::new(env, "s", opts, &[]).await?;
+    let r = startup_inner(env, opts, &mut c, repeat).await;
+    c.cleanup(env, opts.keep_logs || r.is_err()).await;
+    r
+}
+
+/// When the relay logged the first line containing `needle`, as an `Instant` on the clock of `spawned`: the line's
+/// UTC time of day (`HH:MM:SS.ffffff` of its RFC 3339 stamp) against the wall clock read at `spawned`.
+fn log_line_instant(log: &str, needle: &str, spawned: Instant, spawned_wall: std::time::SystemTime) -> Result<Instant> {
+    let line = log.lines().find(|l| l.contains(needle)).ok_or_else(|| anyhow!("no {needle:?} line"))?;
+    let stamp = line.get(11..26).ok_or_else(|| anyhow!("no time stamp in {line:?}"))?;
+    let mut parts = stamp.split(':');
+    let mut field =
+        || -> Result<f64> { Ok(parts.next().ok_or_else(|| anyhow!("time stamp {stamp:?}"))?.parse::<f64>()?) };
+    let (h, m, sec) = (field()?, field()?, field()?);
+    let logged = h * 3600.0 + m * 60.0 + sec;
+    let wall = spawned_wall.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64() % 86_400.0;
+    // Across midnight the difference wraps; a start never takes hours.
+    let after = (logged - wall).rem_euclid(86_400.0);
+    if after > 3600.0 {
+        bail!("{needle:?} logged before the process started ({stamp} vs {wall:.6} s of the day)");
+    }
+    Ok(spawned + Duration::from_secs_f64(after))
+}
+
+/// Waits (1 ms polling, at most a minute) until the consumer has `n` events; when it had them.
+async fn wait_count(consumer: &ConsumerHandle, n: u64, relay: &mut Relay) -> Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.count() < n {
+        if !relay.running() {
+            bail!("relay exited early:\n{}", tail(&relay.log_text()));
+        }
+        if Instant::now() > deadline {
+            bail!("the consumer has {} of {n} events:\n{}", consumer.count(), tail(&relay.log_text()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(Instant::now())
+}
+
+async fn startup_inner(env: &Env, opts: &Opts, c: &mut Connector, repeat: u32) -> Result<bool> {
+    println!(
+        "
+e2e start-up: process start to \"replication started\" and to the first delivered event, warm services"
+    );
+    let consumer = start_consumer(env, &c.topic)?;
+    // Warm-up run: publication, slot, genesis checkpoint, the registry subject of the first event.
+    let mut relay = c.spawn(opts)?;
+    relay.wait_log("replication started", Duration::from_secs(120)).await?;
+    common::generate(&c.db, 1, true, 1).await?;
+    wait_count(&consumer, 1, &mut relay).await?;
+    relay.terminate(Duration::from_secs(40)).await?;
+    let (mut to_started, mut to_first) = (Vec::new(), Vec::new());
+    for run in 0..u64::from(repeat) {
+        // Services settle between runs, as between a crash and its restart in practice.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        common::generate(&c.db, 1, true, run + 2).await?;
+        let (spawned, spawned_wall) = (Instant::now(), std::time::SystemTime::now());
+        let mut relay = c.spawn(opts)?;
+        let first = wait_count(&consumer, run + 2, &mut relay).await?;
+        // `wait_log` sees the line only now (the consumer was watched first): its time comes from the log line.
+        relay.wait_log("replication started", Duration::from_secs(60)).await?;
+        let started = log_line_instant(&relay.log_text(), "replication started", spawned, spawned_wall)?;
+        relay.terminate(Duration::from_secs(40)).await?;
+        to_started.push(started.duration_since(spawned).as_micros() as i64);
+        to_first.push(first.duration_since(spawned).as_micros() as i64);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = consumer.count();
+    let _ = consumer.finish()?;
+    if seen != u64::from(repeat) + 1 {
+        bail!("consumer saw {seen} events, expected exactly {}", repeat + 1);
+    }
+    let runs = |v: &[i64]| v.iter().map(|us| format!("{:.0}", *us as f64 / 1000.0)).collect::<Vec<_>>().join(" ");
+    let detail = (runs(&to_started), runs(&to_first));
+    to_started.sort_unstable();
+    to_first.sort_unstable();
+    let (started_ms, first_ms) =
+        (common::percentile(&to_started, 50.0) as f64 / 1000.0, common::percentile(&to_first, 50.0) as f64 / 1000.0);
+    let ok = first_ms <= 300.0;
+    let section = "e2e.startup";
+    record(
+        section,
+        "process start -> replication started (median)",
+        format!("{started_ms:.0}"),
+        "ms",
+        &format!("runs: {}", detail.0),
+    );
+    record(
+        section,
+        "process start -> first event delivered (median)",
+        format!("{first_ms:.0}"),
+        "ms",
+        &format!("target <= 300 ms: {}; runs: {}", verdict(ok), detail.1),
+    );
+    Ok(ok)
 }
 
 async fn bigtxn(env: &Env, opts: &Opts) -> Result<bool> {

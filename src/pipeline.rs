@@ -302,9 +302,41 @@ struct Relay {
     stall_timeout: Duration,
 }
 
+/// What a start builds from the configuration alone: the message mapping and the encoders with their registry
+/// client (whose TLS set-up costs tens of milliseconds of CPU). It needs no server, so the leader builds it while it
+/// waits for the lease ([`prepare`]) instead of after.
+pub struct Prepared {
+    messages: Option<MessageMapper>,
+    encoders: Encoders,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("messages", &self.messages.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// Builds [`Prepared`] on the blocking pool (it is CPU work).
+pub async fn prepare(cfg: &Config) -> Result<Prepared, PipelineError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let messages = if cfg.outbox.messages.enabled {
+            let mapping = cfg.outbox.message_mapping();
+            Some(MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping).map_err(PipelineError::Mapping)?)
+        } else {
+            None
+        };
+        let encoders = Encoders::new(&cfg, &RegistrySettings::from_config(&cfg.schema_registry))?;
+        Ok(Prepared { messages, encoders })
+    })
+    .await
+    .map_err(|e| PipelineError::Sink(SinkError::Join(format!("preparing the encoders: {e}"))))?
+}
+
 /// Runs the relay until `shutdown` turns true or a definite error happens.
 pub async fn run(
     cfg: Config,
+    prepared: Prepared,
     opts: RunOptions,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
@@ -313,13 +345,7 @@ pub async fn run(
     for t in &cfg.outbox.tables {
         tables.push((t.table.clone(), t.clone()));
     }
-    let messages = if cfg.outbox.messages.enabled {
-        let mapping = cfg.outbox.message_mapping();
-        Some(MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping).map_err(PipelineError::Mapping)?)
-    } else {
-        None
-    };
-    let encoders = Encoders::new(&cfg, &RegistrySettings::from_config(&cfg.schema_registry))?;
+    let Prepared { messages, encoders } = prepared;
     let value_encoder: Arc<dyn ValueEncoder> = encoders.value;
     let relay = Relay {
         kafka: KafkaSettings::from_config(&cfg.kafka),
@@ -402,38 +428,52 @@ impl Relay {
             info_span!("relay", connector = %self.cfg.connector_name, slot = %pg.slot, publication = %pg.publication);
         async {
             let limit = self.stall_timeout;
-            let sql = self.sql().await?;
-            // The preflight `check` reports; here the first finding stops the start.
-            let findings = bounded(limit, "sql connection", async {
-                let doing = "reading the server settings";
-                let settings =
-                    preflight::server_settings(&sql).await.map_err(|source| PipelineError::Sql { doing, source })?;
-                let mut findings = settings.findings(pg);
-                let doing = "reading the outbox tables";
-                findings.extend(
-                    preflight::outbox_tables(&sql, &self.cfg.outbox.tables, &settings.database)
+            let t0 = Instant::now();
+            // PostgreSQL's checks and Kafka's fencing do not depend on each other: they overlap, and the start takes
+            // the longer of the two instead of their sum. The first error of either ends the start.
+            let postgres = async {
+                let sql = self.sql().await?;
+                // The preflight `check` reports; here the first finding stops the start.
+                let findings = bounded(limit, "sql connection", async {
+                    let doing = "reading the server settings";
+                    let settings = preflight::server_settings(&sql)
                         .await
-                        .map_err(|source| PipelineError::Sql { doing, source })?,
-                );
-                Ok(findings)
-            })
-            .await?;
-            if let Some(finding) = findings.into_iter().next() {
-                return Err(Box::new(finding).into());
-            }
-            preflight::spill_dir(&pg.spill_dir).map_err(Box::new)?;
-            let table_names: Vec<TableName> = self.tables.iter().map(|(t, _)| t.clone()).collect();
-            bounded(limit, "sql connection", async {
-                Ok(slot::ensure_publication(&sql, &pg.publication, &table_names, pg.create_publication).await?)
-            })
-            .await?;
-
-            crate::kafka::ensure_checkpoint_topic(&self.kafka).await?;
-            // Fence first: afterwards no older instance can commit, so the checkpoint read next is final.
-            let mut producer = TxnProducer::connect(&self.kafka, Arc::clone(&self.stats.delivered)).await?;
-            let checkpoint =
-                crate::kafka::read_checkpoint(&self.kafka, &self.cfg.connector_name, self.kafka.checkpoint_wait())
-                    .await?;
+                        .map_err(|source| PipelineError::Sql { doing, source })?;
+                    let mut findings = settings.findings(pg);
+                    let doing = "reading the outbox tables";
+                    findings.extend(
+                        preflight::outbox_tables(&sql, &self.cfg.outbox.tables, &settings.database)
+                            .await
+                            .map_err(|source| PipelineError::Sql { doing, source })?,
+                    );
+                    Ok(findings)
+                })
+                .await?;
+                if let Some(finding) = findings.into_iter().next() {
+                    return Err(Box::new(finding).into());
+                }
+                preflight::spill_dir(&pg.spill_dir).map_err(Box::new)?;
+                let table_names: Vec<TableName> = self.tables.iter().map(|(t, _)| t.clone()).collect();
+                bounded(limit, "sql connection", async {
+                    Ok(slot::ensure_publication(&sql, &pg.publication, &table_names, pg.create_publication).await?)
+                })
+                .await?;
+                Ok::<_, PipelineError>(sql)
+            };
+            let kafka = async {
+                // The checkpoint topic, the fencing and the reader's clients are independent; the read needs all
+                // three and comes after the fencing: afterwards no older instance can commit, so what it reads is
+                // final.
+                let (_, producer, reader) = tokio::try_join!(
+                    async { Ok::<_, PipelineError>(crate::kafka::ensure_checkpoint_topic(&self.kafka).await?) },
+                    async { Ok(TxnProducer::connect(&self.kafka, Arc::clone(&self.stats.delivered)).await?) },
+                    async { Ok(crate::kafka::CheckpointReader::open(&self.kafka).await?) },
+                )?;
+                let checkpoint = reader.read(&self.cfg.connector_name, self.kafka.checkpoint_wait()).await?;
+                Ok::<_, PipelineError>((producer, checkpoint))
+            };
+            let (sql, (mut producer, checkpoint)) = tokio::try_join!(postgres, kafka)?;
+            // The server's WAL position is read after the checkpoint, so a checkpoint is never ahead of it.
             let mut replication = self.replication().await?;
             let history = bounded(limit, "replication connection", async {
                 Ok(replication.history_for(checkpoint.as_ref()).await?)
@@ -471,7 +511,13 @@ impl Relay {
             // An operator's start position applies once; after a restart the checkpoint rules.
             opts.start_lsn = None;
             *started = true;
-            info!(resume = %resume, checkpoint = ?checkpoint.as_ref().map(|c| c.end_lsn), server = %server, "starting");
+            info!(
+                resume = %resume,
+                checkpoint = ?checkpoint.as_ref().map(|c| c.end_lsn),
+                server = %server,
+                took_ms = t0.elapsed().as_millis() as u64,
+                "starting"
+            );
             let heartbeat = Heartbeat::start(&self.cfg, sql, Arc::clone(&self.stats));
             self.sessions(producer, client, server, resume, &heartbeat, shutdown).await
         }

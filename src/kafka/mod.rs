@@ -699,7 +699,18 @@ impl TxnProducer {
         let p = Arc::clone(&producer);
         let timeout = settings.operation_timeout;
         let mut this = TxnProducer { producer, settings: settings.clone(), open: None, spent: true, transactions: 0 };
-        let initialised = blocking(move || p.init_transactions(timeout)).await?;
+        let topic = settings.checkpoint_topic.clone();
+        let initialised = blocking(move || {
+            // Two metadata round trips first: the first learns the brokers (librdkafka then drops the bootstrap
+            // connection), the second returns once a connection to one of them is up. Called without one,
+            // init_transactions finds "no brokers available" and librdkafka repeats its coordinator query only
+            // after 500 ms, which was half of a start. A failure here is left to init_transactions to report.
+            for _ in 0..2 {
+                let _ = p.client().fetch_metadata(Some(&topic), timeout);
+            }
+            p.init_transactions(timeout)
+        })
+        .await?;
         if let Err(e) = initialised {
             // Serve queued error events so the context has seen them.
             this.producer.poll(Duration::ZERO);
@@ -1180,9 +1191,18 @@ pub enum CheckpointTopic {
 /// deletion by time or size), and replicated like the cluster allows (at least min(3, brokers) replicas).
 pub async fn verify_checkpoint_topic(settings: &KafkaSettings) -> Result<CheckpointTopic, SinkError> {
     let admin = Arc::new(settings.admin()?);
+    let verified = verify_checkpoint_topic_with(settings, &admin).await;
+    close_in_background("admin client", admin);
+    verified
+}
+
+async fn verify_checkpoint_topic_with(
+    settings: &KafkaSettings,
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+) -> Result<CheckpointTopic, SinkError> {
     let topic = settings.checkpoint_topic.as_str();
     let bad = |problem: String| SinkError::CheckpointTopic { topic: topic.to_owned(), problem };
-    let (a, t, timeout) = (Arc::clone(&admin), topic.to_owned(), settings.operation_timeout);
+    let (a, t, timeout) = (Arc::clone(admin), topic.to_owned(), settings.operation_timeout);
     let md = blocking(move || a.inner().fetch_metadata(Some(&t), timeout))
         .await?
         .map_err(|e| SinkError::Client { op: "checkpoint topic metadata", source: e })?;
@@ -1275,9 +1295,59 @@ pub async fn read_checkpoint(
     connector: &str,
     wait_limit: Duration,
 ) -> Result<Option<Checkpoint>, SinkError> {
-    let settings = settings.clone();
-    let connector = connector.to_owned();
-    blocking(move || read_checkpoint_blocking(&settings, &connector, wait_limit)).await?
+    CheckpointReader::open(settings).await?.read(connector, wait_limit).await
+}
+
+/// The clients that read the checkpoint, opened ahead of the read: opening them asks nothing of the topic, so it
+/// may overlap the fencing it must follow ([`read_checkpoint`] says why the read itself comes after).
+pub struct CheckpointReader {
+    settings: KafkaSettings,
+    /// Sees the high watermark (`read_uncommitted`).
+    uncommitted: BaseConsumer<QuietContext>,
+    /// Reads (`read_committed`).
+    committed: BaseConsumer<QuietContext>,
+}
+
+impl std::fmt::Debug for CheckpointReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointReader").field("topic", &self.settings.checkpoint_topic).finish_non_exhaustive()
+    }
+}
+
+impl CheckpointReader {
+    /// Creates the two consumers (no request to the topic yet).
+    pub async fn open(settings: &KafkaSettings) -> Result<CheckpointReader, SinkError> {
+        let settings = settings.clone();
+        blocking(move || {
+            Ok(CheckpointReader {
+                uncommitted: checkpoint_consumer(&settings, "read_uncommitted")?,
+                committed: checkpoint_consumer(&settings, "read_committed")?,
+                settings,
+            })
+        })
+        .await?
+    }
+
+    /// [`read_checkpoint`] with these clients; they are closed afterwards, off the caller's path (librdkafka's
+    /// destroy waits for its threads, about 100 ms, which a start need not wait for).
+    pub async fn read(self, connector: &str, wait_limit: Duration) -> Result<Option<Checkpoint>, SinkError> {
+        let connector = connector.to_owned();
+        blocking(move || {
+            let read = read_checkpoint_blocking(&self, &connector, wait_limit);
+            close_in_background("checkpoint reader", self);
+            read
+        })
+        .await?
+    }
+}
+
+/// Drops a librdkafka client on a thread of its own: its destroy waits for the client's threads (about 100 ms),
+/// which a start need not wait for.
+fn close_in_background<T: Send + 'static>(what: &'static str, client: T) {
+    // Without a thread the closure, and the client with it, is dropped here: slower, not wrong.
+    if let Err(e) = std::thread::Builder::new().name(format!("close {what}")).spawn(move || drop(client)) {
+        debug!(what, error = %e, "closing a kafka client inline");
+    }
 }
 
 fn checkpoint_consumer(settings: &KafkaSettings, isolation: &str) -> Result<BaseConsumer<QuietContext>, SinkError> {
@@ -1287,16 +1357,20 @@ fn checkpoint_consumer(settings: &KafkaSettings, isolation: &str) -> Result<Base
         .set("isolation.level", isolation)
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // The read ends at the partition's end, which the broker reports only when a fetch returns: with the
+        // default 500 ms a fetch at the end waits that long for data that will not come.
+        .set("fetch.wait.max.ms", "10");
     c.create_with_context(QuietContext)
         .map_err(|e| SinkError::Client { op: "consumer creation", source: config::redact_config_error(e) })
 }
 
 fn read_checkpoint_blocking(
-    settings: &KafkaSettings,
+    reader: &CheckpointReader,
     connector: &str,
     wait_limit: Duration,
 ) -> Result<Option<Checkpoint>, SinkError> {
+    let settings = &reader.settings;
     let topic = settings.checkpoint_topic.as_str();
     let watermarks = |consumer: &BaseConsumer<QuietContext>| {
         consumer
@@ -1305,15 +1379,15 @@ fn read_checkpoint_blocking(
     };
     // librdkafka lists offsets with the client's isolation level: read_uncommitted gives the high watermark,
     // read_committed the last stable offset.
-    let (low, end) = watermarks(&checkpoint_consumer(settings, "read_uncommitted")?)?;
+    let (low, end) = watermarks(&reader.uncommitted)?;
     if end <= low {
         return Ok(None);
     }
-    let consumer = checkpoint_consumer(settings, "read_committed")?;
+    let consumer = &reader.committed;
     let started = Instant::now();
     let mut logged = false;
     loop {
-        let (_, lso) = watermarks(&consumer)?;
+        let (_, lso) = watermarks(consumer)?;
         if lso >= end {
             break;
         }
@@ -1346,7 +1420,9 @@ fn read_checkpoint_blocking(
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                break;
+            }
             Some(Err(e)) => return Err(SinkError::Client { op: "read checkpoint topic", source: e }),
             Some(Ok(m)) => {
                 if m.key() != Some(connector.as_bytes()) {

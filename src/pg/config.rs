@@ -306,7 +306,16 @@ impl PostgresConfig {
             if let Some(t) = timeout {
                 config.connect_timeout(info.connect_timeout.map_or(t, |c| c.min(t)));
             }
-            let (client, connection) = match config.connect(tls).await {
+            let connected = match tls {
+                Some(tls) => {
+                    config.connect(tls).await.map(|(client, connection)| (client, spawn_connection(connection)))
+                }
+                None => config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(client, connection)| (client, spawn_connection(connection))),
+            };
+            let (client, task) = match connected {
                 Ok(pair) => pair,
                 Err(source) => {
                     tracing::debug!(host = %target, error = %source, "sql connection attempt failed");
@@ -314,11 +323,6 @@ impl PostgresConfig {
                     continue;
                 }
             };
-            let task = tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::warn!(%error, "postgres sql connection closed with an error");
-                }
-            });
             if info.target_session_attrs == TargetSessionAttrs::ReadWrite {
                 let answer = match client.query_one(conninfo::READ_ONLY_QUERY, &[]).await {
                     Ok(row) => row.try_get::<_, String>(0).ok(),
@@ -358,6 +362,19 @@ impl PostgresConfig {
     pub const fn reconnect_backoff_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_backoff_max_ms)
     }
+}
+
+/// Drives a SQL connection until it closes; a close with an error is logged.
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "postgres sql connection closed with an error");
+        }
+    })
 }
 
 /// The default slot and publication name for a connector: lowercased, every character outside `[a-z0-9_]`

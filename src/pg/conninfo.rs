@@ -261,6 +261,31 @@ pub struct ConnInfo {
     pub connect_timeout: Option<Duration>,
     /// Command-line options for the server backend, e.g. `-c wal_sender_timeout=2s`.
     pub options: Option<String>,
+    /// The TLS configuration last built, shared by the clones of this value (see [`ConnInfo::ssl_connector`]).
+    pub tls_cache: TlsCache,
+}
+
+/// The TLS configuration last built and the modification times of the files it was built from. OpenSSL 3 takes
+/// tens of milliseconds of CPU to load the system's trust store, which building a connector always does: once per
+/// connection, it was a third of a start. A cache, not a setting: every two of them compare equal.
+#[derive(Clone, Default)]
+pub struct TlsCache(std::sync::Arc<std::sync::Mutex<Option<BuiltTls>>>);
+
+/// A connector and the modification times of its files when it was built.
+type BuiltTls = (Vec<Option<std::time::SystemTime>>, SslConnector);
+
+impl PartialEq for TlsCache {
+    fn eq(&self, _: &TlsCache) -> bool {
+        true
+    }
+}
+
+impl Eq for TlsCache {}
+
+impl fmt::Debug for TlsCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsCache")
+    }
 }
 
 impl ConnInfo {
@@ -310,6 +335,7 @@ impl ConnInfo {
             application_name: DEFAULT_APPLICATION_NAME.to_owned(),
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             options: None,
+            tls_cache: TlsCache::default(),
         };
         let (mut cert, mut key, mut hostaddr) = (None, None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -435,15 +461,38 @@ impl ConnInfo {
                 "sslcert/sslkey with sslmode=disable: a client certificate needs TLS",
             ));
         }
-        // Every file is read now: a URL that loads is one both connections can use.
-        info.ssl_connector()?;
+        // Every file is read now: a URL that loads is one both connections can use. (Without TLS there is none.)
+        if info.ssl_mode != SslMode::Disable {
+            info.ssl_connector()?;
+        }
         Ok(info)
     }
 
     /// The TLS configuration both connections use: trusted roots, client certificate, chain verification per
-    /// `sslmode` (host names are checked per connection, see [`ConnInfo::verifies_host`]). Reads the files each time,
-    /// so a rotated certificate is picked up by the next connection.
+    /// `sslmode` (host names are checked per connection, see [`ConnInfo::verifies_host`]). Built again when one of
+    /// its files changed since (by modification time), so a rotated certificate is picked up by the next
+    /// connection; otherwise the last one is reused ([`TlsCache`]).
     pub fn ssl_connector(&self) -> Result<SslConnector, ConfigError> {
+        let mut files: Vec<&std::path::Path> = Vec::new();
+        if let Some(RootCerts::File(path)) = &self.ssl_root_cert {
+            files.push(path);
+        }
+        if let Some((cert, key)) = &self.ssl_client_cert {
+            files.extend([cert.as_path(), key.as_path()]);
+        }
+        let stamps: Vec<_> = files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect();
+        let mut cache = self.tls_cache.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built_from, connector)) = cache.as_ref() {
+            if *built_from == stamps && stamps.iter().all(Option::is_some) {
+                return Ok(connector.clone());
+            }
+        }
+        let connector = self.build_ssl_connector()?;
+        *cache = Some((stamps, connector.clone()));
+        Ok(connector)
+    }
+
+    fn build_ssl_connector(&self) -> Result<SslConnector, ConfigError> {
         let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls_err("TLS context", "", &e))?;
         if let Some(RootCerts::File(path)) = &self.ssl_root_cert {
             load_roots(&mut builder, path)?;
@@ -473,10 +522,11 @@ impl ConnInfo {
     /// [`ConnInfo::ssl_connector`]. One host at a time: the caller walks [`ConnInfo::hosts`] and applies
     /// `target_session_attrs` itself ([`ConnInfo::is_read_only`]), as the replication connection does, so both give
     /// the same typed answer when no host is a primary.
+    /// Without TLS (`sslmode=disable`) there is no connector.
     pub fn tokio_postgres(
         &self,
         target: &HostPort,
-    ) -> Result<(tokio_postgres::Config, postgres_openssl::MakeTlsConnector), ConfigError> {
+    ) -> Result<(tokio_postgres::Config, Option<postgres_openssl::MakeTlsConnector>), ConfigError> {
         let mut config = tokio_postgres::Config::new();
         config.host(&target.host).port(target.port);
         if let Some(addr) = target.addr {
@@ -497,6 +547,9 @@ impl ConnInfo {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         });
+        if self.ssl_mode == SslMode::Disable {
+            return Ok((config, None));
+        }
         let mut tls = postgres_openssl::MakeTlsConnector::new(self.ssl_connector()?);
         let (verify_chain, verify_host) = (self.verifies_chain(), self.verifies_host());
         tls.set_callback(move |connect, _host| {
@@ -506,7 +559,7 @@ impl ConnInfo {
             }
             Ok(())
         });
-        Ok((config, tls))
+        Ok((config, Some(tls)))
     }
 
     /// Whether a server's answer to [`READ_ONLY_QUERY`] rules it out under `target_session_attrs=read-write` (libpq's
@@ -746,6 +799,52 @@ mod tests {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod more_tests {
     use super::*;
+
+    /// A self-signed certificate (PEM) named `cn`.
+    fn self_signed_pem(cn: &str) -> Vec<u8> {
+        use openssl::asn1::Asn1Time;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::pkey::PKey;
+        use openssl::x509::{X509Builder, X509NameBuilder};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        b.build().to_pem().unwrap()
+    }
+
+    /// The TLS configuration is built once and shared by clones, and built again when a file changes (a rotated
+    /// CA or client certificate reaches the next connection).
+    #[test]
+    fn tls_is_built_once_until_a_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, self_signed_pem("one")).unwrap();
+        let c =
+            ConnInfo::from_url(&format!("postgres://u@h/db?sslmode=verify-ca&sslrootcert={}", ca.display())).unwrap();
+        // The OpenSSL context's address: the same context means nothing was built or read again.
+        let built = |c: &ConnInfo| std::ptr::from_ref(c.ssl_connector().unwrap().context()) as usize;
+        let first = built(&c);
+        assert_eq!(built(&c), first, "reused");
+        assert_eq!(built(&c.clone()), first, "shared by clones (the SQL, replication, lease and monitor connections)");
+        std::fs::write(&ca, self_signed_pem("two")).unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&ca).unwrap().set_modified(later).unwrap();
+        assert_ne!(built(&c), first, "a changed file is read again");
+        let disabled = ConnInfo::from_url("postgres://u@h/db?sslmode=disable").unwrap();
+        assert!(disabled.tokio_postgres(&disabled.hosts[0]).unwrap().1.is_none(), "no TLS set-up without TLS");
+    }
 
     #[test]
     fn several_hosts_hostaddr_and_target_session_attrs() {
