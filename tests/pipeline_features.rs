@@ -614,6 +614,52 @@ async fn a_multi_host_url_with_read_write_uses_the_primary_for_every_connection(
     assert!(on_primary.len() >= 4, "SQL, replication, lease and monitor on the primary: {on_primary:?}");
 }
 
+/// Keys land on the partitions Kafka's own Java producer chooses (murmur2, librdkafka's `murmur2_random`): a topic
+/// that Debezium on Kafka Connect (a Java producer) filled keeps each aggregate on one partition, so its order
+/// survives the switch to the relay. Kafka's console producer writes the same keys to the same topic; each key's
+/// records must share a partition. (librdkafka's own default, CRC32, puts most of these keys elsewhere.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_land_on_the_partitions_kafkas_java_producer_chooses() {
+    let opts = Options { extra_toml: "[kafka.topic_creation]\npartitions = 6\n".into(), ..Options::default() };
+    let h = Harness::new("murmur", opts).await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let keys: Vec<String> = (0..40).map(|i| format!("order-{i}")).collect();
+    let rows: Vec<(&str, &str, &str, String)> =
+        keys.iter().map(|k| ("order", k.as_str(), "OrderCreated", r#"{"total": 1}"#.to_owned())).collect();
+    let mut c = h.db.client().await;
+    h.insert_txn(&mut c, &rows).await;
+    let topic = h.topic("order");
+    h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), keys.len(), Duration::from_secs(30));
+
+    let input: String = keys.iter().map(|k| format!("{k}\tfrom-java\n")).collect();
+    services::kafka_tool_with_input(
+        "org.apache.kafka.tools.ConsoleProducer",
+        &h.services.kafka_bootstrap,
+        &["--topic", &topic, "--property", "parse.key=true", "--property", "key.separator=\t"],
+        &input,
+    );
+    let records =
+        h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), 2 * keys.len(), Duration::from_secs(30));
+    let mut relay_partition = std::collections::HashMap::new();
+    let mut java_partition = std::collections::HashMap::new();
+    for r in &records {
+        let key = String::from_utf8(r.key.clone()).unwrap();
+        if r.value == b"from-java" {
+            java_partition.insert(key, r.partition);
+        } else {
+            assert!(r.header("id").is_some(), "a relay record: {r:?}");
+            relay_partition.insert(key, r.partition);
+        }
+    }
+    assert_eq!(relay_partition.len(), keys.len());
+    assert_eq!(java_partition.len(), keys.len());
+    let differing: Vec<_> = keys.iter().filter(|k| relay_partition[*k] != java_partition[*k]).collect();
+    assert!(differing.is_empty(), "keys on another partition than the Java producer's: {differing:?}");
+    let used: HashSet<i32> = relay_partition.values().copied().collect();
+    assert!(used.len() >= 4, "the keys spread over the 6 partitions: {used:?}");
+}
+
 /// Kafka's own `kafka-consumer-groups` against the local broker; its standard output.
 fn consumer_groups(args: &[&str]) -> String {
     services::kafka_tool(services::CONSUMER_GROUPS, &services::services().kafka_bootstrap, args)

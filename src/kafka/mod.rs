@@ -676,8 +676,11 @@ impl TxnProducer {
             // Topics are created by the relay (kafka.topic_creation) with the configured shape, or are an error.
             .set("allow.auto.create.topics", "false");
         // Defaults measured in benches/: lz4 costs a fraction of zstd's CPU per event; a 16 MiB producer queue (instead
-        // of librdkafka's 1 GiB) bounds memory while a large transaction streams through. All overridable.
+        // of librdkafka's 1 GiB) bounds memory while a large transaction streams through. The partitioner is Kafka's
+        // Java one (murmur2 of the key), not librdkafka's CRC32: a topic a Java producer filled (Debezium on Kafka
+        // Connect) keeps each aggregate on its partition, and its order, when the relay takes over. All overridable.
         for (k, v) in [
+            ("partitioner", "murmur2_random"),
             ("linger.ms", "5"),
             ("compression.type", "lz4"),
             ("queue.buffering.max.messages", "200000"),
@@ -700,7 +703,17 @@ impl TxnProducer {
         let timeout = settings.operation_timeout;
         let mut this = TxnProducer { producer, settings: settings.clone(), open: None, spent: true, transactions: 0 };
         let topic = settings.checkpoint_topic.clone();
+        // init_transactions runs on a blocking thread, which outlives this future if the caller drops it (a start
+        // that fails elsewhere first, a shutdown). Left alone, such an orphan could finish after the next attempt's
+        // init and fence it: the relay would fence itself. So inits run one at a time, and one whose caller is gone
+        // does not run at all.
+        let wanted = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let _wanted_while_alive = Wanted(Arc::clone(&wanted));
         let initialised = blocking(move || {
+            let _one_at_a_time = INIT_TRANSACTIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !wanted.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             // Two metadata round trips first: the first learns the brokers (librdkafka then drops the bootstrap
             // connection), the second returns once a connection to one of them is up. Called without one,
             // init_transactions finds "no brokers available" and librdkafka repeats its coordinator query only
@@ -1338,6 +1351,18 @@ impl CheckpointReader {
             read
         })
         .await?
+    }
+}
+
+/// Held by each `init_transactions` of this process (see [`TxnProducer::connect`]).
+static INIT_TRANSACTIONS: Mutex<()> = Mutex::new(());
+
+/// Clears its flag when dropped: the caller of a blocking call is gone.
+struct Wanted(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Wanted {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 

@@ -137,13 +137,25 @@ pub fn closed_port() -> u16 {
 /// `org.apache.kafka.tools.AclCommand`) against `bootstrap`; panics with its output unless it succeeds, else returns
 /// its standard output.
 pub fn kafka_tool(class: &str, bootstrap: &str, args: &[&str]) -> String {
+    kafka_tool_with_input(class, bootstrap, args, "")
+}
+
+/// Like [`kafka_tool`], writing `input` to the tool's standard input (e.g. Kafka's console producer).
+pub fn kafka_tool_with_input(class: &str, bootstrap: &str, args: &[&str], input: &str) -> String {
+    use std::io::Write;
     let libs = required_var("KAFKA_LIBS_DIR");
     let java = infra_var("KAFKA_JAVA").unwrap_or_else(|| "java".into());
-    let output = std::process::Command::new(java)
+    let mut child = std::process::Command::new(java)
         .args(["-Xmx128m", "-cp", &format!("{libs}/*"), class, "--bootstrap-server", bootstrap])
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("{class}: {e}"));
+    // Closing standard input ends the tool's input.
+    child.stdin.take().expect("piped").write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{class}: {e}"));
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{class}: {e}"));
     let out = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{class} {args:?} failed:\n{out}\n{}", String::from_utf8_lossy(&output.stderr));
     out
