@@ -9,7 +9,8 @@
 #   decode       cargo bench --bench decode --features testing   pgoutput decoder alone, messages/s on one core
 #   replication  cargo bench --bench replication -- ...          our client vs pg_recvlogical on the same WAL
 #   e2e          cargo bench --bench e2e -- ...                  release relay binary + Kafka + registry:
-#                                                                throughput vs pg_recvlogical, latency, memory
+#                                                                throughput vs pg_recvlogical, latency, memory,
+#                                                                start-up to first delivered event
 # OUTBOX_RELAY_BIN=path runs the e2e part against another relay binary (default target/release/outbox-relay).
 # Exit status: 0 all targets met, 3 a target was missed, 1 a benchmark failed.
 set -uo pipefail
