@@ -6,8 +6,9 @@
 #   bash scripts/prerequisites.sh [--ci] [--tests]
 #     --ci      also the rustfmt and clippy components (CI's lint step)
 #     --tests   also what the test suite needs besides the services: promtool (Debian's prometheus package), which
-#               unit-tests config/prometheus-alerts.yml, and kubernetes-validate (PyPI, with the Kubernetes
-#               schemas bundled), which validates deploy/kubernetes/
+#               unit-tests config/prometheus-alerts.yml, kubernetes-validate (PyPI, with the Kubernetes schemas
+#               bundled), which validates deploy/kubernetes/, and confluent-kafka with its Avro extras (PyPI), the
+#               reference client a test reads the relay's records with
 #
 # librdkafka is built from source by rdkafka-sys (cmake) against OpenSSL, libcurl (OIDC) and zlib headers.
 # Needs root for apt-get; as another user it only reports what is missing.
@@ -44,6 +45,10 @@ fi
 if ((tests)) && ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
     echo "[prerequisites] installing kubernetes-validate (PyPI)"
     python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+if ((tests)) && ! python3 -c 'from confluent_kafka.schema_registry.avro import AvroDeserializer' >/dev/null 2>&1; then
+    echo "[prerequisites] installing confluent-kafka with Avro support (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "confluent-kafka[avro,schemaregistry]==2.16.1"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -660,6 +660,91 @@ async fn keys_land_on_the_partitions_kafkas_java_producer_chooses() {
     assert!(used.len() >= 4, "the keys spread over the 6 partitions: {used:?}");
 }
 
+/// Confluent's own Python client reads what the relay writes: a `read_committed` consumer of confluent-kafka with its
+/// `AvroDeserializer` against the registry decodes every record's value (magic byte, schema id, Avro binary) to the
+/// row it came from, including a NULL payload and an envelope field, and its key to the aggregate id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluents_python_avro_deserializer_reads_every_record() {
+    let outbox = r#"
+[[outbox.tables]]
+table = "public.outbox"
+route_topic_replacement = "{prefix}.${routedByValue}"
+additional_fields = [{ column = "region", placement = "envelope", alias = "origin" }]
+"#;
+    let h = Harness::new("pyavro", Options { outbox_toml: Some(outbox.into()), ..Options::default() }).await;
+    h.db.execute("ALTER TABLE outbox ADD COLUMN region text").await;
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let c = h.db.client().await;
+    c.batch_execute(
+        r#"INSERT INTO outbox (aggregatetype, aggregateid, type, payload, region)
+           SELECT 'order', 'o-' || i, 'OrderCreated', jsonb_build_object('n', i, 'note', 'ä €'), 'eu'
+           FROM generate_series(1, 20) i;
+           INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'o-null', 'OrderVoided', NULL);"#,
+    )
+    .await
+    .unwrap();
+    let topic = h.topic("order");
+    let ours = h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), 21, Duration::from_secs(30));
+
+    let script = r#"
+import json, sys, time
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import SerializationContext, MessageField
+bootstrap, registry, topic, want = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "pyavro-" + topic, "isolation.level": "read_committed",
+                     "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+out, deadline = [], time.time() + 30
+while len(out) < want and time.time() < deadline:
+    m = consumer.poll(0.5)
+    if m is None:
+        continue
+    if m.error():
+        sys.exit("consumer: %s" % m.error())
+    value = deserialize(m.value(), SerializationContext(topic, MessageField.VALUE))
+    out.append({"key": m.key().decode(), "headers": {k: v.decode() for k, v in (m.headers() or [])},
+                "value": value, "schema_id": int.from_bytes(m.value()[1:5], "big")})
+consumer.close()
+print(json.dumps(out, default=str))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, &h.services.kafka_bootstrap, &h.services.schema_registry_url, &topic, "21"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n(confluent-kafka missing? bash scripts/prerequisites.sh --tests installs it)",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(read.len(), ours.len(), "{read:?}");
+    for r in &read {
+        let v = &r["value"];
+        assert_eq!(v["id"], r["headers"]["id"], "{r}");
+        assert_eq!(v["type"], r["headers"]["type"], "{r}");
+        assert_eq!(v["aggregate_id"], r["key"], "{r}");
+        assert_eq!(v["aggregate_type"], "order", "{r}");
+        assert!(r["schema_id"].as_u64().is_some_and(|id| id > 0), "{r}");
+        assert!(v["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "a timestamp-micros: {r}");
+        if r["key"] == "o-null" {
+            assert_eq!(v["payload"], serde_json::Value::Null, "{r}");
+            assert_eq!(v["origin"], serde_json::Value::Null, "{r}");
+        } else {
+            let n: i64 = r["key"].as_str().unwrap().trim_start_matches("o-").parse().unwrap();
+            let payload: serde_json::Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
+            assert_eq!(payload, serde_json::json!({"n": n, "note": "ä €"}), "{r}");
+            assert_eq!(v["origin"], "eu", "{r}");
+        }
+    }
+    let keys: HashSet<&str> = read.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys.len(), 21, "every row once");
+}
+
 /// Kafka's own `kafka-consumer-groups` against the local broker; its standard output.
 fn consumer_groups(args: &[&str]) -> String {
     services::kafka_tool(services::CONSUMER_GROUPS, &services::services().kafka_bootstrap, args)
