@@ -429,8 +429,10 @@ impl Relay {
         async {
             let limit = self.stall_timeout;
             let t0 = Instant::now();
-            // PostgreSQL's checks and Kafka's fencing do not depend on each other: they overlap, and the start takes
-            // the longer of the two instead of their sum. The first error of either ends the start.
+            // PostgreSQL's checks and Kafka's preparations (the checkpoint topic, the producer and the checkpoint
+            // reader connected) do not depend on each other: they overlap, and the start takes the longer of the two
+            // instead of their sum. The first error of either ends the start. Fencing waits for both: a start that
+            // fails on PostgreSQL leaves a running instance alone.
             let postgres = async {
                 let sql = self.sql().await?;
                 // The preflight `check` reports; here the first finding stops the start.
@@ -461,18 +463,17 @@ impl Relay {
                 Ok::<_, PipelineError>(sql)
             };
             let kafka = async {
-                // The checkpoint topic, the fencing and the reader's clients are independent; the read needs all
-                // three and comes after the fencing: afterwards no older instance can commit, so what it reads is
-                // final.
                 let (_, producer, reader) = tokio::try_join!(
                     async { Ok::<_, PipelineError>(crate::kafka::ensure_checkpoint_topic(&self.kafka).await?) },
-                    async { Ok(TxnProducer::connect(&self.kafka, Arc::clone(&self.stats.delivered)).await?) },
+                    async { Ok(TxnProducer::create(&self.kafka, Arc::clone(&self.stats.delivered)).await?) },
                     async { Ok(crate::kafka::CheckpointReader::open(&self.kafka).await?) },
                 )?;
-                let checkpoint = reader.read(&self.cfg.connector_name, self.kafka.checkpoint_wait()).await?;
-                Ok::<_, PipelineError>((producer, checkpoint))
+                Ok::<_, PipelineError>((producer, reader))
             };
-            let (sql, (mut producer, checkpoint)) = tokio::try_join!(postgres, kafka)?;
+            let (sql, (mut producer, reader)) = tokio::try_join!(postgres, kafka)?;
+            // Fence first: afterwards no older instance can commit, so the checkpoint read next is final.
+            producer.init().await?;
+            let checkpoint = reader.read(&self.cfg.connector_name, self.kafka.checkpoint_wait()).await?;
             // The server's WAL position is read after the checkpoint, so a checkpoint is never ahead of it.
             let mut replication = self.replication().await?;
             let history = bounded(limit, "replication connection", async {

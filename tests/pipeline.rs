@@ -251,6 +251,36 @@ async fn a_second_instance_fences_the_first() {
     assert_exactly_once(&records, &committed);
 }
 
+/// A start that fails on PostgreSQL (here: a misconfigured outbox table, as a bad rollout would ship) must not fence
+/// the instance that is running: fencing comes only after PostgreSQL's checks passed. Without the lease
+/// (leader.enabled = false) nothing else would keep the failing instance from taking the running one down with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_on_postgres_leaves_the_running_instance_alone() {
+    let h = Harness::new("nofence", Options::default()).await;
+    let mut first = h.spawn(&[], &[]);
+    first.wait_log(STARTED, Duration::from_secs(60));
+    let mut c = h.db.client().await;
+    let mut committed = HashSet::new();
+    committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 1}"#.into())]).await);
+    h.wait_for_records(&[h.topic("order")], 1, Duration::from_secs(30));
+
+    let mut broken = h.spawn(
+        &[],
+        &[("OUTBOX_RELAY_LEADER__ENABLED", "false"), ("OUTBOX_RELAY_OUTBOX__TABLES__0__TABLE", "public.missing")],
+    );
+    let status = broken.wait_exit(Duration::from_secs(60)).expect("the misconfigured instance stops");
+    assert!(!status.success());
+    assert!(broken.log_text().contains("public.missing"), "it names the table:\n{}", broken.log_text());
+    assert!(!broken.log_text().contains("older instances fenced"), "it fenced:\n{}", broken.log_text());
+
+    committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 2}"#.into())]).await);
+    h.wait_for_records_of(Some(&first), &[h.topic("order")], 2, Duration::from_secs(30));
+    assert!(first.is_running(), "the running instance must go on:\n{}", first.log_text());
+    assert!(!first.log_text().contains("fenced:"), "{}", first.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_exactly_once(&h.read_committed(&[h.topic("order")]), &committed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_advanced_behind_the_relays_back_is_a_named_gap_error() {
     let h = Harness::new("gap", Options::default()).await;

@@ -667,6 +667,15 @@ impl TxnProducer {
     /// `transactional.id` and completes or aborts whatever transaction it left open. `delivered` counts the records
     /// the broker acknowledges.
     pub async fn connect(settings: &KafkaSettings, delivered: Arc<AtomicU64>) -> Result<TxnProducer, SinkError> {
+        let mut producer = TxnProducer::create(settings, delivered).await?;
+        producer.init().await?;
+        Ok(producer)
+    }
+
+    /// Creates the producer and connects it to a broker, without fencing anyone: a start may do this while it
+    /// still checks PostgreSQL, and fence ([`TxnProducer::init`]) only once those checks passed, so a start that
+    /// fails on PostgreSQL leaves a running instance alone.
+    pub async fn create(settings: &KafkaSettings, delivered: Arc<AtomicU64>) -> Result<TxnProducer, SinkError> {
         let mut c = settings.client_config();
         // Set after the pass-through map: these are what exactly-once rests on and must not be overridden.
         c.set("transactional.id", &settings.transactional_id)
@@ -700,11 +709,29 @@ impl TxnProducer {
             .map_err(|e| SinkError::Client { op: "producer creation", source: config::redact_config_error(e) })?;
         let producer = Arc::new(producer);
         let p = Arc::clone(&producer);
-        let timeout = settings.operation_timeout;
-        let mut this = TxnProducer { producer, settings: settings.clone(), open: None, spent: true, transactions: 0 };
+        let warm_up = settings.operation_timeout.min(WARM_UP_LIMIT);
         let topic = settings.checkpoint_topic.clone();
-        // init_transactions runs on a blocking thread, which outlives this future if the caller drops it (a start
-        // that fails elsewhere first, a shutdown). Left alone, such an orphan could finish after the next attempt's
+        // The first metadata round trip learns the brokers (librdkafka then drops the bootstrap connection and
+        // connects to them); init asks once more, which returns once such a connection is up, and refreshes what
+        // this one learnt about the checkpoint topic (a start may be creating it meanwhile). Bounded short: a
+        // failure is left to init_transactions to report, and a start abandoned meanwhile is not held up by it.
+        blocking(move || {
+            let _ = p.client().fetch_metadata(Some(&topic), warm_up);
+        })
+        .await?;
+        Ok(TxnProducer { producer, settings: settings.clone(), open: None, spent: true, transactions: 0 })
+    }
+
+    /// `init_transactions`: fences every older instance with the same `transactional.id` and completes or aborts
+    /// whatever transaction it left open. Then the producer is usable.
+    pub async fn init(&mut self) -> Result<(), SinkError> {
+        let settings = &self.settings;
+        let p = Arc::clone(&self.producer);
+        let timeout = settings.operation_timeout;
+        let warm_up = timeout.min(WARM_UP_LIMIT);
+        let topic = settings.checkpoint_topic.clone();
+        // init_transactions runs on a blocking thread, which outlives this future if the caller drops it (a
+        // shutdown, a start that fails elsewhere). Left alone, such an orphan could finish after the next attempt's
         // init and fence it: the relay would fence itself. So inits run one at a time, and one whose caller is gone
         // does not run at all.
         let wanted = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -712,22 +739,24 @@ impl TxnProducer {
         let initialised = blocking(move || {
             let _one_at_a_time = INIT_TRANSACTIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if !wanted.load(Ordering::SeqCst) {
-                return Ok(());
+                return None;
             }
-            // Two metadata round trips first: the first learns the brokers (librdkafka then drops the bootstrap
-            // connection), the second returns once a connection to one of them is up. Called without one,
-            // init_transactions finds "no brokers available" and librdkafka repeats its coordinator query only
-            // after 500 ms, which was half of a start. A failure here is left to init_transactions to report.
-            for _ in 0..2 {
-                let _ = p.client().fetch_metadata(Some(&topic), timeout);
+            // Returns once a broker connection is up. Without one, init_transactions finds "no brokers available"
+            // and librdkafka repeats its coordinator query only after 500 ms, which was half of a start.
+            let _ = p.client().fetch_metadata(Some(&topic), warm_up);
+            if !wanted.load(Ordering::SeqCst) {
+                return None;
             }
-            p.init_transactions(timeout)
+            Some(p.init_transactions(timeout))
         })
         .await?;
+        let Some(initialised) = initialised else {
+            return Err(SinkError::Join("init_transactions abandoned by its caller".to_owned()));
+        };
         if let Err(e) = initialised {
             // Serve queued error events so the context has seen them.
-            this.producer.poll(Duration::ZERO);
-            let recent = this.producer.context().recent_errors.lock().map(|r| r.join("; ")).unwrap_or_default();
+            self.producer.poll(Duration::ZERO);
+            let recent = self.producer.context().recent_errors.lock().map(|r| r.join("; ")).unwrap_or_default();
             let unreachable = matches!(
                 e.rdkafka_error_code(),
                 Some(
@@ -744,9 +773,9 @@ impl TxnProducer {
                 SinkError::from_kafka("init_transactions", e, &settings.transactional_id)
             });
         }
-        this.spent = false;
+        self.spent = false;
         info!(transactional_id = %settings.transactional_id, "kafka transactions initialised; older instances fenced");
-        Ok(this)
+        Ok(())
     }
 
     /// `false` once a transactional call failed with an unknown outcome: drop it and connect a new one.
@@ -1354,7 +1383,10 @@ impl CheckpointReader {
     }
 }
 
-/// Held by each `init_transactions` of this process (see [`TxnProducer::connect`]).
+/// The longest a producer's warm-up metadata request waits (see [`TxnProducer::create`]).
+const WARM_UP_LIMIT: Duration = Duration::from_secs(2);
+
+/// Held by each `init_transactions` of this process (see [`TxnProducer::init`]).
 static INIT_TRANSACTIONS: Mutex<()> = Mutex::new(());
 
 /// Clears its flag when dropped: the caller of a blocking call is gone.

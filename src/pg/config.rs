@@ -295,9 +295,11 @@ impl PostgresConfig {
         role: Option<&str>,
     ) -> Result<tokio_postgres::Client, ConnectError> {
         let info = self.connection()?;
-        // The URL's hosts in order, like libpq: the first that accepts (and, with read-write, is a primary) wins; the
-        // error is the last host's.
+        // The URL's hosts in order, like libpq: the first that accepts (and, with read-write, is a primary) wins.
+        // Otherwise the error is the last host's that failed to connect (the likelier fix: an unreachable primary
+        // behind a reachable standby), or NotPrimary when every host answered as a standby.
         let mut last = ConnectError::Url(conninfo::ConfigError::Missing("host"));
+        let mut read_only_hosts = 0;
         for target in &info.hosts {
             let (mut config, tls) = info.tokio_postgres(target)?;
             if let Some(role) = role {
@@ -334,7 +336,10 @@ impl PostgresConfig {
                 if ConnInfo::is_read_only(answer.as_deref()) {
                     drop(client);
                     let _ = task.await;
-                    last = ConnectError::NotPrimary { target: info.targets() };
+                    read_only_hosts += 1;
+                    if read_only_hosts == info.hosts.len() {
+                        last = ConnectError::NotPrimary { target: info.targets() };
+                    }
                     continue;
                 }
             }

@@ -265,14 +265,28 @@ pub struct ConnInfo {
     pub tls_cache: TlsCache,
 }
 
-/// The TLS configuration last built and the modification times of the files it was built from. OpenSSL 3 takes
+/// The TLS configuration last built, with what identified its files then and when it was built. OpenSSL 3 takes
 /// tens of milliseconds of CPU to load the system's trust store, which building a connector always does: once per
 /// connection, it was a third of a start. A cache, not a setting: every two of them compare equal.
 #[derive(Clone, Default)]
 pub struct TlsCache(std::sync::Arc<std::sync::Mutex<Option<BuiltTls>>>);
 
-/// A connector and the modification times of its files when it was built.
-type BuiltTls = (Vec<Option<std::time::SystemTime>>, SslConnector);
+/// A connector, the identity of each of its files (see [`file_identity`]) and when it was built.
+type BuiltTls = (Vec<Option<FileIdentity>>, std::time::Instant, SslConnector);
+
+/// Device, inode, size, modification and change time: a file replaced, rewritten or re-linked shows in one of them
+/// (a rotation through symlinks, as Kubernetes secrets are updated, gives a new inode).
+type FileIdentity = (u64, u64, u64, i64, i64, i64, i64);
+
+/// The longest a TLS configuration is reused: the system trust store (`sslrootcert=system`, and the store OpenSSL
+/// loads anyway) has no single file to watch, so a CA update reaches new connections within this time.
+const TLS_REUSE_LIMIT: Duration = Duration::from_secs(300);
+
+fn file_identity(path: &std::path::Path) -> Option<FileIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+}
 
 impl PartialEq for TlsCache {
     fn eq(&self, _: &TlsCache) -> bool {
@@ -470,8 +484,8 @@ impl ConnInfo {
 
     /// The TLS configuration both connections use: trusted roots, client certificate, chain verification per
     /// `sslmode` (host names are checked per connection, see [`ConnInfo::verifies_host`]). Built again when one of
-    /// its files changed since (by modification time), so a rotated certificate is picked up by the next
-    /// connection; otherwise the last one is reused ([`TlsCache`]).
+    /// its files changed since ([`file_identity`]), so a rotated certificate is picked up by the next connection,
+    /// and at the latest after [`TLS_REUSE_LIMIT`]; otherwise the last one is reused ([`TlsCache`]).
     pub fn ssl_connector(&self) -> Result<SslConnector, ConfigError> {
         let mut files: Vec<&std::path::Path> = Vec::new();
         if let Some(RootCerts::File(path)) = &self.ssl_root_cert {
@@ -480,15 +494,15 @@ impl ConnInfo {
         if let Some((cert, key)) = &self.ssl_client_cert {
             files.extend([cert.as_path(), key.as_path()]);
         }
-        let stamps: Vec<_> = files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect();
+        let stamps: Vec<_> = files.iter().map(|f| file_identity(f)).collect();
         let mut cache = self.tls_cache.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((built_from, connector)) = cache.as_ref() {
-            if *built_from == stamps && stamps.iter().all(Option::is_some) {
+        if let Some((built_from, built_at, connector)) = cache.as_ref() {
+            if *built_from == stamps && stamps.iter().all(Option::is_some) && built_at.elapsed() < TLS_REUSE_LIMIT {
                 return Ok(connector.clone());
             }
         }
         let connector = self.build_ssl_connector()?;
-        *cache = Some((stamps, connector.clone()));
+        *cache = Some((stamps, std::time::Instant::now(), connector.clone()));
         Ok(connector)
     }
 
