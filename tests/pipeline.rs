@@ -223,15 +223,21 @@ async fn failpoints_after_produce_and_after_commit_lose_and_duplicate_nothing() 
     load_with_kills("failpoint", 0, &["after_produce_before_commit", "after_commit_before_ack:3"]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_instance_fences_the_first() {
-    let h = Harness::new("fence", Options::default()).await;
+/// A relay running on `h` that has relayed one row: the relay, the client that wrote it, and its id.
+async fn first_instance_with_one_row(h: &Harness) -> (relay::RelayProcess, tokio_postgres::Client, HashSet<String>) {
     let mut first = h.spawn(&[], &[]);
     first.wait_log(STARTED, Duration::from_secs(60));
     let mut c = h.db.client().await;
     let mut committed = HashSet::new();
     committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 1}"#.into())]).await);
     h.wait_for_records(&[h.topic("order")], 1, Duration::from_secs(30));
+    (first, c, committed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_fences_the_first() {
+    let h = Harness::new("fence", Options::default()).await;
+    let (mut first, mut c, mut committed) = first_instance_with_one_row(&h).await;
 
     // Kafka fencing is the second line behind the leadership lease: an instance that does not take the lease
     // (leader.enabled = false) still cannot make the first commit beside it.
@@ -257,12 +263,7 @@ async fn a_second_instance_fences_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_that_fails_on_postgres_leaves_the_running_instance_alone() {
     let h = Harness::new("nofence", Options::default()).await;
-    let mut first = h.spawn(&[], &[]);
-    first.wait_log(STARTED, Duration::from_secs(60));
-    let mut c = h.db.client().await;
-    let mut committed = HashSet::new();
-    committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 1}"#.into())]).await);
-    h.wait_for_records(&[h.topic("order")], 1, Duration::from_secs(30));
+    let (mut first, mut c, mut committed) = first_instance_with_one_row(&h).await;
 
     let mut broken = h.spawn(
         &[],

@@ -423,6 +423,25 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `check` must pass (`what` names it in the failure); then the relay runs and relays `n` new rows, in order.
+/// Returns the running relay and the client that wrote the rows.
+async fn check_then_relay(h: &Harness, n: usize, what: &str) -> (relay::RelayProcess, tokio_postgres::Client) {
+    let check = h.command().arg("check").output().unwrap();
+    assert!(
+        check.status.success(),
+        "{what}:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let mut c = h.db.client().await;
+    let ids = h.insert_rows(&mut c, "order", n).await;
+    let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], n, Duration::from_secs(30));
+    assert_eq!(records.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(), ids);
+    (relay, c)
+}
+
 /// A client certificate in the URL (`sslcert`, `sslkey`) authenticates both connections, on a server that accepts
 /// only certificate logins over TLS: `check` passes and `run` relays. (The two connections once parsed the URL
 /// separately; the replication side refused `sslcert`, so a URL that passed `check` failed `run`.)
@@ -526,16 +545,7 @@ async fn a_client_certificate_authenticates_check_and_both_connections_of_run() 
     );
     h.rewrite_config(|t| t.replace(&h.db.url, &url));
 
-    let check = h.command().arg("check").output().unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "check:\n{report}\n{}", String::from_utf8_lossy(&check.stderr));
-
-    let mut relay = h.spawn(&[], &[]);
-    relay.wait_log(STARTED, Duration::from_secs(60));
-    let mut c = h.db.client().await;
-    let ids = h.insert_rows(&mut c, "order", 2).await;
-    let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 2, Duration::from_secs(30));
-    assert_eq!(records.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(), ids);
+    let (relay, c) = check_then_relay(&h, 2, "check").await;
     // Both of the relay's connections really are certificate logins over TLS.
     let logins: i64 = c
         .query_one(
@@ -592,19 +602,7 @@ async fn a_multi_host_url_with_read_write_uses_the_primary_for_every_connection(
         standby.port, primary.port, h.db.name
     );
     h.rewrite_config(|t| t.replace(&standby_only, &both));
-    let check = h.command().arg("check").output().unwrap();
-    assert!(
-        check.status.success(),
-        "check with the standby first:\n{}\n{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let mut relay = h.spawn(&[], &[]);
-    relay.wait_log(STARTED, Duration::from_secs(60));
-    let mut c = h.db.client().await;
-    let ids = h.insert_rows(&mut c, "order", 3).await;
-    let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 3, Duration::from_secs(30));
-    assert_eq!(records.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(), ids);
+    let (_relay, c) = check_then_relay(&h, 3, "check with the standby first").await;
     // Every connection of the relay is on the primary, none on the standby.
     let relay_sessions = |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
     let sql = "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'outbox-relay%' ORDER BY 1";

@@ -285,22 +285,55 @@ pub struct ThrowawayCluster {
     pub port: u16,
 }
 
+/// A temporary directory for a cluster, owned by the postgres OS user when running as root.
+fn cluster_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("temporary directory");
+    if is_root() {
+        let mut chown = Command::new("chown");
+        chown.arg("-R").arg("postgres:").arg(dir.path());
+        run_checked(chown, "chown of the cluster directory");
+    }
+    dir
+}
+
 impl ThrowawayCluster {
     /// Starts a cluster with `settings` (`name=value` passed as `-c`).
     pub fn start(services: &Services, settings: &[&str]) -> ThrowawayCluster {
         let bin_dir = services.pg_bin_dir.clone().unwrap_or_else(|| {
             panic!("PG_BIN_DIR is not set and .infra/env does not define it: run `bash tests/infra/up.sh`")
         });
-        let dir = tempfile::Builder::new().prefix("outbox-relay-pg-").tempdir().expect("temporary directory");
-        if is_root() {
-            let mut chown = Command::new("chown");
-            chown.arg("-R").arg("postgres:").arg(dir.path());
-            run_checked(chown, "chown of the throwaway cluster directory");
-        }
-        let data = dir.path().join("data");
+        let dir = cluster_dir("outbox-relay-pg-");
         let mut initdb = pg_command(&bin_dir.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        initdb.arg("-D").arg(dir.path().join("data")).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         run_checked(initdb, "initdb");
+        ThrowawayCluster::run(dir, bin_dir, settings)
+    }
+
+    /// A hot standby of `primary`: a base backup over streaming replication (`pg_basebackup -R`, so it follows the
+    /// primary), started read-only on a port of its own. It answers `transaction_read_only = on`, as a standby
+    /// behind a multi-host URL does.
+    pub fn standby_of(primary: &ThrowawayCluster) -> ThrowawayCluster {
+        let dir = cluster_dir("outbox-relay-pg-standby-");
+        let mut backup = pg_command(&primary.bin_dir.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream"])
+            .arg("--no-sync");
+        run_checked(backup, "pg_basebackup");
+        ThrowawayCluster::run(dir, primary.bin_dir.clone(), &["hot_standby=on"])
+    }
+
+    /// Starts the server of `dir`/data on a free port of 127.0.0.1 with `settings` (`name=value` passed as `-c`).
+    fn run(dir: tempfile::TempDir, bin_dir: PathBuf, settings: &[&str]) -> ThrowawayCluster {
         let port = closed_port();
         let mut options =
             format!("-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}", dir.path().display());
@@ -311,46 +344,12 @@ impl ThrowawayCluster {
         let mut start = pg_command(&bin_dir.join("pg_ctl"));
         start
             .arg("-D")
-            .arg(&data)
+            .arg(dir.path().join("data"))
             .arg("-l")
             .arg(dir.path().join("postgres.log"))
             .args(["-w", "-t", "60", "-o", &options, "start"]);
         run_checked(start, "pg_ctl start");
         ThrowawayCluster { dir, bin_dir, port }
-    }
-
-    /// A hot standby of `primary`: a base backup over streaming replication (`pg_basebackup -R`, so it follows the
-    /// primary), started read-only on a port of its own. It answers `transaction_read_only = on`, as a standby
-    /// behind a multi-host URL does.
-    pub fn standby_of(primary: &ThrowawayCluster) -> ThrowawayCluster {
-        let dir = tempfile::Builder::new().prefix("outbox-relay-pg-standby-").tempdir().expect("temporary directory");
-        if is_root() {
-            let mut chown = Command::new("chown");
-            chown.arg("-R").arg("postgres:").arg(dir.path());
-            run_checked(chown, "chown of the standby directory");
-        }
-        let data = dir.path().join("data");
-        let mut backup = pg_command(&primary.bin_dir.join("pg_basebackup"));
-        backup
-            .arg("-D")
-            .arg(&data)
-            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream"])
-            .arg("--no-sync");
-        run_checked(backup, "pg_basebackup");
-        let port = closed_port();
-        let options = format!(
-            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c hot_standby=on",
-            dir.path().display()
-        );
-        let mut start = pg_command(&primary.bin_dir.join("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("postgres.log"))
-            .args(["-w", "-t", "60", "-o", &options, "start"]);
-        run_checked(start, "pg_ctl start of the standby");
-        ThrowawayCluster { dir, bin_dir: primary.bin_dir.clone(), port }
     }
 
     /// Restarts the server (fast shutdown: every connection is terminated, as in a real restart).
