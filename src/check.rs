@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::avro::{EncodeError, Encoders, RegistrySettings, RetryPolicy, SchemaRegistry, WRITABLE_MODE, subject_name};
+use crate::avro::{EncodeError, Encoders, RegistrySettings, RetryPolicy, SchemaRegistry, WRITABLE_MODE};
 use crate::config::{Config, ConnectError};
 use crate::error_chain;
 use crate::kafka::{CheckpointTopic, KafkaSettings, SinkError, TopicState, Topics, TxnProducer};
@@ -504,15 +504,14 @@ async fn probe_registry(config: &Config, options: &CheckOptions, report: &mut Se
     let registry: &SchemaRegistry = &encoders.registry;
     let subjects = registry.subjects().await?;
     report.facts.push(format!("{} subject(s) at {}", subjects.len(), settings.url()));
-    let mode = registry.mode(None).await?;
+    let mode = registry.mode().await?;
     if mode != WRITABLE_MODE {
         report.problems.push(CheckError::RegistryReadOnly { subject: None, url: settings.url().to_owned(), mode });
         return Ok(());
     }
     for topic in fixed_topics(config) {
-        for (is_key, schema) in encoders.schemas() {
-            let subject = subject_name(&topic, is_key);
-            let mode = registry.mode(Some((&topic, is_key))).await?;
+        for (subject, schema) in encoders.schemas_of(&topic) {
+            let mode = registry.mode_of(&subject).await?;
             if mode != WRITABLE_MODE {
                 report.problems.push(CheckError::RegistryReadOnly {
                     subject: Some(subject),
@@ -521,7 +520,7 @@ async fn probe_registry(config: &Config, options: &CheckOptions, report: &mut Se
                 });
             } else if !subjects.contains(&subject) {
                 report.facts.push(format!("subject {subject} absent (registered at the first event)"));
-            } else if registry.is_compatible(&topic, is_key, schema).await? {
+            } else if registry.is_compatible(&subject, schema).await? {
                 report.facts.push(format!("subject {subject} accepts the relay's schema"));
             } else {
                 report.problems.push(CheckError::SubjectIncompatible { subject });

@@ -70,6 +70,11 @@ enum Command {
     /// (LSN, age), slot (confirmed position, pending and retained WAL, wal_status, streaming backend), the replica
     /// leading, consumer-group lag. Exits 1 when a part could not be read.
     Status(StatusArgs),
+    /// Value mode `registered`: check every local schema against its subject's compatibility level in the schema
+    /// registry (exit 1 when one would be refused, naming field, rule and safe path), or register them all (only
+    /// when every one passes). A CI gate before deploying a schema change.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
     /// Ask the relay running on this host (at metrics.listen) whether it is healthy (`/health`) or, with --ready,
     /// ready (`/ready`); exits 0 when it answers 200, else 1. A container HEALTHCHECK or exec probe without curl.
     Health(HealthArgs),
@@ -84,6 +89,24 @@ struct StatusArgs {
     /// Time limit of each part, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     timeout_ms: u64,
+}
+
+/// `schemas check` / `schemas register`.
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Check the local schemas against the registry; changes nothing.
+    Check(SchemasArgs),
+    /// Check, then register the local schemas under their subjects.
+    Register(SchemasArgs),
+}
+
+/// Options of `schemas`.
+#[derive(Debug, Args)]
+struct SchemasArgs {
+    /// Also check (and register) under this topic's subject, even if it does not exist yet (TopicNameStrategy and
+    /// TopicRecordNameStrategy; repeatable).
+    #[arg(long = "topic", value_name = "TOPIC")]
+    topics: Vec<String>,
 }
 
 /// Options of `health`.
@@ -163,6 +186,17 @@ async fn main() -> ExitCode {
         Command::Tail(args) => run_tail(&config, &args).await,
         Command::Health(args) => run_health(&config, &args).await,
         Command::Status(args) => run_status(&config, &args).await,
+        Command::Schemas(command) => {
+            if config.schema_registry.value_mode != outbox_relay::avro::config::ValueMode::Registered {
+                let error = anyhow::anyhow!(
+                    "schemas works with schema_registry.value_mode = \"registered\" (this configuration has {:?})",
+                    config.schema_registry.value_mode
+                );
+                report_failure(cli.log_format, "configuration error", &error);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            run_schemas(&config, command).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -296,6 +330,38 @@ async fn run_check(config: &Config, args: &CheckArgs) -> anyhow::Result<()> {
     print!("{report}");
     let failed: Vec<String> = report.services.iter().filter(|r| !r.is_ok()).map(|r| r.service.to_string()).collect();
     if failed.is_empty() { Ok(()) } else { anyhow::bail!("check failed for {}", failed.join(", ")) }
+}
+
+async fn run_schemas(config: &Config, command: SchemasCommand) -> anyhow::Result<()> {
+    use outbox_relay::avro::{Encoders, RegistrySettings, schemas};
+    let (register, args) = match command {
+        SchemasCommand::Check(args) => (false, args),
+        SchemasCommand::Register(args) => (true, args),
+    };
+    let encoders = Encoders::new(config, &RegistrySettings::from_config(&config.schema_registry))?;
+    let encoder = encoders.registered.as_ref().context("value mode registered has no schemas")?;
+    let mut verdicts = schemas::check(&encoders.registry, config, encoder, &args.topics).await?;
+    if register && !verdicts.iter().any(schemas::Verdict::is_refused) {
+        schemas::register(&encoders.registry, config, encoder, &mut verdicts).await?;
+    }
+    for v in &verdicts {
+        println!("{v}");
+    }
+    let local = encoder.schemas().values().filter(|s| s.local.is_some()).count();
+    let refused = verdicts.iter().filter(|v| v.is_refused()).count();
+    if verdicts.is_empty() {
+        println!(
+            "{local} local schema(s), no subject to compare with yet (they are registered at their first event; name \
+             topics with --topic to check or register them now)"
+        );
+    }
+    if refused > 0 {
+        anyhow::bail!(
+            "{refused} subject(s) would refuse a local schema{}",
+            if register { "; nothing was registered" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 async fn run_tail(config: &Config, args: &TailArgs) -> anyhow::Result<()> {

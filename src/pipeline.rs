@@ -346,6 +346,10 @@ pub async fn run(
         tables.push((t.table.clone(), t.clone()));
     }
     let Prepared { messages, encoders } = prepared;
+    if let Some(registered) = &encoders.registered {
+        // A schema its subject would refuse fails every event of its type: refuse the start instead, naming why.
+        crate::avro::schemas::refuse_incompatible(&encoders.registry, &cfg, registered).await?;
+    }
     let value_encoder: Arc<dyn ValueEncoder> = encoders.value;
     let relay = Relay {
         kafka: KafkaSettings::from_config(&cfg.kafka),

@@ -16,7 +16,7 @@ use outbox_relay::avro::{
     EncodeError, EnvelopeEncoder, KeyEncoder, RegistryDecoder, RegistrySettings, RetryPolicy, SchemaId, SchemaRegistry,
     ValueEncoder, envelope_schema,
 };
-use outbox_relay::outbox::{AdditionalField, Cell, OutboxEvent, OutboxTableConfig, Placement, TableMapper};
+use outbox_relay::outbox::{AdditionalField, Cell, OutboxEvent, OutboxTableConfig, Payload, Placement, TableMapper};
 use outbox_relay::pg::lsn::{Lsn, PgTimestamp};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -293,11 +293,10 @@ async fn encode_cost_per_event_with_warm_cache() {
     let values = EnvelopeEncoder::new(registry.clone(), vec!["tenant".into()]).unwrap();
     let keys = KeyEncoder::avro(registry);
     let mut event = sample_event(&topic);
-    event.payload = Some(format!(
-        r#"{{"orderId": "order-42", "lines": [{}], "note": "{}"}}"#,
-        "1,".repeat(30) + "1",
-        "x".repeat(40)
-    ));
+    event.payload = Some(
+        format!(r#"{{"orderId": "order-42", "lines": [{}], "note": "{}"}}"#, "1,".repeat(30) + "1", "x".repeat(40))
+            .into(),
+    );
     event.envelope_fields = vec![("tenant".into(), Some("acme".into()))];
     event.headers =
         vec![("traceparent".into(), Bytes::from_static(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))];
@@ -330,7 +329,15 @@ async fn encode_cost_per_event_with_warm_cache() {
             ("aggregate_id".into(), Value::String(event.aggregate_id.clone())),
             ("type".into(), Value::String(event.event_type.clone())),
             ("timestamp".into(), Value::TimestampMicros(event.timestamp.unix_micros())),
-            ("payload".into(), Value::Union(1, Box::new(Value::String(event.payload.clone().unwrap_or_default())))),
+            (
+                "payload".into(),
+                Value::Union(
+                    1,
+                    Box::new(Value::String(
+                        event.payload.as_ref().and_then(Payload::text).unwrap_or_default().to_owned(),
+                    )),
+                ),
+            ),
             ("tenant".into(), Value::Union(1, Box::new(Value::String("acme".into())))),
         ])
     };

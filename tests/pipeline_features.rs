@@ -685,47 +685,7 @@ additional_fields = [{ column = "region", placement = "envelope", alias = "origi
     let topic = h.topic("order");
     let ours = h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), 21, Duration::from_secs(30));
 
-    let script = r#"
-import faulthandler, json, sys, time
-# Bounded: after 60 s every thread's stack goes to stderr and the process exits.
-faulthandler.dump_traceback_later(60, exit=True)
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import SerializationContext, MessageField
-bootstrap, registry, topic, want = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-# TopicNameStrategy named explicitly, as against any registry that is not Confluent's: the default of confluent-kafka
-# 2.16 first asks GET /associations, which Apicurio's ccompat API does not serve; about one run in five that request
-# got no answer at all (the client hung reading the response headers).
-deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry, "timeout": 10}),
-                               conf={"subject.name.strategy.type": "TOPIC"})
-consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "pyavro-" + topic, "isolation.level": "read_committed",
-                     "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-out, deadline = [], time.time() + 30
-while len(out) < want and time.time() < deadline:
-    m = consumer.poll(0.5)
-    if m is None:
-        continue
-    if m.error():
-        sys.exit("consumer: %s" % m.error())
-    value = deserialize(m.value(), SerializationContext(topic, MessageField.VALUE))
-    out.append({"key": m.key().decode(), "headers": {k: v.decode() for k, v in (m.headers() or [])},
-                "value": value, "schema_id": int.from_bytes(m.value()[1:5], "big")})
-consumer.close()
-print(json.dumps(out, default=str))
-"#;
-    let output = std::process::Command::new("python3")
-        .args(["-c", script, &h.services.kafka_bootstrap, &h.services.schema_registry_url, &topic, "21"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n(confluent-kafka missing? bash scripts/prerequisites.sh --tests installs it)",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let read: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let read = h.python_avro_read(&topic, 21);
     assert_eq!(read.len(), ours.len(), "{read:?}");
     for r in &read {
         let v = &r["value"];

@@ -21,7 +21,11 @@
 //!
 //! [`ValueEncoder`] is the seam for further value modes (a registry-governed schema per event type).
 
+pub mod compat;
 pub mod config;
+pub mod json;
+pub mod registered;
+pub mod schemas;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,7 +40,7 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameS
 
 use crate::config::redact::redact_url;
 use crate::outbox::OutboxEvent;
-use config::{KeyFormat, SchemaRegistryConfig};
+use config::{KeyFormat, SchemaRegistryConfig, SubjectNameStrategy as Strategy, ValueMode};
 
 /// A schema id assigned by the registry.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -138,6 +142,25 @@ pub enum EncodeError {
         #[source]
         source: Box<SRCError>,
     },
+    /// `auto_register = false` (or a configured subject version) and the registry does not hold the schema.
+    #[error(
+        "schema registry has no subject {subject} holding the schema of event type {event_type:?} ({origin}); fix: \
+         register it before deploying (`outbox-relay schemas register`), or set schema_registry.auto_register = true"
+    )]
+    NotRegistered {
+        /// The subject looked in.
+        subject: String,
+        /// The event type.
+        event_type: String,
+        /// The schema's file or subject.
+        origin: String,
+    },
+    /// Local schemas (value mode `registered`) that their subjects would refuse, one verdict per line.
+    #[error(
+        "local schemas are incompatible with what the schema registry holds:\n{0}\nfix: follow each problem's safe \
+         path, then run `outbox-relay schemas check` until it passes"
+    )]
+    SchemasIncompatible(String),
     /// The encoder's own settings are invalid.
     #[error("invalid Avro encoder settings: {0}")]
     Settings(String),
@@ -269,9 +292,35 @@ impl RegistrySettings {
 #[derive(Debug)]
 pub struct SchemaRegistry {
     converter: AvroEncoder,
+    /// For the calls the converter does not make (lookup, versions, compatibility, mode).
+    http: reqwest::Client,
     settings: RegistrySettings,
     sr: SrSettings,
     url: String,
+}
+
+/// A schema as a subject holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredSchema {
+    /// Its id.
+    pub id: SchemaId,
+    /// Its version within the subject.
+    pub version: u32,
+    /// Its text.
+    pub schema: String,
+}
+
+/// A subject, version or query value as one URL path segment.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Whether a registry accepts new schemas (`GET /mode`): anything but `READWRITE` refuses registrations.
@@ -281,7 +330,11 @@ impl SchemaRegistry {
     /// A client; no request is made until the first registration.
     pub fn new(settings: &RegistrySettings) -> Result<SchemaRegistry, EncodeError> {
         let sr = settings.sr_settings()?;
+        let http = reqwest::Client::builder().timeout(settings.request_timeout).build().map_err(|e| {
+            EncodeError::Settings(format!("schema registry client for {}: {}", settings.url, crate::error_chain(&e)))
+        })?;
         Ok(SchemaRegistry {
+            http,
             converter: AvroEncoder::new(sr.clone()),
             settings: settings.clone(),
             sr,
@@ -290,11 +343,39 @@ impl SchemaRegistry {
     }
 
     /// Registers `schema` under `<topic>-key` or `<topic>-value` (or finds it registered) and returns its id.
-    /// Retries transient failures with exponential backoff; clears the converter's cached errors before each try so
-    /// a failure is never served from its cache.
     pub async fn register(&self, topic: &str, is_key: bool, schema: &SuppliedSchema) -> Result<SchemaId, EncodeError> {
         let subject = subject_name(topic, is_key);
         let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), is_key, schema.clone());
+        self.register_with(subject, strategy).await
+    }
+
+    /// Registers the value schema `schema` of `topic` under the subject `strategy` names (or finds it registered)
+    /// and returns the subject and the id. `schema.name` must be set for the record strategies.
+    pub async fn register_value(
+        &self,
+        strategy: Strategy,
+        topic: &str,
+        schema: &SuppliedSchema,
+    ) -> Result<(String, SchemaId), EncodeError> {
+        let subject = strategy.value_subject(topic, schema.name.as_deref()).ok_or_else(|| {
+            EncodeError::Settings(format!(
+                "subject_name_strategy {strategy:?} needs a named schema (a record), and the value schema of topic \
+                 {topic} has no name"
+            ))
+        })?;
+        let supplied = schema.clone();
+        let converter_strategy = match strategy {
+            Strategy::Topic => SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), false, supplied),
+            Strategy::Record => SubjectNameStrategy::RecordNameStrategyWithSchema(supplied),
+            Strategy::TopicRecord => SubjectNameStrategy::TopicRecordNameStrategyWithSchema(topic.to_owned(), supplied),
+        };
+        let id = self.register_with(subject.clone(), converter_strategy).await?;
+        Ok((subject, id))
+    }
+
+    /// Registers through the converter under `subject`. Retries transient failures with exponential backoff;
+    /// clears the converter's cached errors before each try so a failure is never served from its cache.
+    async fn register_with(&self, subject: String, strategy: SubjectNameStrategy) -> Result<SchemaId, EncodeError> {
         let registered = self
             .with_retries(&subject, || {
                 self.converter.remove_errors_from_cache();
@@ -310,64 +391,177 @@ impl SchemaRegistry {
         self.with_retries("(all subjects)", || schema_registry::get_all_subjects(&self.sr)).await
     }
 
-    /// Whether `schema` may be registered under the existing subject of `topic` by the subject's compatibility
-    /// rule, asked without registering it.
-    pub async fn is_compatible(&self, topic: &str, is_key: bool, schema: &SuppliedSchema) -> Result<bool, EncodeError> {
-        let subject = subject_name(topic, is_key);
-        self.with_retries(&subject, || schema_registry::is_compatible_schema(&self.sr, subject.clone(), schema.clone()))
-            .await
+    /// Whether `schema` may be registered under the existing `subject` by the subject's compatibility rule, asked
+    /// without registering it.
+    pub async fn is_compatible(&self, subject: &str, schema: &SuppliedSchema) -> Result<bool, EncodeError> {
+        self.with_retries(subject, || {
+            schema_registry::is_compatible_schema(&self.sr, subject.to_owned(), schema.clone())
+        })
+        .await
     }
 
-    /// The registry's mode (`GET /mode`), or the effective mode of `topic`'s subject: [`WRITABLE_MODE`], or
-    /// `READONLY`/`IMPORT` where registrations fail. A registry without modes (404) accepts writes.
-    pub async fn mode(&self, subject_of: Option<(&str, bool)>) -> Result<String, EncodeError> {
-        #[derive(serde::Deserialize)]
-        struct Mode {
-            mode: String,
-        }
-        let client = reqwest::Client::builder().timeout(self.settings.request_timeout).build().map_err(|e| {
-            EncodeError::Settings(format!("schema registry client for {}: {}", self.url, crate::error_chain(&e)))
-        })?;
-        let (url, what) = match subject_of {
-            Some((topic, is_key)) => {
-                let subject = subject_name(topic, is_key);
-                (format!("{}/mode/{subject}?defaultToGlobal=true", self.settings.url), subject)
-            }
-            None => (format!("{}/mode", self.settings.url), "(mode)".to_owned()),
-        };
-        let mut request = client.get(&url).header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json");
-        if let Some((user, password)) = &self.settings.basic_auth {
-            request = request.basic_auth(user, Some(password));
-        }
-        let fail = |reason: String| EncodeError::Registry {
-            url: self.url.clone(),
-            subject: what.clone(),
-            reason,
-            source: Box::new(SRCError::non_retryable_without_cause("GET /mode")),
-        };
-        let response = request.send().await.map_err(|e| {
-            let reason = crate::error_chain(&e.without_url());
-            EncodeError::RegistryUnavailable {
-                url: self.url.clone(),
-                subject: what.clone(),
-                attempts: 1,
-                source: Box::new(SRCError::new("GET /mode", Some(reason.clone()), true)),
-                reason,
-            }
-        })?;
-        let status = response.status().as_u16();
-        if matches!(status, 401 | 403) {
-            return Err(EncodeError::Unauthorized { url: self.url.clone(), subject: what, status });
-        }
-        if status == 404 {
+    /// The registry's mode (`GET /mode`): [`WRITABLE_MODE`], or `READONLY`/`IMPORT` where registrations fail. A
+    /// registry without modes (404) accepts writes.
+    pub async fn mode(&self) -> Result<String, EncodeError> {
+        self.mode_at("/mode".to_owned(), "(mode)").await
+    }
+
+    /// The effective mode of `subject` (its own, else the registry's); see [`SchemaRegistry::mode`].
+    pub async fn mode_of(&self, subject: &str) -> Result<String, EncodeError> {
+        self.mode_at(format!("/mode/{}?defaultToGlobal=true", path_segment(subject)), subject).await
+    }
+
+    async fn mode_at(&self, path: String, what: &str) -> Result<String, EncodeError> {
+        let Some(answer) = self.call(what, reqwest::Method::GET, &path, None).await? else {
             // A registry without modes (older Confluent, some compatible servers) accepts writes.
             return Ok(WRITABLE_MODE.to_owned());
+        };
+        self.field(what, &answer, "mode", serde_json::Value::as_str).map(str::to_owned)
+    }
+
+    /// The id of `schema` if `subject` holds it (`POST /subjects/<subject>`), without registering it.
+    pub async fn lookup(&self, subject: &str, schema: &str) -> Result<Option<SchemaId>, EncodeError> {
+        let body = serde_json::json!({ "schema": schema });
+        let path = format!("/subjects/{}", path_segment(subject));
+        let Some(answer) = self.call(subject, reqwest::Method::POST, &path, Some(body)).await? else {
+            return Ok(None);
+        };
+        let id = self.field(subject, &answer, "id", serde_json::Value::as_u64)?;
+        Ok(Some(SchemaId(u32::try_from(id).unwrap_or(u32::MAX))))
+    }
+
+    /// A registered version of `subject` (`latest` or a number), if the subject and version exist.
+    pub async fn version(&self, subject: &str, version: &str) -> Result<Option<RegisteredSchema>, EncodeError> {
+        let path = format!("/subjects/{}/versions/{}", path_segment(subject), path_segment(version));
+        let Some(answer) = self.call(subject, reqwest::Method::GET, &path, None).await? else {
+            return Ok(None);
+        };
+        let id = self.field(subject, &answer, "id", serde_json::Value::as_u64)?;
+        let number = self.field(subject, &answer, "version", serde_json::Value::as_u64)?;
+        let schema = self.field(subject, &answer, "schema", serde_json::Value::as_str)?.to_owned();
+        Ok(Some(RegisteredSchema {
+            id: SchemaId(u32::try_from(id).unwrap_or(u32::MAX)),
+            version: u32::try_from(number).unwrap_or(u32::MAX),
+            schema,
+        }))
+    }
+
+    /// The version numbers `subject` holds, oldest first; empty for an unknown subject.
+    pub async fn versions(&self, subject: &str) -> Result<Vec<u32>, EncodeError> {
+        let path = format!("/subjects/{}/versions", path_segment(subject));
+        let Some(answer) = self.call(subject, reqwest::Method::GET, &path, None).await? else {
+            return Ok(Vec::new());
+        };
+        let list = answer.as_array().ok_or_else(|| self.unexpected(subject, &answer, "a list of versions"))?;
+        Ok(list.iter().filter_map(serde_json::Value::as_u64).filter_map(|v| u32::try_from(v).ok()).collect())
+    }
+
+    /// The compatibility level that applies to `subject` (its own, else the registry's), if the registry has one.
+    pub async fn compatibility_level(&self, subject: &str) -> Result<Option<String>, EncodeError> {
+        let path = format!("/config/{}?defaultToGlobal=true", path_segment(subject));
+        let answer = match self.call(subject, reqwest::Method::GET, &path, None).await? {
+            Some(a) => a,
+            None => match self.call(subject, reqwest::Method::GET, "/config", None).await? {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+        };
+        // Confluent answers `compatibilityLevel`; some servers `compatibility`.
+        Ok(["compatibilityLevel", "compatibility"]
+            .iter()
+            .find_map(|k| answer.get(k).and_then(serde_json::Value::as_str))
+            .map(str::to_owned))
+    }
+
+    /// The registry's own verdict on registering `schema` under `subject` (against its latest version), with its
+    /// messages; `None` when the subject does not exist yet.
+    pub async fn registry_verdict(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Option<(bool, Vec<String>)>, EncodeError> {
+        let path = format!("/compatibility/subjects/{}/versions/latest?verbose=true", path_segment(subject));
+        let body = serde_json::json!({ "schema": schema });
+        let Some(answer) = self.call(subject, reqwest::Method::POST, &path, Some(body)).await? else {
+            return Ok(None);
+        };
+        let ok = self.field(subject, &answer, "is_compatible", serde_json::Value::as_bool)?;
+        let messages = answer
+            .get("messages")
+            .and_then(serde_json::Value::as_array)
+            .map(|m| m.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).collect())
+            .unwrap_or_default();
+        Ok(Some((ok, messages)))
+    }
+
+    /// One request of the registry's REST API, with the retries and the failure classification of every other
+    /// call. `Ok(None)` for 404 (no such subject, version or schema).
+    async fn call(
+        &self,
+        subject: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, EncodeError> {
+        self.with_retries(subject, || {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.settings.url))
+                .header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json");
+            if let Some(b) = &body {
+                request =
+                    request.header(reqwest::header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json").json(b);
+            }
+            if let Some((user, password)) = &self.settings.basic_auth {
+                request = request.basic_auth(user, Some(password));
+            }
+            let what = format!("{method} {path}");
+            async move {
+                let response = request.send().await.map_err(|e| {
+                    SRCError::new(
+                        "http call to schema registry failed",
+                        Some(crate::error_chain(&e.without_url())),
+                        true,
+                    )
+                })?;
+                let status = response.status().as_u16();
+                if status == 404 {
+                    return Ok(None);
+                }
+                let text = response.text().await.map_err(|e| {
+                    SRCError::new("reading the schema registry's answer failed", Some(crate::error_chain(&e)), true)
+                })?;
+                if !(200..300).contains(&status) {
+                    let retriable = status >= 500 || status == 408 || status == 429;
+                    let text: String = text.chars().take(500).collect();
+                    return Err(SRCError::new(&format!("{what} failed with status {status}: {text}"), None, retriable));
+                }
+                serde_json::from_str(&text).map(Some).map_err(|e| {
+                    SRCError::new(&format!("{what} answered with something other than JSON: {e}"), None, false)
+                })
+            }
+        })
+        .await
+    }
+
+    fn field<'v, T>(
+        &self,
+        subject: &str,
+        answer: &'v serde_json::Value,
+        name: &str,
+        get: impl Fn(&'v serde_json::Value) -> Option<T>,
+    ) -> Result<T, EncodeError> {
+        answer.get(name).and_then(get).ok_or_else(|| self.unexpected(subject, answer, name))
+    }
+
+    fn unexpected(&self, subject: &str, answer: &serde_json::Value, wanted: &str) -> EncodeError {
+        let text: String = answer.to_string().chars().take(300).collect();
+        EncodeError::Registry {
+            url: self.url.clone(),
+            subject: subject.to_owned(),
+            reason: format!("expected {wanted} in the answer, got {text}"),
+            source: Box::new(SRCError::non_retryable_without_cause("unexpected answer")),
         }
-        if !response.status().is_success() {
-            return Err(fail(format!("GET /mode answered HTTP {status}")));
-        }
-        let mode: Mode = response.json().await.map_err(|e| fail(format!("GET /mode: {}", crate::error_chain(&e))))?;
-        Ok(mode.mode)
     }
 
     /// Runs `call` until it succeeds, a definite failure, or the retry policy's attempts are spent, classifying the
@@ -542,6 +736,7 @@ impl IdCache {
 #[derive(Debug)]
 pub struct EnvelopeEncoder {
     registry: Arc<SchemaRegistry>,
+    strategy: Strategy,
     schema: SuppliedSchema,
     extra_fields: Vec<String>,
     ids: IdCache,
@@ -569,7 +764,14 @@ impl EnvelopeEncoder {
             SchemaType::Avro,
             envelope_schema(&extra_fields),
         );
-        Ok(EnvelopeEncoder { registry, schema, extra_fields, ids: IdCache::default() })
+        Ok(EnvelopeEncoder { registry, strategy: Strategy::Topic, schema, extra_fields, ids: IdCache::default() })
+    }
+
+    /// Names subjects by `strategy` instead of `<topic>-value`.
+    #[must_use]
+    pub fn with_strategy(mut self, strategy: Strategy) -> EnvelopeEncoder {
+        self.strategy = strategy;
+        self
     }
 
     /// The schema registered for every topic.
@@ -582,14 +784,27 @@ impl EnvelopeEncoder {
         if let Some(id) = self.ids.get(topic) {
             return Ok(id);
         }
-        let id = self.registry.register(topic, false, &self.schema).await?;
+        let (_, id) = self.registry.register_value(self.strategy, topic, &self.schema).await?;
         self.ids.insert(topic, id);
         Ok(id)
     }
 
     /// The wire-format bytes of `event` under schema `id`; no I/O.
     pub fn encode_with_id(&self, id: SchemaId, event: &OutboxEvent) -> Result<Vec<u8>, EncodeError> {
-        let payload_len = event.payload.as_ref().map_or(0, String::len);
+        let payload = match &event.payload {
+            None => None,
+            Some(p) => Some(p.text().ok_or_else(|| {
+                EncodeError::Value {
+                    event_id: event.id.clone(),
+                    field: "payload".to_owned(),
+                    reason:
+                        "is bytes that are not UTF-8 text; the envelope carries the payload as a string (value_mode \
+                         = \"payload\" passes bytes through)"
+                            .to_owned(),
+                }
+            })?),
+        };
+        let payload_len = payload.map_or(0, str::len);
         let text_len = event.id.len() + event.aggregate_type.len() + event.aggregate_id.len() + event.event_type.len();
         let extra_len: usize = event.envelope_fields.iter().map(|(_, v)| v.as_ref().map_or(0, String::len) + 10).sum();
         let mut out = Vec::with_capacity(5 + 50 + text_len + payload_len + extra_len);
@@ -600,7 +815,7 @@ impl EnvelopeEncoder {
         write_string(&mut out, &event.aggregate_id);
         write_string(&mut out, &event.event_type);
         write_long(&mut out, event.timestamp.unix_micros());
-        write_optional_string(&mut out, event.payload.as_deref());
+        write_optional_string(&mut out, payload);
         for (i, name) in self.extra_fields.iter().enumerate() {
             // Events of one mapping carry their envelope fields in configuration order: try that position first.
             let value = match event.envelope_fields.get(i) {
@@ -636,29 +851,59 @@ impl ValueEncoder for EnvelopeEncoder {
 pub struct Encoders {
     /// The registry client.
     pub registry: Arc<SchemaRegistry>,
-    /// Record values.
-    pub value: Arc<EnvelopeEncoder>,
+    /// Record values, in the configured value mode.
+    pub value: Arc<dyn ValueEncoder>,
     /// Record keys.
     pub key: Arc<KeyEncoder>,
+    /// Value mode `registered`: the same encoder as `value`, for its schemas by event type.
+    pub registered: Option<Arc<registered::RegisteredEncoder>>,
+    /// The value schemas every topic may get (envelope, payload), with the strategy naming their subjects.
+    fixed_values: Vec<SuppliedSchema>,
+    strategy: Strategy,
 }
 
 impl Encoders {
     /// The encoders of `cfg`. One envelope schema serves every table and the message outbox, so a topic fed by two
-    /// of them keeps one schema.
+    /// of them keeps one schema. Reads and compiles the schema files of value mode `registered`.
     pub fn new(cfg: &crate::config::Config, settings: &RegistrySettings) -> Result<Encoders, EncodeError> {
         let registry = Arc::new(SchemaRegistry::new(settings)?);
-        let message_mapping = cfg.outbox.message_mapping();
-        let extra = crate::outbox::envelope_fields(cfg.outbox.tables.iter().chain(std::iter::once(&message_mapping)));
-        let value = Arc::new(EnvelopeEncoder::new(Arc::clone(&registry), extra)?);
-        let key = Arc::new(KeyEncoder::new(cfg.schema_registry.key_format, Arc::clone(&registry)));
-        Ok(Encoders { registry, value, key })
+        let sr = &cfg.schema_registry;
+        let strategy = sr.subject_name_strategy;
+        let key = Arc::new(KeyEncoder::new(sr.key_format, Arc::clone(&registry)));
+        let (value, registered, fixed_values): (Arc<dyn ValueEncoder>, _, _) = match sr.value_mode {
+            ValueMode::Envelope => {
+                let message_mapping = cfg.outbox.message_mapping();
+                let extra =
+                    crate::outbox::envelope_fields(cfg.outbox.tables.iter().chain(std::iter::once(&message_mapping)));
+                let envelope = EnvelopeEncoder::new(Arc::clone(&registry), extra)?.with_strategy(strategy);
+                let fixed = vec![envelope.schema.clone()];
+                (Arc::new(envelope), None, fixed)
+            }
+            ValueMode::Payload => {
+                let payload = registered::PayloadEncoder::new(Arc::clone(&registry));
+                let fixed = payload.schemas().into_iter().cloned().collect();
+                (Arc::new(payload), None, fixed)
+            }
+            ValueMode::Registered => {
+                let schemas = registered::load_schemas(sr)?;
+                let encoder = Arc::new(registered::RegisteredEncoder::new(Arc::clone(&registry), sr, schemas));
+                (Arc::clone(&encoder) as Arc<dyn ValueEncoder>, Some(encoder), Vec::new())
+            }
+        };
+        Ok(Encoders { registry, value, key, registered, fixed_values, strategy })
     }
 
-    /// The schemas a topic's records are registered with, as `(is_key, schema)`.
-    pub fn schemas(&self) -> Vec<(bool, &SuppliedSchema)> {
-        let mut schemas = vec![(false, &self.value.schema)];
+    /// The schemas every record of `topic` is registered with, as `(subject, schema)`: the value schema of the
+    /// envelope or payload mode and the Avro key's. Value mode `registered` has its own check, per event type
+    /// (`schemas::check`).
+    pub fn schemas_of(&self, topic: &str) -> Vec<(String, &SuppliedSchema)> {
+        let mut schemas: Vec<(String, &SuppliedSchema)> = self
+            .fixed_values
+            .iter()
+            .filter_map(|s| Some((self.strategy.value_subject(topic, s.name.as_deref())?, s)))
+            .collect();
         if let KeyMode::Avro(avro) = &self.key.0 {
-            schemas.push((true, &avro.schema));
+            schemas.push((subject_name(topic, true), &avro.schema));
         }
         schemas
     }
@@ -843,7 +1088,7 @@ mod tests {
             ("aggregate_id".to_owned(), Value::String(ev.aggregate_id.clone())),
             ("type".to_owned(), Value::String(ev.event_type.clone())),
             ("timestamp".to_owned(), Value::TimestampMicros(ev.timestamp.unix_micros())),
-            ("payload".to_owned(), opt(ev.payload.as_deref())),
+            ("payload".to_owned(), opt(ev.payload.as_ref().and_then(crate::outbox::Payload::text))),
         ];
         for name in extra {
             let v = ev.envelope_fields.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref());

@@ -44,8 +44,8 @@ pub struct OutboxEvent {
     pub event_type: String,
     /// Event timestamp: the configured timestamp column, or the commit time of its PostgreSQL transaction.
     pub timestamp: PgTimestamp,
-    /// The payload as text (JSON for a `json`/`jsonb`/`text` column); `None` when the column is NULL.
-    pub payload: Option<String>,
+    /// The payload column's value; `None` when the column is NULL.
+    pub payload: Option<Payload>,
     /// Destination topic, already rendered from the route template.
     pub topic: String,
     /// Explicit partition from an additional field placed at `partition`.
@@ -59,6 +59,56 @@ pub struct OutboxEvent {
     /// Commit LSN of the PostgreSQL transaction the event belongs to (the checkpoint unit): the LSN of its commit
     /// record, as announced by the transaction's Begin (`final_lsn`), not the end LSN just past that record.
     pub commit_lsn: Lsn,
+}
+
+/// An event's payload: text (JSON for a `json`/`jsonb`/`text` column), or the bytes of a `bytea` column exactly as
+/// stored (value mode `payload` passes them through; the other modes need them to be UTF-8 text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// From a text-like column (json, jsonb, text, varchar) or a message's JSON member.
+    Text(String),
+    /// From a `bytea` column.
+    Bytes(Vec<u8>),
+}
+
+impl Payload {
+    /// The payload as text: always for [`Payload::Text`], for [`Payload::Bytes`] when they are UTF-8.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Payload::Text(s) => Some(s),
+            Payload::Bytes(b) => std::str::from_utf8(b).ok(),
+        }
+    }
+
+    /// The payload's bytes (UTF-8 for text).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Payload::Text(s) => s.as_bytes(),
+            Payload::Bytes(b) => b,
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+}
+
+impl From<String> for Payload {
+    fn from(s: String) -> Payload {
+        Payload::Text(s)
+    }
+}
+
+impl From<&str> for Payload {
+    fn from(s: &str) -> Payload {
+        Payload::Text(s.to_owned())
+    }
 }
 
 pub use config::{AdditionalField, OutboxConfig, OutboxTableConfig, Placement, ROUTED_BY_VALUE};
@@ -402,8 +452,10 @@ impl TableMapper {
         let aggregate_type = self.required(row, self.route, eid)?.to_owned();
         let payload = match self.cell(row, self.payload, eid)? {
             Cell::Null => None,
-            Cell::Text(t) if self.payload_is_bytea => Some(self.bytea_text(t, eid)?),
-            Cell::Text(t) => Some(self.text(t, self.payload, eid)?.to_owned()),
+            Cell::Text(t) if self.payload_is_bytea => Some(Payload::Bytes(
+                decode_bytea_hex(t).ok_or_else(|| self.err(MapErrorKind::InvalidBytea, self.payload, eid))?,
+            )),
+            Cell::Text(t) => Some(Payload::Text(self.text(t, self.payload, eid)?.to_owned())),
             c => return Err(self.bad_cell(c, self.payload, eid)),
         };
         let timestamp = match self.timestamp {
@@ -493,11 +545,6 @@ impl TableMapper {
     #[inline]
     fn required<'r, R: Row + ?Sized>(&self, row: &'r R, index: usize, eid: Option<&str>) -> Result<&'r str, MapError> {
         self.optional(row, index, eid)?.ok_or_else(|| self.err(MapErrorKind::Null, index, eid))
-    }
-
-    fn bytea_text(&self, t: &[u8], eid: Option<&str>) -> Result<String, MapError> {
-        let bytes = decode_bytea_hex(t).ok_or_else(|| self.err(MapErrorKind::InvalidBytea, self.payload, eid))?;
-        String::from_utf8(bytes).map_err(|_| self.err(MapErrorKind::NotUtf8, self.payload, eid))
     }
 }
 
@@ -591,7 +638,7 @@ impl MessageMapper {
             .get(m.field_event_payload.as_str())
             .map(|raw| raw.get())
             .filter(|raw| *raw != "null")
-            .map(str::to_owned);
+            .map(|raw| Payload::Text(raw.to_owned()));
         let timestamp = match members.get(self.timestamp_field.as_str()) {
             None => commit_time,
             Some(raw) => self.timestamp(raw, eid)?.unwrap_or(commit_time),
@@ -936,7 +983,7 @@ mod tests {
         assert_eq!((ev.id.as_str(), ev.aggregate_id.as_str(), ev.event_type.as_str()), ("e1", "k1", "K"));
         assert_eq!(ev.topic, "app.s1.events");
         assert_eq!(ev.timestamp, PgTimestamp(1_500_000));
-        assert_eq!(ev.payload.as_deref(), Some("{}"));
+        assert_eq!(ev.payload.as_ref().and_then(Payload::text), Some("{}"));
         // A NULL timestamp column falls back to the commit time.
         let row = [t("{}"), Cell::Null, Cell::Null, t("K"), t("s1"), t("k1"), t("e1")];
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap().timestamp, COMMIT);
@@ -1064,21 +1111,26 @@ mod tests {
     }
 
     #[test]
-    fn bytea_payload_is_decoded_and_must_be_utf8() {
+    fn bytea_payload_is_decoded_to_its_bytes() {
         let mut cols = default_columns();
         cols[4].1 = BYTEA_OID;
         let m = bind(&OutboxTableConfig::default(), &cols);
         let mut row = default_row();
         row[4] = t("\\x7b2261223a317d");
-        assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.as_deref(), Some(r#"{"a":1}"#));
+        let payload = m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.unwrap();
+        assert_eq!((payload.text(), &payload), (Some(r#"{"a":1}"#), &Payload::Bytes(br#"{"a":1}"#.to_vec())));
+        // Not UTF-8: kept as bytes (value mode `payload` passes them on; the others refuse them when encoding).
         row[4] = t("\\xff00");
-        let e = m.map_row(row.as_slice(), LSN, COMMIT).unwrap_err();
-        assert_eq!((e.kind, e.column.as_deref()), (MapErrorKind::NotUtf8, Some("payload")));
+        let payload = m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.unwrap();
+        assert_eq!((payload.text(), payload.as_bytes()), (None, &[0xff, 0][..]));
         row[4] = t("\\x7");
         assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap_err().kind, MapErrorKind::InvalidBytea);
         // A text payload that looks like bytea stays as it is.
         let m = bind(&OutboxTableConfig::default(), &default_columns());
-        assert_eq!(m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.as_deref(), Some("\\x7"));
+        assert_eq!(
+            m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.as_ref().and_then(Payload::text),
+            Some("\\x7")
+        );
     }
 
     #[test]
@@ -1289,7 +1341,7 @@ mod tests {
         assert_eq!(ev.aggregate_id, "42");
         assert_eq!(ev.topic, "outbox.event.order");
         // The payload's JSON text is kept byte for byte (key order, number formatting).
-        assert_eq!(ev.payload.as_deref(), Some(r#"{"z": 1, "a": [1.50, "x"]}"#));
+        assert_eq!(ev.payload.as_ref().and_then(Payload::text), Some(r#"{"z": 1, "a": [1.50, "x"]}"#));
         assert_eq!(ev.headers, vec![("tenant".to_owned(), Bytes::from_static(b"acme"))]);
         assert_eq!(ev.envelope_fields, vec![("note".to_owned(), None)]);
         assert_eq!(ev.partition, Some(2));
@@ -1310,7 +1362,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!((ev.timestamp, ev.payload.as_deref()), (PgTimestamp(2_000_000), Some("\"s\"")));
+        assert_eq!(
+            (ev.timestamp, ev.payload.as_ref().and_then(Payload::text)),
+            (PgTimestamp(2_000_000), Some("\"s\""))
+        );
     }
 
     #[test]
