@@ -20,7 +20,13 @@ fn example_path() -> PathBuf {
 /// `kafka.properties` and `kafka.topic_creation.configs` are one key each.
 fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
     match value {
-        toml::Value::Table(table) if prefix != "kafka.properties" && prefix != "kafka.topic_creation.configs" => {
+        // Maps whose keys the user names (librdkafka settings, topic configs, event types): one key each.
+        toml::Value::Table(table)
+            if !matches!(
+                prefix,
+                "kafka.properties" | "kafka.topic_creation.configs" | "schema_registry.event_types"
+            ) =>
+        {
             for (key, value) in table {
                 let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                 key_paths(value, &path, out);

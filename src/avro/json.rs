@@ -151,7 +151,14 @@ impl Plan {
         self.write(0, json, out, &mut path, 0)
     }
 
-    fn write(&self, node: usize, v: &Value, out: &mut Vec<u8>, path: &mut Path, depth: u32) -> Result<(), Misfit> {
+    fn write<'a>(
+        &'a self,
+        node: usize,
+        v: &'a Value,
+        out: &mut Vec<u8>,
+        path: &mut Path<'a>,
+        depth: u32,
+    ) -> Result<(), Misfit> {
         // JSON nests at most as deep as serde_json parses (128), but a recursive schema walked by a default could
         // loop; bound it.
         if depth > 256 {
@@ -229,11 +236,16 @@ impl Plan {
                 write_long(out, value.ok_or_else(|| path.misfit(format!("{s:?} is out of range")))?);
             }
             (Node::Decimal { precision, scale, fixed_size }, Value::Number(_) | Value::String(_)) => {
-                let text = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                let unscaled = parse_decimal(&text, *precision, *scale).map_err(|e| path.misfit(e))?;
+                let unscaled = match v {
+                    Value::String(s) => parse_decimal(s, *precision, *scale),
+                    // An integer needs no text: scale it (the common case of whole amounts).
+                    other => match other.as_i64().and_then(|i| scaled(i, *precision, *scale)) {
+                        Some(u) => Ok(u),
+                        None => parse_decimal(&other.to_string(), *precision, *scale),
+                    },
+                }
+                .map_err(|e| path.misfit(e))?;
+                let text = v;
                 let bytes = twos_complement(unscaled, *fixed_size)
                     .ok_or_else(|| path.misfit(format!("{text} does not fit the fixed size")))?;
                 match fixed_size {
@@ -292,9 +304,12 @@ impl Plan {
                         },
                     }
                 }
-                if members.len() > r.fields.len() || members.keys().any(|k| !r.lookup.contains_key(k)) {
-                    let unknown = members.keys().find(|k| !r.lookup.contains_key(*k)).cloned().unwrap_or_default();
-                    path.push_field(&unknown);
+                // Every member was matched to a field when the counts agree (members are unique); else find the
+                // first one the record lacks.
+                let matched = r.fields.iter().filter(|f| members.contains_key(&f.name)).count();
+                if matched != members.len() {
+                    let unknown = members.keys().find(|k| !r.lookup.contains_key(*k)).map_or("", String::as_str);
+                    path.push_field(unknown);
                     return Err(path.misfit(format!(
                         "is not a field of record {}; add it to the schema (with a default) before producers write it",
                         r.name
@@ -306,12 +321,12 @@ impl Plan {
         Ok(())
     }
 
-    fn write_union(
-        &self,
+    fn write_union<'a>(
+        &'a self,
         branches: &[usize],
-        v: &Value,
+        v: &'a Value,
         out: &mut Vec<u8>,
-        path: &mut Path,
+        path: &mut Path<'a>,
         depth: u32,
     ) -> Result<(), Misfit> {
         let mut first_error = None;
@@ -399,13 +414,20 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     if b.len() != 36 || [8, 13, 18, 23].iter().any(|i| b.get(*i) != Some(&b'-')) {
         return None;
     }
-    let hex: Vec<u8> = b.iter().copied().filter(|c| *c != b'-').collect();
+    let nibble = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let mut digits = b.iter().copied().filter(|c| *c != b'-');
     let mut out = [0u8; 16];
-    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).ok()?;
-        *o = u8::from_str_radix(text, 16).ok()?;
+    for o in &mut out {
+        *o = (nibble(digits.next()?)? << 4) | nibble(digits.next()?)?;
     }
-    (hex.len() == 32).then_some(out)
+    Some(out)
+}
+
+/// `i` at `scale` as an unscaled decimal within `precision` digits, if it fits.
+fn scaled(i: i64, precision: usize, scale: usize) -> Option<i128> {
+    let unscaled = i128::from(i).checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?;
+    let limit = 10i128.checked_pow(u32::try_from(precision).ok()?)?;
+    (unscaled.abs() < limit).then_some(unscaled)
 }
 
 fn parse_date(s: &str) -> Option<i64> {
@@ -505,25 +527,25 @@ fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// The path being encoded, kept as segments so a misfit names it without cost on the success path.
+/// The path being encoded, kept as borrowed segments so a misfit names it without cost on the success path.
 #[derive(Default)]
-struct Path(Vec<Segment>);
+struct Path<'a>(Vec<Segment<'a>>);
 
-enum Segment {
-    Field(String),
+enum Segment<'a> {
+    Field(&'a str),
     Index(usize),
-    Key(String),
+    Key(&'a str),
 }
 
-impl Path {
-    fn push_field(&mut self, name: &str) {
-        self.0.push(Segment::Field(name.to_owned()));
+impl<'a> Path<'a> {
+    fn push_field(&mut self, name: &'a str) {
+        self.0.push(Segment::Field(name));
     }
     fn push_index(&mut self, i: usize) {
         self.0.push(Segment::Index(i));
     }
-    fn push_key(&mut self, k: &str) {
-        self.0.push(Segment::Key(k.to_owned()));
+    fn push_key(&mut self, k: &'a str) {
+        self.0.push(Segment::Key(k));
     }
     fn pop(&mut self) {
         self.0.pop();

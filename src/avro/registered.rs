@@ -265,24 +265,30 @@ impl RegisteredEncoder {
         );
         Ok(Resolved { id: registered.id, plan: Arc::new(plan) })
     }
+}
 
-    /// The wire-format bytes of `payload` under `resolved`; no I/O.
-    fn write(&self, resolved: &Resolved, event: &OutboxEvent, payload: &Payload) -> Result<Vec<u8>, EncodeError> {
-        let misfit = |field: String, reason: String| EncodeError::Value { event_id: event.id.clone(), field, reason };
-        let text = payload
-            .text()
-            .ok_or_else(|| misfit("payload".to_owned(), "is bytes that are not UTF-8 text, so not JSON".to_owned()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| misfit("payload".to_owned(), format!("is not JSON ({e})")))?;
-        let mut out = Vec::with_capacity(5 + text.len());
-        out.push(MAGIC);
-        out.extend_from_slice(&resolved.id.0.to_be_bytes());
-        resolved.plan.encode(&json, &mut out).map_err(|m| {
-            let field = if m.path.is_empty() { "payload".to_owned() } else { format!("payload.{}", m.path) };
-            misfit(field, format!("{} (event type {:?}, schema id {})", m.reason, event.event_type, resolved.id))
-        })?;
-        Ok(out)
-    }
+/// The wire-format bytes of `event`'s JSON `payload` converted against `plan`, under schema `id`; no I/O. A payload
+/// that is not JSON or does not fit is an [`EncodeError::Value`] naming the event and the field path.
+pub fn encode_json_payload(
+    id: SchemaId,
+    plan: &Plan,
+    event: &OutboxEvent,
+    payload: &Payload,
+) -> Result<Vec<u8>, EncodeError> {
+    let misfit = |field: String, reason: String| EncodeError::Value { event_id: event.id.clone(), field, reason };
+    let text = payload
+        .text()
+        .ok_or_else(|| misfit("payload".to_owned(), "is bytes that are not UTF-8 text, so not JSON".to_owned()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| misfit("payload".to_owned(), format!("is not JSON ({e})")))?;
+    let mut out = Vec::with_capacity(5 + text.len());
+    out.push(MAGIC);
+    out.extend_from_slice(&id.0.to_be_bytes());
+    plan.encode(&json, &mut out).map_err(|m| {
+        let field = if m.path.is_empty() { "payload".to_owned() } else { format!("payload.{}", m.path) };
+        misfit(field, format!("{} (event type {:?}, schema id {id})", m.reason, event.event_type))
+    })?;
+    Ok(out)
 }
 
 impl ValueEncoder for RegisteredEncoder {
@@ -290,7 +296,7 @@ impl ValueEncoder for RegisteredEncoder {
         Box::pin(async move {
             let Some(payload) = &event.payload else { return Ok(Vec::new()) };
             let resolved = self.resolve(event).await?;
-            self.write(&resolved, event, payload)
+            encode_json_payload(resolved.id, &resolved.plan, event, payload)
         })
     }
 }

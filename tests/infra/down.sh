@@ -10,6 +10,9 @@ set -euo pipefail
 
 # shellcheck source=tests/infra/common.sh
 source "$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)/common.sh"
+# The Kafka Connect worker of connect.sh (functions only when sourced).
+# shellcheck source=tests/infra/connect.sh
+source "$INFRA_SCRIPT_DIR/connect.sh"
 
 WIPE=0
 for arg in "$@"; do
@@ -80,7 +83,8 @@ if [[ -d $INFRA_DIR ]]; then
     # Wait for a running up.sh to finish rather than kill half-started services.
     exec 9>"$INFRA_DIR/.up.lock"
     flock -w 300 9 || die "up.sh is still running (holds $INFRA_DIR/.up.lock)"
-    # Reverse start order.
+    # Reverse start order; connect.sh's worker (if any) came last.
+    connect_stop
     stop_process apicurio "$APICURIO_PID_FILE" "$APICURIO_MARKER" 30
     stop_process kafka "$KAFKA_PID_FILE" "$KAFKA_MARKER" 60
     stop_postgres pg-latest
