@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn,startup] [--shape single|bulk|both] [--rows N]
 //!  [--repeat R] [--rate R] [--seconds S] [--conns C] [--big-rows N] [--kafka key=value]...
-//!  [--prop librdkafka.key=value]... [--pg key=value]... [--perf DIR] [--keep-logs] [--quick]`
+//!  [--prop librdkafka.key=value]... [--pg key=value]... [--value-mode envelope|payload|registered] [--perf DIR]
+//!  [--keep-logs] [--quick]`
 //!
 //! - `throughput` (single-row and bulk shape): a fresh database and connector; the relay is started once (it
 //!   creates publication, slot and genesis checkpoint) and stopped with SIGTERM; a second slot for
@@ -22,6 +23,9 @@
 //!   takes over, or a relay restarted after a crash, delivers again.
 //! - `bigtxn`: a fresh relay relays one transaction of `--big-rows` rows (default 1M) written while it runs; peak
 //!   VmRSS / VmHWM (target <= 128 MiB), max over `--repeat` runs.
+//!
+//! `--value-mode` sets `schema_registry.value_mode` (`registered` with `benches/schemas/`, the schema of the rows'
+//! payload, subjects by record name); `latency` needs the envelope (it reads the commit time from it).
 //!
 //! `--kafka`, `--prop` and `--pg` add keys to the relay's `[kafka]`, `[kafka.properties]` and `[postgres]` tables
 //! (`--kafka`/`--pg` values are TOML, `--prop` values strings). `--perf DIR` records `perf record` of the relay's
@@ -64,6 +68,8 @@ struct Opts {
     kafka: Vec<(String, String)>,
     props: Vec<(String, String)>,
     pg: Vec<(String, String)>,
+    /// Lines added to `[schema_registry]`, from `--value-mode`.
+    schema_registry: String,
     bin: PathBuf,
     keep_logs: bool,
     repeat: usize,
@@ -96,7 +102,19 @@ fn key_values(args: &Args, name: &str) -> Result<Vec<(String, String)>> {
 
 async fn run() -> Result<bool> {
     let args = Args::parse(&[
-        "only", "rows", "big-rows", "rate", "seconds", "conns", "shape", "kafka", "prop", "pg", "perf", "repeat",
+        "only",
+        "rows",
+        "big-rows",
+        "rate",
+        "seconds",
+        "conns",
+        "shape",
+        "kafka",
+        "prop",
+        "pg",
+        "perf",
+        "repeat",
+        "value-mode",
     ])?;
     args.unknown_flags(&["quick", "keep-logs", "help"])?;
     if args.flag("help") {
@@ -134,6 +152,15 @@ async fn run() -> Result<bool> {
         kafka: key_values(&args, "kafka")?,
         props: key_values(&args, "prop")?,
         pg: key_values(&args, "pg")?,
+        schema_registry: match args.value("value-mode").unwrap_or("envelope") {
+            "envelope" => String::new(),
+            "payload" => "value_mode = \"payload\"\n".to_owned(),
+            "registered" => format!(
+                "value_mode = \"registered\"\nsubject_name_strategy = \"record\"\nschemas_dir = {:?}\n",
+                common::repo_root().join("benches/schemas").display().to_string()
+            ),
+            m => bail!("--value-mode {m:?}: envelope, payload or registered"),
+        },
         bin,
         keep_logs: args.flag("keep-logs"),
         perf: args.value("perf").map(PathBuf::from),
@@ -150,6 +177,9 @@ async fn run() -> Result<bool> {
         || !(1..=64).contains(&opts.conns)
     {
         bail!("--rate 1..=50000, --seconds 1..=600, --conns 1..=64");
+    }
+    if !opts.schema_registry.is_empty() && opts.parts.iter().any(|p| p == "latency" || p == "startup") {
+        bail!("--value-mode other than envelope: --only throughput and/or bigtxn (latency reads the envelope)");
     }
     for p in &opts.parts {
         if !["throughput", "latency", "bigtxn", "startup"].contains(&p.as_str()) {
@@ -189,6 +219,9 @@ fn settings_summary(o: &Opts) -> String {
     }
     for (k, v) in &o.props {
         parts.push(format!("kafka.properties.{k}={v}"));
+    }
+    for line in o.schema_registry.lines() {
+        parts.push(format!("schema_registry.{}", line.replace(' ', "")));
     }
     if parts.is_empty() { "defaults".into() } else { parts.join(", ") }
 }
@@ -257,6 +290,7 @@ impl Connector {
             extra: String::new(),
         }
         .render()
+        .replace("[schema_registry]\n", &format!("[schema_registry]\n{}", o.schema_registry))
     }
 
     /// The event topic with the broker's default partition count, so that the consumer can be assigned at once.

@@ -35,6 +35,7 @@ pub mod avro;
 pub mod check;
 pub mod config;
 pub mod dead_letter;
+pub mod debezium;
 #[doc(hidden)]
 pub mod failpoint;
 pub mod kafka;

@@ -75,6 +75,10 @@ enum Command {
     /// when every one passes). A CI gate before deploying a schema change.
     #[command(subcommand)]
     Schemas(SchemasCommand),
+    /// Convert a Debezium PostgreSQL connector's Kafka Connect configuration (JSON, with the Outbox Event Router)
+    /// into this relay's TOML on standard output; what could not be mapped, and the steps left (secrets, brokers),
+    /// are listed at its top and on standard error.
+    ImportDebezium(ImportArgs),
     /// Ask the relay running on this host (at metrics.listen) whether it is healthy (`/health`) or, with --ready,
     /// ready (`/ready`); exits 0 when it answers 200, else 1. A container HEALTHCHECK or exec probe without curl.
     Health(HealthArgs),
@@ -107,6 +111,13 @@ struct SchemasArgs {
     /// TopicRecordNameStrategy; repeatable).
     #[arg(long = "topic", value_name = "TOPIC")]
     topics: Vec<String>,
+}
+
+/// Options of `import-debezium`.
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The connector configuration: `{"name": ..., "config": {...}}` as posted to Kafka Connect, or the flat config.
+    file: PathBuf,
 }
 
 /// Options of `health`.
@@ -164,6 +175,10 @@ async fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if let Command::ImportDebezium(args) = &cli.command {
+        // Needs no configuration of its own: it writes one.
+        return import_debezium(args);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok((config, ignored)) => {
             for warning in ignored {
@@ -186,6 +201,7 @@ async fn main() -> ExitCode {
         Command::Tail(args) => run_tail(&config, &args).await,
         Command::Health(args) => run_health(&config, &args).await,
         Command::Status(args) => run_status(&config, &args).await,
+        Command::ImportDebezium(_) => Ok(()),
         Command::Schemas(command) => {
             if config.schema_registry.value_mode != outbox_relay::avro::config::ValueMode::Registered {
                 let error = anyhow::anyhow!(
@@ -330,6 +346,34 @@ async fn run_check(config: &Config, args: &CheckArgs) -> anyhow::Result<()> {
     print!("{report}");
     let failed: Vec<String> = report.services.iter().filter(|r| !r.is_ok()).map(|r| r.service.to_string()).collect();
     if failed.is_empty() { Ok(()) } else { anyhow::bail!("check failed for {}", failed.join(", ")) }
+}
+
+fn import_debezium(args: &ImportArgs) -> ExitCode {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let import = match outbox_relay::debezium::import(&text) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut header = String::new();
+    for note in &import.notes {
+        header.push_str(&format!("# TODO: {note}\n"));
+        eprintln!("todo: {note}");
+    }
+    for (key, why) in &import.unmapped {
+        header.push_str(&format!("# not mapped: {key}: {why}\n"));
+        eprintln!("not mapped: {key}: {why}");
+    }
+    print!("{header}{}", import.toml);
+    ExitCode::SUCCESS
 }
 
 async fn run_schemas(config: &Config, command: SchemasCommand) -> anyhow::Result<()> {

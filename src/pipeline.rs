@@ -642,6 +642,7 @@ impl Relay {
             budget: Arc::clone(&budget),
             budget_bytes,
             dead_letter_topic: self.dead_letter_topic.clone(),
+            type_header: self.cfg.outbox.type_header,
             known_refusals: self.poison.lock().map(|p| p.clone()).unwrap_or_default(),
             poison: Arc::clone(&self.poison),
             batch_dead_letters: 0,
@@ -1107,6 +1108,8 @@ struct Sink {
     /// What the source acquires per event at most (the whole budget).
     budget_bytes: u32,
     dead_letter_topic: Option<Arc<str>>,
+    /// Header `type` besides `id` (`outbox.type_header`).
+    type_header: bool,
     /// The refusals known when the session started (a new one starts after each is learnt): read per event
     /// without a lock.
     known_refusals: Refusals,
@@ -1242,7 +1245,9 @@ impl Sink {
         let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(e.headers.len() + 2);
         if !e.dead_letter {
             headers.push(("id", e.id.as_bytes()));
-            headers.push(("type", e.event_type.as_bytes()));
+            if self.type_header {
+                headers.push(("type", e.event_type.as_bytes()));
+            }
         }
         headers.extend(e.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
         let sent = self

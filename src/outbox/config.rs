@@ -54,6 +54,10 @@ pub struct OutboxConfig {
     /// `outbox_relay_unmapped_rows_total`).
     #[serde(default)]
     pub unmapped_relations: UnmappedRelations,
+    /// Kafka header `type` (the event type) besides `id`. Debezium 2 and later write only `id` unless `type` is
+    /// placed as a header; `false` keeps that layout for consumers that expect it.
+    #[serde(default = "crate::config::fields::default_true")]
+    pub type_header: bool,
 }
 
 impl Default for OutboxConfig {
@@ -62,6 +66,7 @@ impl Default for OutboxConfig {
             tables: default_tables(),
             messages: OutboxMessagesConfig::default(),
             unmapped_relations: UnmappedRelations::default(),
+            type_header: true,
         }
     }
 }
