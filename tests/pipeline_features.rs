@@ -417,12 +417,6 @@ async fn newest_postgres_protocol_4_streaming_and_a_failover_slot() {
     assert!(relay.log_text().contains("streamed transaction spilled to disk"), "{}", relay.log_text());
 }
 
-/// Runs `openssl` with `args` in `dir`, panicking with its output on failure.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// `check` must pass (`what` names it in the failure); then the relay runs and relays `n` new rows, in order.
 /// Returns the running relay and the client that wrote the rows.
 async fn check_then_relay(h: &Harness, n: usize, what: &str) -> (relay::RelayProcess, tokio_postgres::Client) {
@@ -449,62 +443,7 @@ async fn check_then_relay(h: &Harness, n: usize, what: &str) -> (relay::RelayPro
 async fn a_client_certificate_authenticates_check_and_both_connections_of_run() {
     let pki = tempfile::tempdir().unwrap();
     let d = pki.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    for (name, cn) in [("server", "localhost"), ("client", "postgres")] {
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={cn}"),
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        std::fs::write(d.join(format!("{name}.ext")), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-out",
-                &format!("{name}.crt"),
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
+    services::test_pki(d, "postgres");
     // Certificate logins only, over TLS; the harness's own plain connections stay trusted.
     std::fs::write(
         d.join("pg_hba.conf"),

@@ -445,3 +445,103 @@ async fn a_registry_outage_does_not_stop_event_types_already_seen() {
     assert_eq!(h.python_avro_read(&orders, 1)[0]["value"]["status"], "NEW");
     relay.stop();
 }
+
+/// The test registry behind `tests/infra/registry_gateway.py`: HTTPS with a private CA, client certificates
+/// required, users `writer` (password `w-secret`) and `reader` (`r-secret`, may not write), bearer token `t-secret`.
+/// Returns the gateway's URL and the process (killed on drop).
+struct Gateway {
+    url: String,
+    child: std::process::Child,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway(h: &Harness, pki: &Path) -> Gateway {
+    use std::io::BufRead;
+    let file = |n: &str| pki.join(n).display().to_string();
+    let script = services::repo_root().join("tests/infra/registry_gateway.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .args([&h.services.schema_registry_url, &file("server.crt"), &file("server.key"), &file("ca.crt")])
+        .args(["w-secret", "r-secret", "t-secret"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway says where it listens");
+    let port: u16 = line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).expect(&line);
+    Gateway { url: format!("https://127.0.0.1:{port}"), child }
+}
+
+/// Registry access as users have it: HTTPS with a private CA and a client certificate, basic auth or a bearer
+/// token, and a list of URLs whose first is down (fail-over). Refusals are told apart: wrong credentials (401) name
+/// the credential settings, a user without write permission (403) names the permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_behind_tls_client_certificates_and_auth_is_used_and_refusals_are_named() {
+    let pki = tempfile::tempdir().unwrap();
+    services::test_pki(pki.path(), "relay");
+    let h = Harness::new("srtls", Options { outbox_toml: Some(OUTBOX.into()), ..Options::default() }).await;
+    let gw = gateway(&h, pki.path());
+    let file = |n: &str| pki.path().join(n).display().to_string();
+    let down = format!("http://127.0.0.1:{}", services::closed_port());
+    let access = |auth: &str| {
+        format!(
+            "url = \"{down},{}\"\n{auth}\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            gw.url,
+            file("ca.crt"),
+            file("client.crt"),
+            file("client.key")
+        )
+    };
+    let original = std::fs::read_to_string(&h.config_path).unwrap();
+    let configure = |auth: &str| {
+        let registry_line = format!("url = \"{}\"\n", h.services.schema_registry_url);
+        std::fs::write(&h.config_path, original.replace(&registry_line, &access(auth))).unwrap();
+    };
+    let check = || {
+        let out = h.command().arg("check").output().unwrap();
+        (out.status.success(), text(&out))
+    };
+
+    configure("username = \"writer\"\npassword = \"w-secret\"");
+    let (ok, said) = check();
+    assert!(ok, "{said}");
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    let mut c = h.db.client().await;
+    let ids = h.insert_rows(&mut c, "order", 2).await;
+    let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 2, Duration::from_secs(60));
+    assert_eq!(records.iter().map(|r| r.header("id").unwrap()).collect::<Vec<_>>(), ids);
+    relay.stop();
+    assert!(!relay.log_text().contains("w-secret"), "the password stays out of the log");
+
+    configure("token = \"t-secret\"");
+    let (ok, said) = check();
+    assert!(ok, "bearer token: {said}");
+
+    configure("username = \"writer\"\npassword = \"wrong\"");
+    let (ok, said) = check();
+    assert!(!ok && said.contains("HTTP 401") && said.contains("schema_registry.password"), "{said}");
+    assert!(!said.contains("wrong\""), "{said}");
+
+    // A reader may look, not register: the first event of a new topic needs a registration.
+    configure("username = \"reader\"\npassword = \"r-secret\"");
+    let mut relay = h.spawn(&[], &[]);
+    relay.wait_log(STARTED, Duration::from_secs(60));
+    h.insert_rows(&mut c, "fresh", 1).await;
+    let status = relay.wait_exit(Duration::from_secs(60)).expect("a refused registration stops the relay");
+    let log = relay.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("HTTP 403") && log.contains("grant the user"), "{log}");
+}

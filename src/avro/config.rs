@@ -22,7 +22,8 @@ const fn default_request_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct SchemaRegistryConfig {
     /// Base URL of the Confluent-compatible API, e.g. `http://127.0.0.1:8081` or Apicurio's
-    /// `http://host:8080/apis/ccompat/v7`. Required. May carry `user:password@` for basic auth.
+    /// `http://host:8080/apis/ccompat/v7`. Required. Several, comma-separated, are tried in order (fail-over), as in
+    /// Confluent's `schema.registry.url`. May carry `user:password@` for basic auth (the first URL's).
     #[serde(default)]
     pub url: String,
     /// Basic auth user (instead of credentials in the URL).
@@ -31,6 +32,18 @@ pub struct SchemaRegistryConfig {
     /// Basic auth password.
     #[serde(default)]
     pub password: String,
+    /// Bearer token (`Authorization: Bearer ...`), instead of basic auth.
+    #[serde(default)]
+    pub token: String,
+    /// PEM file of the CA that signed the registry's certificate (`https://`), instead of the system's.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// PEM file of the client certificate for registries that require one (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// PEM file (PKCS#8) of the client certificate's private key.
+    #[serde(default)]
+    pub tls_key_file: String,
     /// Record key encoding: `string` (UTF-8 aggregate id) or `avro` (an Avro string registered under
     /// `<topic>-key`).
     #[serde(default)]
@@ -68,6 +81,10 @@ impl Default for SchemaRegistryConfig {
             url: String::new(),
             username: String::new(),
             password: String::new(),
+            token: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             key_format: KeyFormat::default(),
             value_mode: ValueMode::default(),
             subject_name_strategy: SubjectNameStrategy::default(),
@@ -83,9 +100,13 @@ impl Default for SchemaRegistryConfig {
 impl fmt::Debug for SchemaRegistryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SchemaRegistryConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.url.split(',').map(|u| redact_url(u.trim())).collect::<Vec<_>>().join(","))
             .field("username", &self.username)
             .field("password", &redact_secret(&self.password))
+            .field("token", &redact_secret(&self.token))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("key_format", &self.key_format)
             .field("value_mode", &self.value_mode)
             .field("subject_name_strategy", &self.subject_name_strategy)
@@ -99,18 +120,30 @@ impl fmt::Debug for SchemaRegistryConfig {
 }
 
 impl SchemaRegistryConfig {
-    /// The URL without credentials and without a trailing `/`; append API paths such as `/subjects` to it.
+    /// The first URL without credentials and without a trailing `/`; append API paths such as `/subjects` to it.
     pub fn base_url(&self) -> String {
-        let trimmed = self.url.trim_end_matches('/');
-        match url::Url::parse(trimmed) {
-            Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
-                // Both setters fail only for URLs that cannot have credentials, which validation rejected.
-                let _ = url.set_username("");
-                let _ = url.set_password(None);
-                url.as_str().trim_end_matches('/').to_owned()
-            }
-            _ => trimmed.to_owned(),
-        }
+        self.urls().into_iter().next().unwrap_or_default()
+    }
+
+    /// Every configured URL (comma-separated in `url`), without credentials and without a trailing `/`.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let trimmed = u.trim_end_matches('/');
+                match url::Url::parse(trimmed) {
+                    Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+                        // Both setters fail only for URLs that cannot have credentials, which validation rejected.
+                        let _ = url.set_username("");
+                        let _ = url.set_password(None);
+                        url.as_str().trim_end_matches('/').to_owned()
+                    }
+                    _ => trimmed.to_owned(),
+                }
+            })
+            .collect()
     }
 
     /// Basic auth credentials `(user, password)` from `username`/`password` or from the URL, if any.
@@ -118,7 +151,8 @@ impl SchemaRegistryConfig {
         if !self.username.is_empty() {
             return Some((self.username.clone(), self.password.clone()));
         }
-        let url = url::Url::parse(&self.url).ok()?;
+        let first = self.url.split(',').next().unwrap_or("").trim();
+        let url = url::Url::parse(first).ok()?;
         if url.username().is_empty() {
             return None;
         }
@@ -282,23 +316,32 @@ impl SchemaRegistryConfig {
                     .to_owned(),
             );
         } else {
-            match url::Url::parse(&self.url) {
-                Err(e) => report(KEY, format!("`{}` is not a URL: {e}", redact_url(&self.url))),
-                Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-                    report(KEY, format!("`{}` must start with http:// or https://", redact_url(&self.url)));
+            for one in self.url.split(',').map(str::trim) {
+                match url::Url::parse(one) {
+                    Err(e) => report(KEY, format!("`{}` is not a URL: {e}", redact_url(one))),
+                    Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                        report(KEY, format!("`{}` must start with http:// or https://", redact_url(one)));
+                    }
+                    Ok(url) if url.host().is_none() => report(KEY, format!("`{}` names no host", redact_url(one))),
+                    Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                        report(KEY, "must not have a query or fragment; give the API's base URL".to_owned());
+                    }
+                    Ok(url) if !url.username().is_empty() && !self.username.is_empty() => report(
+                        KEY,
+                        "carries credentials and schema_registry.username is set too; use one of them".to_owned(),
+                    ),
+                    Ok(_) => {}
                 }
-                Ok(url) if url.host().is_none() => {
-                    report(KEY, format!("`{}` names no host", redact_url(&self.url)));
-                }
-                Ok(url) if url.query().is_some() || url.fragment().is_some() => {
-                    report(KEY, "must not have a query or fragment; give the API's base URL".to_owned());
-                }
-                Ok(url) if !url.username().is_empty() && !self.username.is_empty() => report(
-                    KEY,
-                    "carries credentials and schema_registry.username is set too; use one of them".to_owned(),
-                ),
-                Ok(_) => {}
             }
+        }
+        if !self.token.is_empty() && self.basic_auth().is_some() {
+            report("schema_registry.token", "and basic auth credentials are both set; use one of them".to_owned());
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            report(
+                "schema_registry.tls_cert_file",
+                "and schema_registry.tls_key_file go together (the client certificate and its key)".to_owned(),
+            );
         }
         if self.username.is_empty() && !self.password.is_empty() {
             report("schema_registry.password", "is set but schema_registry.username is empty".to_owned());

