@@ -136,8 +136,7 @@ connect_start() {
     connect_install
     mkdir -p "$CONNECT_DIR"
     if connect_running; then
-        wait_until "kafka connect" "$CONNECT_START_TIMEOUT" "$CONNECT_LOG" "$CONNECT_PID_FILE" \
-            "$CONNECT_MARKER" connect_ready
+        connect_wait_started
         connect_write_env
         return 0
     fi
@@ -163,10 +162,39 @@ connect_start() {
         </dev/null >>"$CONNECT_LOG" 2>&1 8>&- 9>&- &
     local _
     for _ in $(seq 50); do [[ -s $CONNECT_PID_FILE ]] && break; sleep 0.1; done
-    wait_until "kafka connect" "$CONNECT_START_TIMEOUT" "$CONNECT_LOG" "$CONNECT_PID_FILE" \
-        "$CONNECT_MARKER" connect_ready
+    connect_wait_started
     connect_write_env
     log "connect: ready in $((SECONDS - started))s"
+}
+
+# connect_wait_started: wait for GET /health. A worker whose start failed
+# (e.g. its REST server could not start) logs "Stopping due to error" but
+# its JVM can hang on exit, ignoring SIGTERM: stop it before failing, so no
+# half-dead worker is left behind.
+connect_wait_started() {
+    local deadline=$((SECONDS + CONNECT_START_TIMEOUT)) reason="" tail_lines
+    until connect_ready; do
+        connect_running || fail_with_log "kafka connect: process exited before it became ready" "$CONNECT_LOG"
+        if grep -q 'Stopping due to error' "$CONNECT_LOG" 2>/dev/null; then
+            reason="failed to start"
+        elif ((SECONDS >= deadline)); then
+            reason="not ready after ${CONNECT_START_TIMEOUT}s"
+        fi
+        [[ -n $reason ]] && break
+        sleep 0.5
+    done
+    [[ -z $reason ]] && return 0
+    # The error and its stack trace, else the end of the log.
+    local at
+    at=$(grep -n -m1 'Stopping due to error' "$CONNECT_LOG" 2>/dev/null | cut -d: -f1) || true
+    if [[ -n $at ]]; then
+        tail_lines=$(sed -n "${at},$((at + 30))p" "$CONNECT_LOG")
+    else
+        tail_lines=$(tail -n 40 "$CONNECT_LOG" 2>/dev/null || true)
+    fi
+    CONNECT_STOP_GRACE=10 connect_stop
+    printf '[infra] ---- last lines of %s ----\n%s\n[infra] ---- end ----\n' "$CONNECT_LOG" "$tail_lines" >&2
+    die "kafka connect: $reason (the worker was stopped)"
 }
 
 # .infra/connect/env: up.sh rewrites .infra/env, so the worker has its own.
