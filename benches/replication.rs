@@ -275,7 +275,7 @@ async fn read_ours(
         let Some(msg) = stream.next().await? else { bail!("server ended the stream after {commits} commits") };
         let ReplicationMessage::XLogData(x) = msg else { continue };
         let decoded = decoder.decode(&x.data)?;
-        match assembler.push(decoded, &x.data)? {
+        match assembler.push(decoded, &x.data, x.wal_start)? {
             Output::None => {}
             Output::Event(TxnEvent::Insert { tuple, .. }) => {
                 std::hint::black_box(&tuple);

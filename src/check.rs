@@ -189,6 +189,12 @@ pub enum CheckError {
         /// `<topic>-value` or `<topic>-key`.
         subject: String,
     },
+    /// Value mode `registered`: local schemas their subjects would refuse (what `run` refuses to start with).
+    #[error("{0}")]
+    SchemasIncompatible(String),
+    /// Debezium's offset for a hand-over could not be read.
+    #[error("hand-over from Debezium: {0}")]
+    Handover(String),
     /// The probe did not finish in time.
     #[error("{service} check did not finish within {after:?}; the service may be overloaded or unreachable")]
     Timeout {
@@ -509,6 +515,15 @@ async fn probe_registry(config: &Config, options: &CheckOptions, report: &mut Se
         report.problems.push(CheckError::RegistryReadOnly { subject: None, url: settings.url().to_owned(), mode });
         return Ok(());
     }
+    if let Some(registered) = &encoders.registered {
+        // The gate `run` passes before it starts.
+        let verdicts = crate::avro::schemas::check(registry, config, registered, &[]).await?;
+        if verdicts.iter().any(crate::avro::schemas::Verdict::is_refused) {
+            report.problems.push(CheckError::SchemasIncompatible(crate::avro::schemas::refusal_text(&verdicts)));
+        } else {
+            report.facts.push(format!("{} local schema verdict(s), none refused", verdicts.len()));
+        }
+    }
     for topic in fixed_topics(config) {
         for (subject, schema) in encoders.schemas_of(&topic) {
             let mode = registry.mode_of(&subject).await?;
@@ -594,7 +609,21 @@ async fn probe_startup(config: &Config, options: &CheckOptions, report: &mut Ser
             None => {}
         }
     }
-    match startup::plan(&facts, &RunOptions::default())? {
+    let mut run_options = RunOptions::default();
+    if checkpoint.is_none() && config.debezium.enabled() {
+        // As `run` decides on its first start: from Debezium's offset, on Debezium's slot.
+        let offset = crate::debezium::read_offset(&settings, &config.debezium, options.timeout)
+            .await
+            .map_err(|e| CheckError::Handover(e.to_string()))?;
+        report.facts.push(format!(
+            "continues from Debezium's offset (lsn {}, txId {}{})",
+            offset.lsn,
+            offset.tx_id,
+            offset.lsn_commit.map(|c| format!(", lsn_commit {c}")).unwrap_or_default()
+        ));
+        run_options.debezium_handover = true;
+    }
+    match startup::plan(&facts, &run_options)? {
         (Plan::Resume { from }, _) => report.facts.push(format!("resumes from {from} on slot {}", pg.slot)),
         (Plan::CreateSlot, _) => report.facts.push(format!("first start: creates slot {}", pg.slot)),
     }

@@ -1,18 +1,253 @@
 //! Migration from Debezium: a Kafka Connect configuration of Debezium's PostgreSQL connector with the Outbox Event
 //! Router becomes the relay's TOML (`outbox-relay import-debezium`), and the offset Debezium committed becomes the
-//! relay's start position.
+//! relay's start position on Debezium's own slot (`[debezium]`, read on a first start only).
 //!
-//! Invariant: every key of the Debezium configuration is either mapped to a setting with the same effect, known to
-//! need nothing (Connect plumbing such as `tasks.max`, or behaviour the relay has anyway), or reported in
-//! [`Import::unmapped`] with why: nothing is dropped silently. Secrets are never copied into the output (the
-//! database and registry passwords are left for the environment, named in the notes). The produced TOML loads as a
-//! [`crate::config::Config`] once `kafka.bootstrap_servers` is known.
+//! Invariant of the import: every key of the Debezium configuration is either mapped to a setting with the same
+//! effect, known to need nothing (Connect plumbing such as `tasks.max`, or behaviour the relay has anyway), or
+//! reported in [`Import::unmapped`] with why: nothing is dropped silently. Secrets are never copied into the output
+//! (the database and registry passwords are left for the environment, named in the notes). The produced TOML loads
+//! as a [`crate::config::Config`] once `kafka.bootstrap_servers` and `debezium.offsets_topic` are known.
+//!
+//! Invariant of the hand-over: with Debezium stopped, the relay delivers exactly the outbox rows Debezium did not.
+//! Debezium's committed offset (Kafka Connect's offsets topic, read `read_committed`, so exactly what its
+//! exactly-once transactions made visible) names `lsn`, the WAL position of the last change it delivered, `txId`, the
+//! transaction that change belongs to, and `lsn_commit`, the end of the commit record of the transaction before it.
+//! Debezium's slot never confirms past that offset, so replaying from the slot re-sends only transactions Debezium
+//! delivered in part or whole; [`DebeziumOffset::skip`] drops exactly those parts: every transaction committed before
+//! `lsn_commit`, and in transaction `txId` the changes at or before `lsn`. (Debezium commits offsets per batch, so
+//! `lsn` may lie inside a large transaction: a whole-transaction rule would duplicate or lose its rest.) LSNs are
+//! compared only within `txId`: another transaction committed later may hold lower change LSNs.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::avro::config::{KeyFormat, ValueMode};
+use crate::kafka::KafkaSettings;
+use crate::pg::lsn::Lsn;
+
+/// The `[debezium]` section: where Debezium's offset is, for a hand-over on the relay's first start.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DebeziumConfig {
+    /// Kafka Connect's offsets topic (the worker's `offset.storage.topic`); empty: no hand-over.
+    #[serde(default)]
+    pub offsets_topic: String,
+    /// The Debezium connector's name.
+    #[serde(default)]
+    pub connector: String,
+    /// Its `topic.prefix` (the `server` of its offset key).
+    #[serde(default)]
+    pub topic_prefix: String,
+}
+
+impl DebeziumConfig {
+    /// Whether a hand-over is configured.
+    pub fn enabled(&self) -> bool {
+        !self.offsets_topic.is_empty()
+    }
+
+    pub(crate) fn validate(&self, report: &mut impl FnMut(&str, String)) {
+        if self.enabled() {
+            for (key, value) in [("debezium.connector", &self.connector), ("debezium.topic_prefix", &self.topic_prefix)]
+            {
+                if value.is_empty() {
+                    report(key, "is required with debezium.offsets_topic (the key of Debezium's offset)".to_owned());
+                }
+            }
+        }
+    }
+}
+
+/// What Debezium committed last (its PostgreSQL source offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebeziumOffset {
+    /// WAL position of the last change delivered (`lsn`).
+    pub lsn: Lsn,
+    /// End of the commit record of the transaction before it (`lsn_commit`), once Debezium saw one.
+    pub lsn_commit: Option<Lsn>,
+    /// The transaction of the last change (`txId`).
+    pub tx_id: u32,
+}
+
+/// What the hand-over does with a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Deliver it.
+    Nothing,
+    /// Debezium delivered it whole.
+    Whole,
+    /// Debezium delivered its changes at or before this LSN.
+    UpTo(Lsn),
+}
+
+impl DebeziumOffset {
+    /// What to skip of the transaction `xid` whose commit record starts at `final_lsn`.
+    pub fn skip(&self, xid: u32, final_lsn: Lsn) -> Skip {
+        if self.lsn_commit.is_some_and(|c| final_lsn < c) {
+            Skip::Whole
+        } else if xid == self.tx_id {
+            Skip::UpTo(self.lsn)
+        } else {
+            Skip::Nothing
+        }
+    }
+
+    /// Parses an offset value (`{"lsn": ..., "lsn_commit": ..., "txId": ...}`).
+    pub fn parse(value: &Value) -> Result<DebeziumOffset, String> {
+        let number = |k: &str| value.get(k).and_then(Value::as_u64);
+        let lsn = number("lsn").or_else(|| number("lsn_proc")).ok_or("no lsn in the offset")?;
+        let tx_id = number("txId").ok_or("no txId in the offset")?;
+        Ok(DebeziumOffset {
+            lsn: Lsn(lsn),
+            lsn_commit: number("lsn_commit").map(Lsn),
+            tx_id: u32::try_from(tx_id).map_err(|_| format!("txId {tx_id} is not a 32-bit transaction id"))?,
+        })
+    }
+}
+
+/// Why Debezium's offset could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    /// The offsets topic does not exist or cannot be read.
+    #[error("debezium.offsets_topic {topic}: {reason}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// Why.
+        reason: String,
+        /// Whether retrying may help (the broker unreachable, a timeout).
+        transient: bool,
+    },
+    /// No offset for the connector: nothing to hand over from.
+    #[error(
+        "Kafka Connect's offsets topic {topic} holds no offset of connector {connector:?} (topic.prefix {prefix:?}); \
+         fix: check debezium.connector and debezium.topic_prefix, or remove [debezium] to start without a hand-over"
+    )]
+    NoOffset {
+        /// The topic.
+        topic: String,
+        /// The connector.
+        connector: String,
+        /// Its topic prefix.
+        prefix: String,
+    },
+    /// An offset that is not Debezium's PostgreSQL offset.
+    #[error("the offset of connector {connector:?} in {topic} is not a Debezium PostgreSQL offset: {reason}")]
+    BadOffset {
+        /// The topic.
+        topic: String,
+        /// The connector.
+        connector: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl HandoverError {
+    /// `true` when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HandoverError::Topic { transient: true, .. })
+    }
+}
+
+/// Reads the newest offset of `cfg.connector` from Kafka Connect's offsets topic (`read_committed`, every partition
+/// to its end), waiting at most `timeout`.
+pub async fn read_offset(
+    settings: &KafkaSettings,
+    cfg: &DebeziumConfig,
+    timeout: Duration,
+) -> Result<DebeziumOffset, HandoverError> {
+    let settings = settings.clone();
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || read_offset_blocking(&settings, &cfg, timeout))
+        .await
+        .map_err(|e| HandoverError::Topic { topic: String::new(), reason: e.to_string(), transient: true })?
+}
+
+fn read_offset_blocking(
+    settings: &KafkaSettings,
+    cfg: &DebeziumConfig,
+    timeout: Duration,
+) -> Result<DebeziumOffset, HandoverError> {
+    let topic = cfg.offsets_topic.as_str();
+    let fail = |reason: String, transient: bool| HandoverError::Topic { topic: topic.to_owned(), reason, transient };
+    let mut c = settings.client_config();
+    c.set("group.id", "outbox-relay-debezium-handover")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("allow.auto.create.topics", "false");
+    let consumer: BaseConsumer =
+        c.create().map_err(|e| fail(format!("consumer: {}", crate::error_chain(&e)), false))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| fail(format!("metadata: {}", crate::error_chain(&e)), true))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(fail("does not exist (it is the Connect worker's offset.storage.topic)".to_owned(), false));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut ends = BTreeMap::new();
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, timeout)
+            .map_err(|e| fail(format!("partition {p}: {}", crate::error_chain(&e)), true))?;
+        if high > low {
+            ends.insert(*p, high);
+            list.add_partition_offset(topic, *p, Offset::Beginning).map_err(|e| fail(crate::error_chain(&e), false))?;
+        }
+    }
+    let wanted = serde_json::json!([cfg.connector, {"server": cfg.topic_prefix}]);
+    let mut newest: Option<Option<Value>> = None;
+    if !ends.is_empty() {
+        consumer.assign(&list).map_err(|e| fail(crate::error_chain(&e), false))?;
+        // The high watermark counts transaction markers and aborted records: a partition is done when the position
+        // reached it, whatever was delivered.
+        while !ends.is_empty() {
+            if Instant::now() > deadline {
+                return Err(fail(format!("not read to its end within {} ms", timeout.as_millis()), true));
+            }
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.map_err(|e| fail(crate::error_chain(&e), true))?;
+                let key: Option<Value> = m.key().and_then(|k| serde_json::from_slice(k).ok());
+                if key.as_ref() == Some(&wanted) {
+                    newest = Some(m.payload().and_then(|v| serde_json::from_slice(v).ok()));
+                }
+            }
+            let positions = consumer.position().map_err(|e| fail(crate::error_chain(&e), true))?;
+            ends.retain(|p, end| {
+                let at = positions.find_partition(topic, *p).and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+                at.is_none_or(|o| o < *end)
+            });
+        }
+    }
+    let no_offset = || HandoverError::NoOffset {
+        topic: topic.to_owned(),
+        connector: cfg.connector.clone(),
+        prefix: cfg.topic_prefix.clone(),
+    };
+    // A tombstone (null value) is an offset reset: nothing to resume from.
+    let value = newest.flatten().ok_or_else(no_offset)?;
+    DebeziumOffset::parse(&value).map_err(|reason| HandoverError::BadOffset {
+        topic: topic.to_owned(),
+        connector: cfg.connector.clone(),
+        reason,
+    })
+}
 
 /// Debezium's Outbox Event Router class.
 pub const EVENT_ROUTER: &str = "io.debezium.transforms.outbox.EventRouter";
@@ -167,6 +402,18 @@ impl Builder {
                 .into(),
         );
         t.insert("schema_registry".into(), toml::Value::Table(self.registry()));
+        let mut debezium = toml::Table::new();
+        debezium.insert("offsets_topic".into(), "REPLACE-ME".into());
+        debezium.insert("connector".into(), name.into());
+        let prefix = self.cfg.get("topic.prefix").or_else(|| self.cfg.get("database.server.name")).cloned();
+        debezium.insert("topic_prefix".into(), prefix.unwrap_or_default().into());
+        t.insert("debezium".into(), toml::Value::Table(debezium));
+        self.notes.push(
+            "debezium.offsets_topic: the Connect worker's offset.storage.topic; on its first start the relay \
+             continues from Debezium's offset there, on Debezium's slot (stop the connector first: \
+             PUT /connectors/NAME/stop)"
+                .into(),
+        );
         for other in transforms.iter().filter(|x| *x != router) {
             let keys: Vec<String> =
                 self.cfg.keys().filter(|k| k.starts_with(&format!("transforms.{other}."))).cloned().collect();
@@ -373,19 +620,38 @@ impl Builder {
 
     fn registry(&mut self) -> toml::Table {
         let mut s = toml::Table::new();
-        let url = self.get("value.converter.schema.registry.url").unwrap_or_default();
-        let first = url.split(',').next().unwrap_or("").trim().to_owned();
-        if url.contains(',') {
-            self.notes.push(format!(
-                "the registry URLs {url:?}: the relay takes one; {first} is used (put the others behind one address)"
-            ));
+        let listed = self.get("value.converter.schema.registry.url").unwrap_or_default();
+        let parsed = crate::avro::config::SchemaRegistryConfig { url: listed, ..Default::default() };
+        // Several URLs fail over in order, as in Confluent's clients; credentials in them stay out of the output.
+        s.insert("url".into(), parsed.urls().join(",").into());
+        if let Some((user, _)) = parsed.basic_auth() {
+            s.insert("username".into(), user.into());
+            self.notes.push(
+                "the registry password in value.converter.schema.registry.url is not copied: set \
+                 OUTBOX_RELAY_SCHEMA_REGISTRY__PASSWORD (or _FILE)"
+                    .into(),
+            );
         }
-        s.insert("url".into(), first.into());
         if let Some(info) = self.get("value.converter.basic.auth.user.info") {
             let user = info.split(':').next().unwrap_or("");
             s.insert("username".into(), user.into());
             self.notes.push(
                 "the registry password is not copied: set OUTBOX_RELAY_SCHEMA_REGISTRY__PASSWORD (or _FILE)".into(),
+            );
+        }
+        let _ = self.get("value.converter.bearer.auth.credentials.source");
+        if self.get("value.converter.bearer.auth.token").is_some() {
+            self.notes.push(
+                "the registry bearer token is not copied: set OUTBOX_RELAY_SCHEMA_REGISTRY__TOKEN (or _FILE)".into(),
+            );
+        }
+        let tls: Vec<String> =
+            self.cfg.keys().filter(|k| k.starts_with("value.converter.schema.registry.ssl.")).cloned().collect();
+        for key in tls {
+            self.unmapped(
+                &key,
+                "Java key and trust stores: export the CA (and a client certificate with its PKCS#8 key) as PEM \
+                 files and set schema_registry.tls_ca_file (tls_cert_file, tls_key_file)",
             );
         }
         match self.get("value.converter").as_deref() {
@@ -444,7 +710,11 @@ mod tests {
       "value.converter.basic.auth.user.info": "relay:s3cr3t-sr", "signal.data.collection": "public.signals"}}"#;
 
     fn load(import: &Import) -> Config {
-        Config::from_toml_str(&import.toml.replace("REPLACE-ME:9092", "kafka:9092"), &[]).unwrap()
+        Config::from_toml_str(
+            &import.toml.replace("REPLACE-ME:9092", "kafka:9092").replace("\"REPLACE-ME\"", "\"connect-offsets\""),
+            &[],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -474,6 +744,7 @@ mod tests {
         );
         assert_eq!(cfg.schema_registry.value_mode, ValueMode::Payload);
         assert_eq!(cfg.schema_registry.username, "relay");
+        assert_eq!((cfg.debezium.connector.as_str(), cfg.debezium.topic_prefix.as_str()), ("orders-outbox", "orders"));
         let unmapped: Vec<&str> = import.unmapped.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(unmapped, ["transforms.mask.type", "signal.data.collection"]);
         assert!(import.notes.iter().any(|n| n.contains("OUTBOX_RELAY_POSTGRES__URL")));
@@ -495,6 +766,23 @@ mod tests {
         assert!(cfg.outbox.tables[0].additional_fields.is_empty());
         assert_eq!(cfg.outbox.unmapped_relations, crate::outbox::config::UnmappedRelations::Ignore);
         assert!(import.unmapped.is_empty(), "{:?}", import.unmapped);
+    }
+
+    #[test]
+    fn the_offset_skips_what_debezium_delivered_and_nothing_else() {
+        let o = DebeziumOffset::parse(&serde_json::json!(
+            {"lsn_proc": 300, "messageType": "INSERT", "lsn_commit": 200, "lsn": 300, "txId": 7, "ts_usec": 1}
+        ))
+        .unwrap();
+        assert_eq!(o, DebeziumOffset { lsn: Lsn(300), lsn_commit: Some(Lsn(200)), tx_id: 7 });
+        assert_eq!(o.skip(6, Lsn(150)), Skip::Whole, "committed before the previous commit's end");
+        assert_eq!(o.skip(7, Lsn(900)), Skip::UpTo(Lsn(300)), "the transaction Debezium was in");
+        assert_eq!(o.skip(8, Lsn(1000)), Skip::Nothing, "committed after it");
+        assert_eq!(o.skip(9, Lsn(250)), Skip::Nothing, "a later transaction is never judged by LSN alone");
+        let first = DebeziumOffset::parse(&serde_json::json!({"lsn_proc": 5, "lsn": 5, "txId": 3})).unwrap();
+        assert_eq!(first.skip(2, Lsn(1)), Skip::Nothing);
+        assert!(DebeziumOffset::parse(&serde_json::json!({"lsn": 5})).is_err());
+        assert!(DebeziumOffset::parse(&serde_json::json!({"lsn": 5, "txId": 5_000_000_000u64})).is_err());
     }
 
     #[test]

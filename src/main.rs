@@ -211,7 +211,17 @@ async fn main() -> ExitCode {
                 report_failure(cli.log_format, "configuration error", &error);
                 return ExitCode::from(EXIT_CONFIG);
             }
-            run_schemas(&config, command).await
+            // A schema file that cannot be read or compiled is a configuration error (exit 2), like the rest.
+            match outbox_relay::avro::Encoders::new(
+                &config,
+                &outbox_relay::avro::RegistrySettings::from_config(&config.schema_registry),
+            ) {
+                Err(e @ outbox_relay::avro::EncodeError::Settings(_)) => {
+                    report_failure(cli.log_format, "configuration error", &anyhow::Error::new(e));
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                _ => run_schemas(&config, command).await,
+            }
         }
     };
     match result {
@@ -308,7 +318,7 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         tracing::error!(grace_secs = SHUTDOWN_GRACE.as_secs(), "shutdown did not finish in time; exiting");
         std::process::exit(1);
     });
-    let opts = outbox_relay::pipeline::RunOptions { accept_gap: args.accept_gap, start_lsn };
+    let opts = outbox_relay::pipeline::RunOptions { accept_gap: args.accept_gap, start_lsn, ..Default::default() };
     // On a runtime worker, not the main thread: wake-ups between the reader, the Kafka sink and the replication
     // stream then stay on the workers (benches/README.md: a third less CPU per event for large transactions).
     let result = tokio::spawn(outbox_relay::leader::run(config, opts, stats, shutdown_rx))

@@ -47,6 +47,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::avro::{EncodeError, Encoders, KeyEncoder, RegistrySettings, ValueEncoder};
 use crate::config::{Config, ConnectError, ErrorMode, UnmappedRelations};
 use crate::dead_letter::{self, DeadLetter};
+use crate::debezium::{DebeziumOffset, HandoverError, Skip};
 use crate::kafka::{
     Checkpoint, EventPos, KafkaSettings, OutRecord, Refusal, SinkError, TopicState, Topics, TxnProducer,
 };
@@ -81,6 +82,9 @@ pub enum PipelineError {
     /// Start-up refuses (gap, lost or unusable slot, a checkpoint of another server, a bad `--start-lsn`).
     #[error(transparent)]
     Startup(#[from] StartupError),
+    /// Debezium's offset could not be read for a hand-over.
+    #[error("hand-over from Debezium: {0}")]
+    Handover(#[from] HandoverError),
     /// A precondition of start-up does not hold (server version or settings, outbox tables, spill directory).
     #[error(transparent)]
     Preflight(#[from] Box<Finding>),
@@ -177,6 +181,7 @@ impl PipelineError {
             PipelineError::Replication(e) => e.is_transient(),
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Encode(e) => e.is_transient(),
+            PipelineError::Handover(e) => e.is_transient(),
             PipelineError::Slot(e) => e.is_transient(),
             PipelineError::Startup(StartupError::Slot(e)) => e.is_transient(),
             PipelineError::Preflight(e) => e.is_transient(),
@@ -300,6 +305,9 @@ struct Relay {
     dead_letter_topic: Option<Arc<str>>,
     poison: Poison,
     stall_timeout: Duration,
+    /// Debezium's offset on a first start that continues from it (`[debezium]`); `None` once the relay has a
+    /// checkpoint of its own.
+    handover: std::sync::Mutex<Option<DebeziumOffset>>,
 }
 
 /// What a start builds from the configuration alone: the message mapping and the encoders with their registry
@@ -346,9 +354,15 @@ pub async fn run(
         tables.push((t.table.clone(), t.clone()));
     }
     let Prepared { messages, encoders } = prepared;
-    if let Some(registered) = &encoders.registered {
+    if let Some(registered) = &encoders.registered.as_ref().filter(|_| !cfg.schema_registry.use_latest_version) {
         // A schema its subject would refuse fails every event of its type: refuse the start instead, naming why.
-        crate::avro::schemas::refuse_incompatible(&encoders.registry, &cfg, registered).await?;
+        // (With use_latest_version the registry's schemas are used, not the local files.) An unreachable registry
+        // does not stop the start: each registration is still judged by the registry, and a standby taking over
+        // during an outage delivers the event types whose ids it fetches once the registry answers.
+        match crate::avro::schemas::refuse_incompatible(&encoders.registry, &cfg, registered).await {
+            Err(e) if e.is_transient() => warn!(error = %e, "local schemas not checked against the registry"),
+            other => other?,
+        }
     }
     let value_encoder: Arc<dyn ValueEncoder> = encoders.value;
     let relay = Relay {
@@ -363,6 +377,7 @@ pub async fn run(
         key_encoder: encoders.key,
         stats,
         poison: Arc::default(),
+        handover: std::sync::Mutex::new(None),
     };
     relay.run(opts, &mut shutdown).await
 }
@@ -478,6 +493,26 @@ impl Relay {
             // Fence first: afterwards no older instance can commit, so the checkpoint read next is final.
             producer.init().await?;
             let checkpoint = reader.read(&self.cfg.connector_name, self.kafka.checkpoint_wait()).await?;
+            let handover = match (&checkpoint, self.cfg.debezium.enabled()) {
+                (None, true) => {
+                    let offset = crate::debezium::read_offset(&self.kafka, &self.cfg.debezium, limit).await?;
+                    info!(
+                        connector = %self.cfg.debezium.connector,
+                        lsn = %offset.lsn,
+                        tx_id = offset.tx_id,
+                        lsn_commit = ?offset.lsn_commit.map(|l| l.to_string()),
+                        "continuing from Debezium's offset: what it delivered is skipped"
+                    );
+                    Some(offset)
+                }
+                (Some(_), true) => {
+                    debug!("the relay has a checkpoint of its own: [debezium] is not read again");
+                    None
+                }
+                _ => None,
+            };
+            opts.debezium_handover = handover.is_some();
+            *self.handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handover;
             // The server's WAL position is read after the checkpoint, so a checkpoint is never ahead of it.
             let mut replication = self.replication().await?;
             let history = bounded(limit, "replication connection", async {
@@ -793,7 +828,7 @@ impl Relay {
                     let ReplicationMessage::XLogData(XLogData { wal_start, data, .. }) = msg else { continue };
                     self.stats.received_lsn.fetch_max(wal_start.as_u64(), Ordering::Relaxed);
                     let decoded = decoder.decode(&data).map_err(|source| PipelineError::Decode { lsn: wal_start, source })?;
-                    match assembler.push(decoded, &data)? {
+                    match assembler.push(decoded, &data, wal_start)? {
                         Output::None => {}
                         Output::Event(ev) => {
                             if self.handle(ev, &mut txn, &mut mappers, &to_sink).await? {
@@ -824,13 +859,25 @@ impl Relay {
         to_sink: &ToSink,
     ) -> Result<bool, PipelineError> {
         match ev {
-            TxnEvent::Begin { final_lsn, commit_time, .. } => {
+            TxnEvent::Begin { xid, final_lsn, commit_time } => {
+                txn.skip = self
+                    .handover
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .map(|h| h.skip(xid.0, final_lsn))
+                    .filter(|s| *s != Skip::Nothing);
+                if let Some(skip) = txn.skip {
+                    info!(xid = xid.0, commit_lsn = %final_lsn, ?skip, "transaction (partly) delivered by Debezium");
+                }
                 txn.commit_lsn = final_lsn;
                 txn.commit_time = commit_time;
                 txn.next_index = 0;
                 Ok(false)
             }
-            TxnEvent::Insert { relation, tuple } => {
+            TxnEvent::Insert { lsn, relation, tuple } => {
+                if txn.skips(lsn) {
+                    return Ok(false);
+                }
                 let Some(mapper) = self.mapper_for(&relation, mappers)? else {
                     return match self.cfg.outbox.unmapped_relations {
                         UnmappedRelations::Error => Err(PipelineError::Unmapped {
@@ -859,7 +906,10 @@ impl Relay {
                 to_sink.send(Item::Event(item)).await;
                 Ok(false)
             }
-            TxnEvent::Message { prefix, content, .. } => {
+            TxnEvent::Message { lsn, prefix, content } => {
+                if txn.skips(lsn) {
+                    return Ok(false);
+                }
                 let Some(m) = &self.messages else { return Ok(false) };
                 let mapped = m.map_message(&prefix, true, &content, txn.commit_lsn, txn.commit_time);
                 // Messages of other prefixes (heartbeats, other applications) are not events.
@@ -1016,6 +1066,8 @@ impl EventFailure {
 
 #[derive(Default)]
 struct TxnCtx {
+    /// What a hand-over from Debezium skips of this transaction.
+    skip: Option<Skip>,
     commit_lsn: Lsn,
     commit_time: PgTimestamp,
     next_index: u32,
@@ -1023,6 +1075,15 @@ struct TxnCtx {
 }
 
 impl TxnCtx {
+    /// Whether the change at `lsn` of this transaction was delivered by Debezium before the hand-over.
+    fn skips(&self, lsn: Lsn) -> bool {
+        match self.skip {
+            Some(Skip::Whole) => true,
+            Some(Skip::UpTo(last)) => lsn <= last,
+            Some(Skip::Nothing) | None => false,
+        }
+    }
+
     fn next_pos(&mut self) -> EventPos {
         let pos = EventPos { commit_lsn: self.commit_lsn, index: self.next_index };
         self.next_index = self.next_index.saturating_add(1);

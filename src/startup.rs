@@ -22,6 +22,9 @@ pub struct RunOptions {
     pub accept_gap: bool,
     /// Start at this LSN instead of the checkpoint (validated against the slot and the checkpoint).
     pub start_lsn: Option<Lsn>,
+    /// A first start that continues from a Debezium connector's offset on its slot (`[debezium]`): the slot's
+    /// position stands in for the missing checkpoint, and the pipeline skips what Debezium delivered.
+    pub debezium_handover: bool,
 }
 
 /// What the start-up decision is made from.
@@ -84,6 +87,15 @@ pub enum StartupError {
         /// Where the checkpoint says relaying stopped.
         checkpoint: Lsn,
     },
+    /// A hand-over from Debezium needs Debezium's slot, which does not exist.
+    #[error(
+        "hand-over from Debezium: slot {slot} does not exist; fix: set postgres.slot to the connector's slot.name \
+         (import-debezium does), and do not drop it when stopping Debezium (slot.drop.on.stop = false)"
+    )]
+    HandoverSlotMissing {
+        /// The configured slot's name.
+        slot: String,
+    },
     /// The checkpoint was taken on another server or history.
     #[error(
         "the checkpoint in Kafka (at {checkpoint}) does not belong to this PostgreSQL server: {reason}. Resuming from \
@@ -140,6 +152,10 @@ pub fn plan(facts: &Facts<'_>, opts: &RunOptions) -> Result<(Plan, bool), Startu
     }
     let trusted = checkpoint.is_some() || facts.checkpoint.is_none();
     let Some(slot) = facts.slot else {
+        if opts.debezium_handover {
+            // A new slot would start after Debezium's position: the rows in between would never be relayed.
+            return Err(StartupError::HandoverSlotMissing { slot: facts.slot_name.to_owned() });
+        }
         if let Some(cp) = checkpoint.filter(|cp| !cp.end_lsn.is_zero()) {
             if !opts.accept_gap {
                 // Recreating a lost slot would silently skip everything written since it was lost.
@@ -208,6 +224,8 @@ pub fn start_position(
         }
         Some(cp) => Ok(cp.end_lsn),
         None if opts.accept_gap => Ok(slot_lsn),
+        // Debezium's slot never confirms past what its committed offset covers; the pipeline skips that part.
+        None if opts.debezium_handover => Ok(slot_lsn),
         None => Err(StartupError::Gap {
             slot: slot.name.clone(),
             slot_lsn,

@@ -162,6 +162,9 @@ fn every_key_is_configurable_from_the_environment() {
         ("OUTBOX_RELAY_KAFKA__TOPIC_CREATION__CONFIGS__MIN_INSYNC_REPLICAS".into(), "2".into()),
         ("OUTBOX_RELAY_OUTBOX__TABLES__0__ADDITIONAL_FIELDS__0__COLUMN".into(), "tenant".into()),
         ("OUTBOX_RELAY_OUTBOX__TABLES__0__ADDITIONAL_FIELDS__0__PLACEMENT".into(), "header".into()),
+        // The flipped auto_register / use_latest_version below belong to value mode registered.
+        ("OUTBOX_RELAY_SCHEMA_REGISTRY__VALUE_MODE".into(), "registered".into()),
+        ("OUTBOX_RELAY_SCHEMA_REGISTRY__SCHEMAS_DIR".into(), dir.path().to_str().unwrap().into()),
     ];
     // One changed value per scalar key: numbers + 1, booleans flipped, strings and enums of the example kept.
     let mut expected: Vec<(String, toml::Value)> = Vec::new();
@@ -171,7 +174,7 @@ fn every_key_is_configurable_from_the_environment() {
                 for (k, v) in t {
                     if matches!(
                         k.as_str(),
-                        "properties" | "configs" | "additional_fields" | "url" | "bootstrap_servers"
+                        "properties" | "configs" | "additional_fields" | "url" | "bootstrap_servers" | "value_mode"
                     ) {
                         continue;
                     }

@@ -100,7 +100,7 @@ impl Default for SchemaRegistryConfig {
 impl fmt::Debug for SchemaRegistryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SchemaRegistryConfig")
-            .field("url", &self.url.split(',').map(|u| redact_url(u.trim())).collect::<Vec<_>>().join(","))
+            .field("url", &redact_urls(&self.url))
             .field("username", &self.username)
             .field("password", &redact_secret(&self.password))
             .field("token", &redact_secret(&self.token))
@@ -127,10 +127,8 @@ impl SchemaRegistryConfig {
 
     /// Every configured URL (comma-separated in `url`), without credentials and without a trailing `/`.
     pub fn urls(&self) -> Vec<String> {
-        self.url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
+        split_urls(&self.url)
+            .into_iter()
             .map(|u| {
                 let trimmed = u.trim_end_matches('/');
                 match url::Url::parse(trimmed) {
@@ -151,7 +149,7 @@ impl SchemaRegistryConfig {
         if !self.username.is_empty() {
             return Some((self.username.clone(), self.password.clone()));
         }
-        let first = self.url.split(',').next().unwrap_or("").trim();
+        let first = split_urls(&self.url).into_iter().next().unwrap_or("");
         let url = url::Url::parse(first).ok()?;
         if url.username().is_empty() {
             return None;
@@ -164,6 +162,28 @@ impl SchemaRegistryConfig {
     pub const fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+}
+
+/// The URLs of a comma-separated list. A comma splits only where the next URL begins (`http://`, `https://`): a
+/// comma is legal inside a password, which must neither be cut in two nor escape redaction.
+pub fn split_urls(list: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in list.match_indices(',') {
+        let rest = list.get(i + 1..).unwrap_or("").trim_start();
+        if rest.starts_with("http://") || rest.starts_with("https://") {
+            out.push(list.get(start..i).unwrap_or("").trim());
+            start = i + 1;
+        }
+    }
+    out.push(list.get(start..).unwrap_or("").trim());
+    out.retain(|u| !u.is_empty());
+    out
+}
+
+/// A URL list with every URL's credentials redacted.
+pub fn redact_urls(list: &str) -> String {
+    split_urls(list).into_iter().map(redact_url).collect::<Vec<_>>().join(",")
 }
 
 /// Record key encoding.
@@ -316,7 +336,7 @@ impl SchemaRegistryConfig {
                     .to_owned(),
             );
         } else {
-            for one in self.url.split(',').map(str::trim) {
+            for one in split_urls(&self.url) {
                 match url::Url::parse(one) {
                     Err(e) => report(KEY, format!("`{}` is not a URL: {e}", redact_url(one))),
                     Ok(url) if !matches!(url.scheme(), "http" | "https") => {
@@ -351,6 +371,14 @@ impl SchemaRegistryConfig {
                 "schema_registry.use_latest_version",
                 "needs auto_register = false (the relay then encodes with what the registry holds and registers \
                  nothing)"
+                    .to_owned(),
+            );
+        }
+        if self.value_mode != ValueMode::Registered && (!self.auto_register || self.use_latest_version) {
+            report(
+                "schema_registry.auto_register",
+                "= false and use_latest_version apply to value_mode = \"registered\"; the envelope and payload \
+                 schemas are the relay's own and always registered"
                     .to_owned(),
             );
         }
@@ -389,5 +417,23 @@ impl SchemaRegistryConfig {
         if self.request_timeout_ms == 0 {
             report("schema_registry.request_timeout_ms", "must be at least 1".to_owned());
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_lists_split_only_where_a_url_begins() {
+        assert_eq!(split_urls("http://a:1, https://b:2/x"), ["http://a:1", "https://b:2/x"]);
+        // A comma inside a password neither splits the URL nor escapes redaction.
+        let list = "https://u:pa,ss@reg:8081,http://other:8081";
+        assert_eq!(split_urls(list), ["https://u:pa,ss@reg:8081", "http://other:8081"]);
+        assert!(!redact_urls(list).contains("pa,ss"), "{}", redact_urls(list));
+        let c = SchemaRegistryConfig { url: list.to_owned(), ..SchemaRegistryConfig::default() };
+        assert_eq!(c.basic_auth(), Some(("u".to_owned(), "pa,ss".to_owned())));
+        assert_eq!(c.urls(), ["https://reg:8081", "http://other:8081"]);
     }
 }

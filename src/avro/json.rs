@@ -64,7 +64,7 @@ enum Node {
     Date,
     TimeMillis,
     TimeMicros,
-    Timestamp { unit: TimeUnit },
+    Timestamp { unit: TimeUnit, local: bool },
     Decimal { precision: usize, scale: usize, fixed_size: Option<usize> },
     Fixed { size: usize },
     Enum { name: String, symbols: Vec<String> },
@@ -126,7 +126,28 @@ impl Plan {
             };
             let mut path = Path::default();
             let json = Json::from_value(&json);
-            plan.write(default_node, &json, &mut out, &mut path, 0).map_err(|m| {
+            let raw_decimal = match (plan.nodes.get(default_node), &json) {
+                // Avro writes a decimal's default as its raw bytes (a string of U+0000..U+00FF), not as digits.
+                (Some(Node::Decimal { fixed_size, .. }), Json::String(text)) => Some((*fixed_size, latin1(text))),
+                _ => None,
+            };
+            let written = match raw_decimal {
+                Some((_, None)) => Err(Misfit { path: String::new(), reason: LATIN1.to_owned() }),
+                Some((Some(size), Some(bytes))) if bytes.len() != size => Err(Misfit {
+                    path: String::new(),
+                    reason: format!("{} bytes where the fixed decimal has {size}", bytes.len()),
+                }),
+                Some((Some(_), Some(bytes))) => {
+                    out.extend_from_slice(&bytes);
+                    Ok(())
+                }
+                Some((None, Some(bytes))) => {
+                    write_bytes(&mut out, &bytes);
+                    Ok(())
+                }
+                None => plan.write(default_node, &json, &mut out, &mut path, 0),
+            };
+            written.map_err(|m| {
                 format!("the default of field {field_name:?} does not fit its type: {m} (a union's default must fit its first branch)")
             })?;
             nodes = plan.nodes;
@@ -237,7 +258,18 @@ impl Plan {
                 let i = integer(v).ok_or_else(|| path.misfit(format!("{v} is not a long")))?;
                 write_long(out, i);
             }
-            (Node::Timestamp { unit }, Json::String(s)) => {
+            (Node::Timestamp { unit, local }, Json::String(s)) => {
+                if *local && has_offset(s) {
+                    return Err(path.misfit(format!(
+                        "{s:?} has a time zone offset; a local-timestamp takes the wall-clock time without one"
+                    )));
+                }
+                if matches!(unit, TimeUnit::Nanos) && fraction_digits(s) > 6 {
+                    return Err(path.misfit(format!(
+                        "{s:?} has more than microsecond precision, which text is read with; give epoch \
+                         nanoseconds as a number"
+                    )));
+                }
                 let ts = crate::outbox::parse_pg_timestamp(s)
                     .map_err(|e| path.misfit(format!("{s:?} is not an ISO-8601 timestamp: {e}")))?;
                 let micros = ts.unix_micros();
@@ -254,7 +286,19 @@ impl Plan {
                     // An integer needs no text: scale it (the common case of whole amounts).
                     other => match integer(other).and_then(|i| scaled(i, *precision, *scale)) {
                         Some(u) => Ok(u),
-                        None => parse_decimal(&other.to_string(), *precision, *scale),
+                        None => {
+                            let text = other.to_string();
+                            if matches!(other, Json::Number(Number::F(_))) && significant_digits(&text) > 15 {
+                                // A JSON number becomes an f64, exact to 15 significant digits only: beyond, the
+                                // digits written may already be lost.
+                                Err(format!(
+                                    "{text} has more significant digits than a JSON number keeps exactly; write \
+                                     the decimal as a string (PostgreSQL: to_jsonb(amount::text))"
+                                ))
+                            } else {
+                                parse_decimal(&text, *precision, *scale)
+                            }
+                        }
                     },
                 }
                 .map_err(|e| path.misfit(e))?;
@@ -346,6 +390,7 @@ impl Plan {
         depth: u32,
     ) -> Result<(), Misfit> {
         let mut first_error = None;
+        let path_len = path.0.len();
         for (i, branch) in branches.iter().enumerate() {
             let is_null = matches!(self.nodes.get(*branch), Some(Node::Null));
             if is_null != matches!(v, Json::Null) {
@@ -356,7 +401,9 @@ impl Plan {
             match self.write(*branch, v, out, path, depth + 1) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
+                    // A failed branch may have left its segments on the path.
                     out.truncate(start);
+                    path.0.truncate(path_len);
                     first_error.get_or_insert(e);
                 }
             }
@@ -383,9 +430,15 @@ impl Node {
             Node::Date => "date".into(),
             Node::TimeMillis => "time-millis".into(),
             Node::TimeMicros => "time-micros".into(),
-            Node::Timestamp { unit: TimeUnit::Millis } => "timestamp-millis".into(),
-            Node::Timestamp { unit: TimeUnit::Micros } => "timestamp-micros".into(),
-            Node::Timestamp { unit: TimeUnit::Nanos } => "timestamp-nanos".into(),
+            Node::Timestamp { unit, local } => format!(
+                "{}timestamp-{}",
+                if *local { "local-" } else { "" },
+                match unit {
+                    TimeUnit::Millis => "millis",
+                    TimeUnit::Micros => "micros",
+                    TimeUnit::Nanos => "nanos",
+                }
+            ),
             Node::Decimal { precision, scale, .. } => format!("decimal({precision},{scale})"),
             Node::Fixed { size } => format!("fixed({size})"),
             Node::Enum { name, .. } => format!("enum {name}"),
@@ -415,10 +468,11 @@ fn integer(v: &Json<'_>) -> Option<i64> {
     match v {
         Json::Number(Number::I(i)) => Some(*i),
         Json::Number(Number::U(u)) => i64::try_from(*u).ok(),
+        // Integral floats only below 2^53, where every integer is exact: above, the digits written may be lost.
         Json::Number(Number::F(f)) =>
         {
             #[allow(clippy::cast_possible_truncation)]
-            (f.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(f)).then_some(*f as i64)
+            (f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0).then_some(*f as i64)
         }
         _ => None,
     }
@@ -599,11 +653,29 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// Significant digits of a number's text (no sign, point, exponent or leading zeros).
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    digits.trim_start_matches('0').trim_end_matches('0').len().max(1)
+}
+
 /// `i` at `scale` as an unscaled decimal within `precision` digits, if it fits.
 fn scaled(i: i64, precision: usize, scale: usize) -> Option<i128> {
     let unscaled = i128::from(i).checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?;
     let limit = 10i128.checked_pow(u32::try_from(precision).ok()?)?;
     (unscaled.abs() < limit).then_some(unscaled)
+}
+
+/// Whether an ISO-8601 date-time text ends in a zone offset (`Z`, `+hh[:mm]`, `-hh[:mm]`).
+fn has_offset(s: &str) -> bool {
+    let time = s.split_once(['T', ' ']).map_or("", |(_, t)| t);
+    time.ends_with('Z') || time.contains('+') || time.contains('-')
+}
+
+/// Digits after the seconds' decimal point.
+fn fraction_digits(s: &str) -> usize {
+    s.split_once('.').map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count())
 }
 
 fn parse_date(s: &str) -> Option<i64> {
@@ -627,7 +699,15 @@ fn parse_decimal(text: &str, precision: usize, scale: usize) -> Result<i128, Str
     };
     // Exponent forms (serde_json writes large or small floats as 1e21): expand by shifting the point.
     let (mantissa, exponent) = match digits.split_once(['e', 'E']) {
-        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| format!("{text:?} is not a decimal number"))?),
+        Some((m, e)) => {
+            let e = e.parse::<i32>().map_err(|_| format!("{text:?} is not a decimal number"))?;
+            // Beyond this the value has more digits than any decimal holds, or none left: refuse before
+            // materializing the zeros.
+            if e.unsigned_abs() > 100 {
+                return Err(format!("{text} has an exponent out of range for decimal({precision},{scale})"));
+            }
+            (m, e)
+        }
         None => (digits, 0),
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -806,9 +886,12 @@ impl<'s> Compiler<'s> {
             Schema::Date => Node::Date,
             Schema::TimeMillis => Node::TimeMillis,
             Schema::TimeMicros => Node::TimeMicros,
-            Schema::TimestampMillis | Schema::LocalTimestampMillis => Node::Timestamp { unit: TimeUnit::Millis },
-            Schema::TimestampMicros | Schema::LocalTimestampMicros => Node::Timestamp { unit: TimeUnit::Micros },
-            Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::Timestamp { unit: TimeUnit::Nanos },
+            Schema::TimestampMillis => Node::Timestamp { unit: TimeUnit::Millis, local: false },
+            Schema::TimestampMicros => Node::Timestamp { unit: TimeUnit::Micros, local: false },
+            Schema::TimestampNanos => Node::Timestamp { unit: TimeUnit::Nanos, local: false },
+            Schema::LocalTimestampMillis => Node::Timestamp { unit: TimeUnit::Millis, local: true },
+            Schema::LocalTimestampMicros => Node::Timestamp { unit: TimeUnit::Micros, local: true },
+            Schema::LocalTimestampNanos => Node::Timestamp { unit: TimeUnit::Nanos, local: true },
             Schema::Decimal(d) => {
                 if d.precision > 38 {
                     return Err(format!("decimal precision {} is above the 38 digits supported", d.precision));
@@ -977,10 +1060,52 @@ mod tests {
         assert!(parse_decimal("123456789.1", 10, 2).is_err());
         assert!(parse_decimal("abc", 10, 2).is_err());
         assert!(parse_decimal(".", 10, 2).is_err());
+        assert!(parse_decimal("0e2000000000", 10, 2).unwrap_err().contains("exponent"), "no 2 GB of zeros");
+        assert_eq!(significant_digits("12345678901234568"), 17);
+        assert_eq!(significant_digits("617.28"), 5);
         assert_eq!(twos_complement(-1, None), Some(vec![0xff]));
         assert_eq!(twos_complement(128, None), Some(vec![0, 128]));
         assert_eq!(twos_complement(-129, Some(4)), Some(vec![0xff, 0xff, 0xff, 0x7f]));
         assert_eq!(twos_complement(0, None), Some(vec![0]));
+    }
+
+    #[test]
+    fn review_cases_decimal_defaults_float_digits_local_times_and_union_paths() {
+        // A bytes-decimal default is its raw bytes (Avro's rule), here the single byte 0x00 = 0.00.
+        let (schema, p) = plan(
+            r#"{"type":"record","name":"R","fields":[{"name":"d","type":{"type":"bytes","logicalType":"decimal",
+                "precision":5,"scale":2},"default":"\u0000"}]}"#,
+        );
+        let bytes = encode(&p, "{}").unwrap();
+        assert_eq!(
+            decode(&schema, &bytes),
+            AvroValue::Record(vec![("d".into(), AvroValue::Decimal(vec![0u8].into()))])
+        );
+        // More digits than an f64 keeps: refused rather than rounded.
+        let (_, p) = plan(
+            r#"{"type":"record","name":"R","fields":[{"name":"d","type":{"type":"bytes",
+            "logicalType":"decimal","precision":20,"scale":2}}]}"#,
+        );
+        let e = encode(&p, r#"{"d": 12345678901234567.89}"#).unwrap_err();
+        assert!(e.reason.contains("as a string"), "{e}");
+        assert!(encode(&p, r#"{"d": "12345678901234567.89"}"#).is_ok());
+        // A local timestamp takes no offset.
+        let (_, p) = plan(
+            r#"{"type":"record","name":"R","fields":[{"name":"t","type":{"type":"long",
+            "logicalType":"local-timestamp-micros"}}]}"#,
+        );
+        assert!(encode(&p, r#"{"t": "2026-12-01T10:00:00"}"#).is_ok());
+        assert!(encode(&p, r#"{"t": "2026-12-01T10:00:00+02:00"}"#).unwrap_err().reason.contains("offset"));
+        // After a union branch failed inside a record, the next misfit names its own path.
+        let (_, p) = plan(
+            r#"{"type":"record","name":"R","fields":[
+            {"name":"u","type":[{"type":"record","name":"A","fields":[{"name":"x","type":"int"}]},"string"]},
+            {"name":"y","type":"int"}]}"#,
+        );
+        let e = encode(&p, r#"{"u": {"x": "no"}, "y": 1}"#).unwrap_err();
+        assert_eq!(e.path, "u.x", "{e}");
+        let e = encode(&p, r#"{"u": "s", "y": "no"}"#).unwrap_err();
+        assert_eq!(e.path, "y", "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!  OutboxEvent ──ValueEncoder::encode──> ids[topic]? ──hit──> write Avro binary ──> Vec<u8> (wire format)
 //!                                            │ miss (once per topic and process)
 //!                                            ▼
-//!                     SchemaRegistry::register: POST <topic>-value (schema_registry_converter), retries, backoff
+//!                     SchemaRegistry::register: POST /subjects/<subject>/versions, retries, backoff, URL fail-over
 //! ```
 //!
 //! Value mode `envelope` ([`EnvelopeEncoder`]) writes one fixed record schema for every event, see
@@ -33,10 +33,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::{self, SrSettings};
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
 use crate::config::redact::redact_url;
 use crate::outbox::OutboxEvent;
@@ -299,7 +299,8 @@ impl RegistrySettings {
                     crate::error_chain(&e)
                 ))
             })?;
-            builder = builder.add_root_certificate(ca);
+            // The private CA alone: a registry of this deployment is not trusted through a public CA.
+            builder = builder.tls_certs_only([ca]);
         }
         if let Some((cert, key)) = &self.tls_client {
             let identity = reqwest::Identity::from_pkcs8_pem(
@@ -336,17 +337,14 @@ impl RegistrySettings {
     }
 }
 
-/// The registry client shared by the key and value encoders: registers schemas (through schema_registry_converter,
-/// which caches them per subject) with retries, and classifies its failures. `check` asks it the same questions
-/// without registering anything ([`SchemaRegistry::subjects`], [`SchemaRegistry::is_compatible`],
-/// [`SchemaRegistry::mode`]), through the same settings and the same classification.
+/// The registry client shared by the key and value encoders: registers schemas and asks what `check` and
+/// `schemas check` need ([`SchemaRegistry::subjects`], [`SchemaRegistry::is_compatible`], [`SchemaRegistry::mode`],
+/// versions, compatibility levels), every call through one HTTP path with the same retries, URL fail-over and
+/// failure classification.
 #[derive(Debug)]
 pub struct SchemaRegistry {
-    converter: AvroEncoder,
-    /// For the calls the converter does not make (lookup, versions, compatibility, mode).
     http: reqwest::Client,
     settings: RegistrySettings,
-    sr: SrSettings,
     url: String,
 }
 
@@ -390,24 +388,15 @@ pub const WRITABLE_MODE: &str = "READWRITE";
 impl SchemaRegistry {
     /// A client; no request is made until the first registration.
     pub fn new(settings: &RegistrySettings) -> Result<SchemaRegistry, EncodeError> {
-        let sr = settings.sr_settings()?;
         let http = settings.client_builder()?.build().map_err(|e| {
             EncodeError::Settings(format!("schema registry client for {}: {}", settings.url(), crate::error_chain(&e)))
         })?;
-        Ok(SchemaRegistry {
-            http,
-            converter: AvroEncoder::new(sr.clone()),
-            settings: settings.clone(),
-            sr,
-            url: redact_url(settings.url()),
-        })
+        Ok(SchemaRegistry { http, settings: settings.clone(), url: redact_url(settings.url()) })
     }
 
     /// Registers `schema` under `<topic>-key` or `<topic>-value` (or finds it registered) and returns its id.
     pub async fn register(&self, topic: &str, is_key: bool, schema: &SuppliedSchema) -> Result<SchemaId, EncodeError> {
-        let subject = subject_name(topic, is_key);
-        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), is_key, schema.clone());
-        self.register_with(subject, strategy).await
+        self.register_subject(&subject_name(topic, is_key), schema).await
     }
 
     /// Registers the value schema `schema` of `topic` under the subject `strategy` names (or finds it registered)
@@ -424,41 +413,51 @@ impl SchemaRegistry {
                  {topic} has no name"
             ))
         })?;
-        let supplied = schema.clone();
-        let converter_strategy = match strategy {
-            Strategy::Topic => SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_owned(), false, supplied),
-            Strategy::Record => SubjectNameStrategy::RecordNameStrategyWithSchema(supplied),
-            Strategy::TopicRecord => SubjectNameStrategy::TopicRecordNameStrategyWithSchema(topic.to_owned(), supplied),
-        };
-        let id = self.register_with(subject.clone(), converter_strategy).await?;
+        let id = self.register_subject(&subject, schema).await?;
         Ok((subject, id))
     }
 
-    /// Registers through the converter under `subject`. Retries transient failures with exponential backoff;
-    /// clears the converter's cached errors before each try so a failure is never served from its cache.
-    async fn register_with(&self, subject: String, strategy: SubjectNameStrategy) -> Result<SchemaId, EncodeError> {
-        let registered = self
-            .with_retries(&subject, || {
-                self.converter.remove_errors_from_cache();
-                self.converter.get_schema_and_id(&subject, strategy.clone())
-            })
-            .await?;
-        tracing::info!(subject = %subject, schema_id = registered.id, "schema registered");
-        Ok(SchemaId(registered.id))
+    /// `POST /subjects/<subject>/versions`: registers `schema` (the registry answers with the existing id when the
+    /// subject holds it already).
+    async fn register_subject(&self, subject: &str, schema: &SuppliedSchema) -> Result<SchemaId, EncodeError> {
+        let path = format!("/subjects/{}/versions", path_segment(subject));
+        let body = serde_json::json!({ "schema": schema.schema });
+        let answer = self
+            .call(subject, reqwest::Method::POST, &path, Some(body))
+            .await?
+            .ok_or_else(|| self.not_found(subject, &path))?;
+        let id = self.field(subject, &answer, "id", serde_json::Value::as_u64)?;
+        let id = SchemaId(u32::try_from(id).unwrap_or(u32::MAX));
+        tracing::info!(subject = %subject, schema_id = id.0, "schema registered");
+        Ok(id)
     }
 
     /// Every subject the registry holds.
     pub async fn subjects(&self) -> Result<Vec<String>, EncodeError> {
-        self.with_retries("(all subjects)", || schema_registry::get_all_subjects(&self.sr)).await
+        let what = "(all subjects)";
+        let answer = self
+            .call(what, reqwest::Method::GET, "/subjects", None)
+            .await?
+            .ok_or_else(|| self.not_found(what, "/subjects"))?;
+        serde_json::from_value(answer.clone()).map_err(|_| self.unexpected(what, &answer, "a list of subjects"))
     }
 
     /// Whether `schema` may be registered under the existing `subject` by the subject's compatibility rule, asked
-    /// without registering it.
+    /// without registering it; `true` for a subject that does not exist yet.
     pub async fn is_compatible(&self, subject: &str, schema: &SuppliedSchema) -> Result<bool, EncodeError> {
-        self.with_retries(subject, || {
-            schema_registry::is_compatible_schema(&self.sr, subject.to_owned(), schema.clone())
-        })
-        .await
+        Ok(self.registry_verdict(subject, &schema.schema).await?.is_none_or(|(ok, _)| ok))
+    }
+
+    fn not_found(&self, subject: &str, path: &str) -> EncodeError {
+        EncodeError::Registry {
+            url: self.url.clone(),
+            subject: subject.to_owned(),
+            reason: format!(
+                "{path} failed with status 404 (not found); is schema_registry.url the base of a Confluent-compatible API (for \
+                 Apicurio it ends in /apis/ccompat/v7)?"
+            ),
+            source: Box::new(SRCError::non_retryable_without_cause("HTTP 404")),
+        }
     }
 
     /// The registry's mode (`GET /mode`): [`WRITABLE_MODE`], or `READONLY`/`IMPORT` where registrations fail. A

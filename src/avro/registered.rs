@@ -21,8 +21,8 @@ use super::json::Plan;
 use super::{EncodeError, IdCache, MAGIC, SchemaId, SchemaRegistry, ValueEncoder, write_long};
 use crate::outbox::{OutboxEvent, Payload};
 
-/// Value mode `payload`: `["null","string"]` for text payloads, `["null","bytes"]` for `bytea` ones, registered
-/// under `<topic>-value`.
+/// Value mode `payload`: [`PAYLOAD_TEXT_SCHEMA`] for text payloads, `["null","bytes"]` for `bytea` ones,
+/// registered under `<topic>-value`.
 #[derive(Debug)]
 pub struct PayloadEncoder {
     registry: Arc<SchemaRegistry>,
@@ -32,8 +32,11 @@ pub struct PayloadEncoder {
     bytes_ids: IdCache,
 }
 
-/// The schema of a text payload in value mode `payload`.
-pub const PAYLOAD_TEXT_SCHEMA: &str = r#"["null","string"]"#;
+/// The schema of a text payload in value mode `payload`: exactly what Debezium's Outbox Event Router with
+/// Confluent's AvroConverter registers for a nullable json/jsonb payload column, so that a subject Debezium created
+/// takes the relay's values without a new version (seen from a real Debezium 3.6 run).
+pub const PAYLOAD_TEXT_SCHEMA: &str =
+    r#"["null",{"type":"string","connect.version":1,"connect.name":"io.debezium.data.Json"}]"#;
 /// The schema of a `bytea` payload in value mode `payload`.
 pub const PAYLOAD_BYTES_SCHEMA: &str = r#"["null","bytes"]"#;
 
@@ -256,6 +259,21 @@ impl RegisteredEncoder {
         })?;
         let (_, plan) = parse_schema(&registered.schema)
             .map_err(|why| EncodeError::Settings(format!("subject {subject} version {}: {why}", registered.version)))?;
+        if let Some(local) = &schema.local {
+            // Under TopicNameStrategy the subject's latest version may be another event type's record.
+            if plan.name() != local.plan.name() {
+                return Err(EncodeError::Settings(format!(
+                    "use_latest_version: subject {subject} version {} is record {:?}, not {:?} of event type {:?} \
+                     ({}); use subject_name_strategy = \"record\" or \"topic_record\" when several event types \
+                     share a topic",
+                    registered.version,
+                    plan.name().unwrap_or("(unnamed)"),
+                    local.plan.name().unwrap_or("(unnamed)"),
+                    schema.event_type,
+                    local.file.display()
+                )));
+            }
+        }
         tracing::info!(
             subject = %subject,
             version = registered.version,

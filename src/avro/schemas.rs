@@ -117,11 +117,17 @@ pub async fn check(
     let mut verdicts = Vec::new();
     for schema in encoder.schemas().values() {
         let (SchemaSource::File(_), Some(local)) = (&schema.source, &schema.local) else { continue };
-        let Some(name) = local.plan.name() else {
-            return Err(EncodeError::Settings(format!(
-                "{}: a registered schema must be a named type (a record); this one has no name",
-                local.file.display()
-            )));
+        let name = match local.plan.name() {
+            Some(name) => name,
+            // An unnamed schema (a bare array, say) has no record to follow across subjects: only the subjects of
+            // topics named with --topic are checked.
+            None if strategy == SubjectNameStrategy::Topic => "",
+            None => {
+                return Err(EncodeError::Settings(format!(
+                    "{}: subject_name_strategy {strategy:?} needs a named schema (a record); this one has no name",
+                    local.file.display()
+                )));
+            }
         };
         let mut subjects: Vec<(String, String)> = Vec::new();
         match strategy {
@@ -134,7 +140,7 @@ pub async fn check(
                     SubjectNameStrategy::Topic => "-value".to_owned(),
                     _ => format!("-{name}"),
                 };
-                for subject in existing.iter().flatten() {
+                for subject in existing.iter().flatten().filter(|_| !name.is_empty()) {
                     let Some(topic) = subject.strip_suffix(&suffix) else { continue };
                     if !templates.iter().any(|t| could_route_to(t, topic)) {
                         continue;

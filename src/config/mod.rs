@@ -86,6 +86,9 @@ pub struct Config {
     /// Lag of the consumer groups reading the relay's topics.
     #[serde(default)]
     pub consumer_lag: ConsumerLagConfig,
+    /// Hand-over from a Debezium connector on the first start.
+    #[serde(default)]
+    pub debezium: crate::debezium::DebeziumConfig,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             leader: LeaderConfig::default(),
             consumer_lag: ConsumerLagConfig::default(),
+            debezium: crate::debezium::DebeziumConfig::default(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl Config {
         self.metrics.validate(&mut report);
         self.leader.validate(&mut report);
         self.consumer_lag.validate(&mut report);
+        self.debezium.validate(&mut report);
         // Rules that span sections.
         let messages = &self.outbox.messages;
         if messages.enabled && messages.prefix == self.postgres.heartbeat_prefix {
@@ -331,8 +336,7 @@ impl Config {
         let mut copy = self.clone();
         copy.postgres.url = redact_url(&self.postgres.url);
         copy.kafka.properties = self.kafka.redacted_properties();
-        copy.schema_registry.url =
-            self.schema_registry.url.split(',').map(|u| redact_url(u.trim())).collect::<Vec<_>>().join(",");
+        copy.schema_registry.url = crate::avro::config::redact_urls(&self.schema_registry.url);
         copy.schema_registry.password = redact_secret(&self.schema_registry.password);
         copy.schema_registry.token = redact_secret(&self.schema_registry.token);
         copy

@@ -49,6 +49,9 @@ pub enum TxnEvent {
     },
     /// A row inserted into a published table.
     Insert {
+        /// The LSN of the change (the WAL record of the insert), as the server sent it with the message: what a
+        /// hand-over from Debezium compares with the position of the last change Debezium delivered.
+        lsn: Lsn,
         /// The relation's shape at the time of the insert.
         relation: Arc<Relation>,
         /// The row.
@@ -144,7 +147,8 @@ struct OpenTxn {
 /// Chunks of one streamed transaction.
 #[derive(Debug)]
 struct StreamBuf {
-    mem: VecDeque<Bytes>,
+    /// Messages with the LSN each arrived with.
+    mem: VecDeque<(Lsn, Bytes)>,
     mem_bytes: usize,
     file: Option<(tempfile::NamedTempFile, BufWriter<File>)>,
     spilled_messages: u64,
@@ -237,9 +241,10 @@ impl Assembler {
     }
 
     /// Takes one decoded message and its raw bytes (kept when it belongs to a streamed transaction).
-    pub fn push(&mut self, msg: LogicalMessage, raw: &Bytes) -> Result<Output, TxnError> {
+    /// Takes the next decoded message, `raw` its bytes and `lsn` the WAL position the server sent it with.
+    pub fn push(&mut self, msg: LogicalMessage, raw: &Bytes, lsn: Lsn) -> Result<Output, TxnError> {
         if let Some(xid) = self.current_stream {
-            return self.push_streamed(xid, msg, raw);
+            return self.push_streamed(xid, msg, raw, lsn);
         }
         match msg {
             LogicalMessage::Begin(b) => {
@@ -293,7 +298,7 @@ impl Assembler {
                 }
                 let relation =
                     self.relations.get(&i.relation_oid).cloned().ok_or(TxnError::UnknownRelation(i.relation_oid))?;
-                Ok(Output::Event(TxnEvent::Insert { relation, tuple: i.new_tuple }))
+                Ok(Output::Event(TxnEvent::Insert { lsn, relation, tuple: i.new_tuple }))
             }
             LogicalMessage::Message(m) => {
                 if !m.transactional {
@@ -391,7 +396,7 @@ impl Assembler {
         spill_error(xid, &self.spill.dir, source)
     }
 
-    fn push_streamed(&mut self, xid: Xid, msg: LogicalMessage, raw: &Bytes) -> Result<Output, TxnError> {
+    fn push_streamed(&mut self, xid: Xid, msg: LogicalMessage, raw: &Bytes, lsn: Lsn) -> Result<Output, TxnError> {
         match msg {
             LogicalMessage::StreamStop => {
                 self.current_stream = None;
@@ -400,9 +405,9 @@ impl Assembler {
             LogicalMessage::Relation(r) => {
                 // Relations described inside a stream apply to later changes of every transaction too.
                 self.relations.insert(r.oid, Arc::new(r.clone()));
-                self.store(xid, raw)
+                self.store(xid, raw, lsn)
             }
-            LogicalMessage::Insert(_) | LogicalMessage::Message(_) => self.store(xid, raw),
+            LogicalMessage::Insert(_) | LogicalMessage::Message(_) => self.store(xid, raw, lsn),
             LogicalMessage::StreamStart(_) => {
                 Err(TxnError::Unexpected { what: "Stream Start", context: "inside a streamed block" })
             }
@@ -414,7 +419,7 @@ impl Assembler {
         }
     }
 
-    fn store(&mut self, xid: Xid, raw: &Bytes) -> Result<Output, TxnError> {
+    fn store(&mut self, xid: Xid, raw: &Bytes, lsn: Lsn) -> Result<Output, TxnError> {
         let over = self.mem_bytes + raw.len() > self.spill.threshold_bytes;
         let dir = self.spill.dir.clone();
         let Some(buf) = self.streams.get_mut(&xid.0) else {
@@ -428,8 +433,8 @@ impl Assembler {
                 .map_err(spill_err)?;
             let f = tmp.reopen().map_err(spill_err)?;
             let mut w = BufWriter::with_capacity(256 << 10, f);
-            for m in buf.mem.drain(..) {
-                write_frame(&mut w, &m).map_err(spill_err)?;
+            for (at, m) in buf.mem.drain(..) {
+                write_frame(&mut w, at, &m).map_err(spill_err)?;
                 buf.spilled_messages += 1;
             }
             self.mem_bytes = self.mem_bytes.saturating_sub(buf.mem_bytes);
@@ -438,14 +443,14 @@ impl Assembler {
             tracing::info!(xid = xid.0, dir = %dir.display(), "streamed transaction spilled to disk");
         }
         if let Some((_, w)) = &mut buf.file {
-            write_frame(w, raw).map_err(spill_err)?;
+            write_frame(w, lsn, raw).map_err(spill_err)?;
             buf.spilled_messages += 1;
         } else {
             // Copy: the raw slice shares the socket's read buffer, which must not stay pinned for long.
             let owned = Bytes::copy_from_slice(raw);
             buf.mem_bytes += owned.len();
             self.mem_bytes += owned.len();
-            buf.mem.push_back(owned);
+            buf.mem.push_back((lsn, owned));
         }
         Ok(Output::None)
     }
@@ -455,8 +460,10 @@ fn spill_error(xid: Xid, dir: &std::path::Path, source: std::io::Error) -> TxnEr
     TxnError::Spill { xid, dir: dir.display().to_string(), source }
 }
 
-fn write_frame(w: &mut impl Write, m: &[u8]) -> std::io::Result<()> {
+/// One spilled message: its LSN (8 bytes), its length (4 bytes), its bytes.
+fn write_frame(w: &mut impl Write, lsn: Lsn, m: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(m.len()).map_err(|_| std::io::Error::other("message over 4 GiB"))?;
+    w.write_all(&lsn.as_u64().to_be_bytes())?;
     w.write_all(&len.to_be_bytes())?;
     w.write_all(m)
 }
@@ -469,24 +476,23 @@ pub struct StreamReplay {
     relations: HashMap<Oid, Arc<Relation>>,
     begin: Option<TxnEvent>,
     file: Option<(tempfile::NamedTempFile, BufReader<File>)>,
-    mem: VecDeque<Bytes>,
+    mem: VecDeque<(Lsn, Bytes)>,
     aborted: HashSet<u32>,
     commit: Option<TxnEvent>,
 }
 
 impl StreamReplay {
-    fn next_raw(&mut self) -> Result<Option<Bytes>, TxnError> {
+    fn next_raw(&mut self) -> Result<Option<(Lsn, Bytes)>, TxnError> {
         if let Some((_, r)) = &mut self.file {
-            let mut len = [0u8; 4];
-            match r.read_exact(&mut len) {
+            let mut lsn = [0u8; 8];
+            match r.read_exact(&mut lsn) {
                 Ok(()) => {
+                    let spill = |source| TxnError::Spill { xid: self.xid, dir: String::new(), source };
+                    let mut len = [0u8; 4];
+                    r.read_exact(&mut len).map_err(spill)?;
                     let mut v = vec![0u8; u32::from_be_bytes(len) as usize];
-                    r.read_exact(&mut v).map_err(|source| TxnError::Spill {
-                        xid: self.xid,
-                        dir: String::new(),
-                        source,
-                    })?;
-                    return Ok(Some(Bytes::from(v)));
+                    r.read_exact(&mut v).map_err(spill)?;
+                    return Ok(Some((Lsn(u64::from_be_bytes(lsn)), Bytes::from(v))));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => self.file = None,
                 Err(source) => return Err(TxnError::Spill { xid: self.xid, dir: String::new(), source }),
@@ -500,7 +506,7 @@ impl StreamReplay {
         if let Some(b) = self.begin.take() {
             return Ok(Some(b));
         }
-        while let Some(raw) = self.next_raw()? {
+        while let Some((lsn, raw)) = self.next_raw()? {
             let msg = pgoutput::decode(&raw, self.options, true)
                 .map_err(|source| TxnError::Replay { xid: self.xid, source })?;
             match msg {
@@ -516,7 +522,7 @@ impl StreamReplay {
                         .get(&i.relation_oid)
                         .cloned()
                         .ok_or(TxnError::UnknownRelation(i.relation_oid))?;
-                    return Ok(Some(TxnEvent::Insert { relation, tuple: i.new_tuple }));
+                    return Ok(Some(TxnEvent::Insert { lsn, relation, tuple: i.new_tuple }));
                 }
                 LogicalMessage::Message(m) => {
                     if !m.transactional || m.xid.is_some_and(|x| self.aborted.contains(&x.0)) {
@@ -542,11 +548,12 @@ mod tests {
         DecoderOptions::new(2).unwrap()
     }
 
+    /// Feeds `msgs`, the i-th with LSN 0x10000 + i, as the server would stamp each change.
     fn feed(a: &mut Assembler, msgs: Vec<LogicalMessage>) -> Vec<TxnEvent> {
         let mut out = Vec::new();
-        for m in msgs {
+        for (i, m) in msgs.into_iter().enumerate() {
             let raw = encode(&m);
-            match a.push(m, &raw).unwrap() {
+            match a.push(m, &raw, Lsn(0x10000 + i as u64)).unwrap() {
                 Output::None => {}
                 Output::Event(e) => out.push(e),
                 Output::Replay(mut r) => {
@@ -618,18 +625,18 @@ mod tests {
     fn commit_must_match_begin() {
         let mut a = Assembler::new(opts(), Lsn::ZERO, SpillSettings::default());
         let m = begin(1, 100);
-        a.push(m.clone(), &encode(&m)).unwrap();
+        a.push(m.clone(), &encode(&m), Lsn(1)).unwrap();
         let c = commit(101);
-        assert!(matches!(a.push(c.clone(), &encode(&c)), Err(TxnError::CommitMismatch { .. })));
+        assert!(matches!(a.push(c.clone(), &encode(&c), Lsn(2)), Err(TxnError::CommitMismatch { .. })));
     }
 
     #[test]
     fn insert_without_relation_is_an_error() {
         let mut a = Assembler::new(opts(), Lsn::ZERO, SpillSettings::default());
         let m = begin(1, 100);
-        a.push(m.clone(), &encode(&m)).unwrap();
+        a.push(m.clone(), &encode(&m), Lsn(1)).unwrap();
         let i = ins(None, 1);
-        assert!(matches!(a.push(i.clone(), &encode(&i)), Err(TxnError::UnknownRelation(Oid(16384)))));
+        assert!(matches!(a.push(i.clone(), &encode(&i), Lsn(2)), Err(TxnError::UnknownRelation(Oid(16384)))));
     }
 
     fn streamed_case(threshold: usize) {
@@ -676,6 +683,19 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, expect);
+        // Each change keeps the LSN it arrived with, also through a spill file: ascending, the interleaved plain
+        // transaction's insert (message 56) first.
+        let lsns: Vec<u64> = ev
+            .iter()
+            .filter_map(|e| match e {
+                TxnEvent::Insert { lsn, .. } => Some(lsn.as_u64() - 0x10000),
+                _ => None,
+            })
+            .collect();
+        let mut expect_lsns = vec![56];
+        expect_lsns.extend(2..52);
+        expect_lsns.push(64);
+        assert_eq!(lsns, expect_lsns);
     }
 
     #[test]
@@ -698,6 +718,6 @@ mod tests {
             xid: Xid(1),
             gid: "g".into(),
         });
-        assert!(matches!(a.push(m.clone(), &encode(&m)), Err(TxnError::TwoPhase)));
+        assert!(matches!(a.push(m.clone(), &encode(&m), Lsn(1)), Err(TxnError::TwoPhase)));
     }
 }
