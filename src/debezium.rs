@@ -559,13 +559,9 @@ impl Builder {
         }
         match self.get(&r("route.topic.regex")).as_deref() {
             None | Some("(?<routedByValue>.*)") => {}
-            Some(other) => self.unmapped(
-                &r("route.topic.regex"),
-                &format!(
-                    "{other:?}: the relay routes by the whole column value; put the part you route by in its own \
-                     column (or a generated column) and name it in route_by_field"
-                ),
-            ),
+            Some(other) => {
+                mapping.insert("route_topic_regex".into(), other.into());
+            }
         }
         if self.get(&r("table.expand.json.payload")).as_deref() == Some("true") {
             self.unmapped(
@@ -796,7 +792,7 @@ mod tests {
           "value.converter": "org.apache.kafka.connect.json.JsonConverter"}"#;
         let import = import(json).unwrap();
         let unmapped: Vec<&str> = import.unmapped.iter().map(|(k, _)| k.as_str()).collect();
-        for key in ["plugin.name", "table.include.list", "transforms.o.route.topic.regex", "value.converter"] {
+        for key in ["plugin.name", "table.include.list", "value.converter"] {
             assert!(unmapped.contains(&key), "{key} in {unmapped:?}");
         }
     }

@@ -545,3 +545,34 @@ async fn a_registry_behind_tls_client_certificates_and_auth_is_used_and_refusals
     assert!(!status.success(), "{log}");
     assert!(log.contains("HTTP 403") && log.contains("grant the user"), "{log}");
 }
+
+/// Value mode `envelope` under the record strategies: subjects named by the envelope record
+/// (`io.outboxrelay.OutboxEnvelope`, `<topic>-io.outboxrelay.OutboxEnvelope`), values read by Confluent's Python
+/// deserializer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_values_under_the_record_strategies_are_read_by_confluents_deserializer() {
+    for (strategy, suffix) in [("record", ""), ("topic_record", "-")] {
+        let h = Harness::new("envstrat", Options { outbox_toml: Some(OUTBOX.into()), ..Options::default() }).await;
+        set_registry(&h, &format!("subject_name_strategy = \"{strategy}\""));
+        let mut relay = h.spawn(&[], &[]);
+        relay.wait_log(STARTED, Duration::from_secs(60));
+        let mut c = h.db.client().await;
+        let ids = h.insert_rows(&mut c, "order", 3).await;
+        let topic = h.topic("order");
+        h.wait_for_records_of(Some(&relay), std::slice::from_ref(&topic), 3, Duration::from_secs(60));
+        let read = h.python_avro_read(&topic, 3);
+        let mut read_ids: Vec<String> = read.iter().map(|r| r["value"]["id"].as_str().unwrap().to_owned()).collect();
+        read_ids.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(read_ids, want, "{strategy}: {read:?}");
+        assert!(read.iter().all(|r| r["value"]["aggregate_id"] == r["key"]), "{read:?}");
+        let subject = if suffix.is_empty() {
+            "io.outboxrelay.OutboxEnvelope".to_owned()
+        } else {
+            format!("{topic}-io.outboxrelay.OutboxEnvelope")
+        };
+        assert!(subjects(&h).contains(&subject), "{strategy}: {subject}");
+        relay.stop();
+    }
+}

@@ -111,6 +111,11 @@ pub struct OutboxTableConfig {
     /// Topic name template (`route.topic.replacement`); `${routedByValue}` is replaced by the routing value.
     #[serde(default = "default_route_topic_replacement")]
     pub route_topic_replacement: String,
+    /// Regular expression applied to the routing value (`route.topic.regex`), as Debezium does: the topic is the
+    /// value with its first match replaced by `route_topic_replacement`, where `${routedByValue}` is the group of
+    /// that name (a value that does not match is the topic as it is). Empty: the whole value is `routedByValue`.
+    #[serde(default)]
+    pub route_topic_regex: String,
     /// Further columns copied into headers, envelope fields or used as the partition
     /// (`table.fields.additional.placement`).
     #[serde(default)]
@@ -128,6 +133,7 @@ impl Default for OutboxTableConfig {
             field_event_timestamp: String::new(),
             route_by_field: default_route_by_field(),
             route_topic_replacement: default_route_topic_replacement(),
+            route_topic_regex: String::new(),
             additional_fields: Vec::new(),
         }
     }
@@ -218,6 +224,16 @@ impl OutboxConfig {
             }
             if let Err(reason) = crate::kafka::topic::validate_template(&table.route_topic_replacement) {
                 report(&key("route_topic_replacement"), reason);
+            }
+            if !table.route_topic_regex.is_empty() {
+                match regex::Regex::new(&table.route_topic_regex) {
+                    Err(e) => report(&key("route_topic_regex"), format!("is not a regular expression: {e}")),
+                    Ok(re) if !re.capture_names().any(|n| n == Some("routedByValue")) => report(
+                        &key("route_topic_regex"),
+                        "must capture the part to route by as (?<routedByValue>...)".to_owned(),
+                    ),
+                    Ok(_) => {}
+                }
             }
             let mut partitions = 0;
             let mut aliases = BTreeSet::new();

@@ -258,26 +258,44 @@ impl MapError {
 struct RouteTemplate {
     pieces: Vec<String>,
     literal_len: usize,
+    /// `route_topic_regex` with the template as its replacement, when configured.
+    regex: Option<(regex::Regex, String)>,
 }
 
 impl RouteTemplate {
-    fn parse(template: &str) -> Result<RouteTemplate, MapError> {
+    fn parse(template: &str, regex: &str) -> Result<RouteTemplate, MapError> {
         let invalid = |reason: String| MapError::new("configuration", MapErrorKind::InvalidMapping(reason));
         crate::kafka::topic::validate_template(template)
             .map_err(|reason| invalid(format!("route_topic_replacement: {reason}")))?;
         let pieces: Vec<String> = template.split(ROUTED_BY_VALUE).map(str::to_owned).collect();
         let literal_len = pieces.iter().map(String::len).sum();
-        Ok(RouteTemplate { pieces, literal_len })
+        let regex = match regex {
+            "" => None,
+            r => Some((
+                regex::Regex::new(r).map_err(|e| invalid(format!("route_topic_regex: {e}")))?,
+                template.to_owned(),
+            )),
+        };
+        Ok(RouteTemplate { pieces, literal_len, regex })
     }
 
     fn render(&self, value: &str) -> Result<String, MapErrorKind> {
-        let mut topic = String::with_capacity(self.literal_len + value.len() * self.pieces.len().saturating_sub(1));
-        for (i, p) in self.pieces.iter().enumerate() {
-            if i > 0 {
-                topic.push_str(value);
+        let topic = match &self.regex {
+            // Debezium's `routingValue.replaceFirst(regex, replacement)`; the regex crate reads `${name}` in the
+            // replacement as Java does.
+            Some((re, replacement)) => re.replacen(value, 1, replacement.as_str()).into_owned(),
+            None => {
+                let mut topic =
+                    String::with_capacity(self.literal_len + value.len() * self.pieces.len().saturating_sub(1));
+                for (i, p) in self.pieces.iter().enumerate() {
+                    if i > 0 {
+                        topic.push_str(value);
+                    }
+                    topic.push_str(p);
+                }
+                topic
             }
-            topic.push_str(p);
-        }
+        };
         match crate::kafka::topic::check_name(&topic) {
             Ok(()) => Ok(topic),
             Err(reason) => Err(MapErrorKind::InvalidTopic { topic, reason }),
@@ -419,7 +437,7 @@ impl TableMapper {
             payload,
             payload_is_bytea,
             timestamp,
-            route_template: RouteTemplate::parse(&mapping.route_topic_replacement)?,
+            route_template: RouteTemplate::parse(&mapping.route_topic_replacement, &mapping.route_topic_regex)?,
             headers,
             envelope,
             partition,
@@ -598,7 +616,7 @@ impl MessageMapper {
             source: format!("message:{prefix}"),
             prefix,
             timestamp_field: mapping.timestamp_column().unwrap_or("timestamp").to_owned(),
-            route_template: RouteTemplate::parse(&mapping.route_topic_replacement)?,
+            route_template: RouteTemplate::parse(&mapping.route_topic_replacement, &mapping.route_topic_regex)?,
             mapping: mapping.clone(),
         })
     }
@@ -1131,6 +1149,17 @@ mod tests {
             m.map_row(row.as_slice(), LSN, COMMIT).unwrap().payload.as_ref().and_then(Payload::text),
             Some("\\x7")
         );
+    }
+
+    #[test]
+    fn a_route_regex_routes_by_its_group_as_debezium_does() {
+        let t = RouteTemplate::parse("events.${routedByValue}", r"(?<routedByValue>[a-z]+)_v\d+").unwrap();
+        assert_eq!(t.render("order_v2").unwrap(), "events.order");
+        // Java's replaceFirst: only the match is replaced, the rest of the value stays; no match, no change.
+        assert_eq!(t.render("x-order_v2").unwrap(), "x-events.order");
+        assert_eq!(t.render("Invoice").unwrap(), "Invoice");
+        let plain = RouteTemplate::parse("events.${routedByValue}", "").unwrap();
+        assert_eq!(plain.render("order_v2").unwrap(), "events.order_v2");
     }
 
     #[test]
