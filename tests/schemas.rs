@@ -54,6 +54,14 @@ fn customer_schema(ns: &str) -> String {
     )
 }
 
+/// The insert of one `CustomerRenamed` event of customer `c-<i>`.
+fn customer_row(i: u32) -> String {
+    format!(
+        r#"INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+           VALUES ('customer', 'c-{i}', 'CustomerRenamed', '{{"customerId": "c-{i}", "name": "N{i}"}}')"#
+    )
+}
+
 /// A fresh Avro namespace: record names (RecordNameStrategy subjects) are global in the shared registry.
 fn namespace() -> String {
     services::unique_name("t").replace('_', "")
@@ -309,13 +317,7 @@ async fn without_auto_registration_only_registered_schemas_are_used() {
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let c = h.db.client().await;
-    let insert = |i: u32| {
-        format!(
-            r#"INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
-               VALUES ('customer', 'c-{i}', 'CustomerRenamed', '{{"customerId": "c-{i}", "name": "N{i}"}}')"#
-        )
-    };
-    c.batch_execute(&insert(1)).await.unwrap();
+    c.batch_execute(&customer_row(1)).await.unwrap();
     let status = relay.wait_exit(Duration::from_secs(60)).expect("a definite error stops the relay");
     let log = relay.log_text();
     assert!(!status.success(), "{log}");
@@ -339,7 +341,7 @@ async fn without_auto_registration_only_registered_schemas_are_used() {
     h.rewrite_config(|t| t.replace("auto_register = false", "auto_register = false\nuse_latest_version = true"));
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
-    c.batch_execute(&insert(2)).await.unwrap();
+    c.batch_execute(&customer_row(2)).await.unwrap();
     h.wait_for_records_of(Some(&relay), std::slice::from_ref(&customers), 2, Duration::from_secs(60));
     let read = h.python_avro_read(&customers, 2);
     let value =
@@ -411,18 +413,12 @@ async fn a_registry_outage_does_not_stop_event_types_already_seen() {
     let mut relay = h.spawn(&[], &[]);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let c = h.db.client().await;
-    let customer = |i: u32| {
-        format!(
-            r#"INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
-               VALUES ('customer', 'c-{i}', 'CustomerRenamed', '{{"customerId": "c-{i}", "name": "N{i}"}}')"#
-        )
-    };
-    c.batch_execute(&customer(1)).await.unwrap();
+    c.batch_execute(&customer_row(1)).await.unwrap();
     let (customers, orders) = (h.topic("customer"), h.topic("order"));
     h.wait_for_records_of(Some(&relay), std::slice::from_ref(&customers), 1, Duration::from_secs(60));
 
     proxy.stall();
-    c.batch_execute(&format!("{}; {}", customer(2), customer(3))).await.unwrap();
+    c.batch_execute(&format!("{}; {}", customer_row(2), customer_row(3))).await.unwrap();
     h.wait_for_records_of(Some(&relay), std::slice::from_ref(&customers), 3, Duration::from_secs(30));
     c.batch_execute(
         r#"INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'o-1', 'OrderCreated',
