@@ -2,8 +2,8 @@
 //!
 //! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn,startup] [--shape single|bulk|both] [--rows N]
 //!  [--repeat R] [--rate R] [--seconds S] [--conns C] [--big-rows N] [--kafka key=value]...
-//!  [--prop librdkafka.key=value]... [--pg key=value]... [--value-mode envelope|payload|registered] [--perf DIR]
-//!  [--keep-logs] [--quick]`
+//!  [--prop librdkafka.key=value]... [--pg key=value]... [--value-mode envelope|payload|registered] [--debezium]
+//!  [--perf DIR] [--keep-logs] [--quick]`
 //!
 //! - `throughput` (single-row and bulk shape): a fresh database and connector; the relay is started once (it
 //!   creates publication, slot and genesis checkpoint) and stopped with SIGTERM; a second slot for
@@ -23,6 +23,12 @@
 //!   takes over, or a relay restarted after a crash, delivers again.
 //! - `bigtxn`: a fresh relay relays one transaction of `--big-rows` rows (default 1M) written while it runs; peak
 //!   VmRSS / VmHWM (target <= 128 MiB), max over `--repeat` runs.
+//!
+//! `--debezium` adds a third reader to `throughput`: Debezium 3.6 (PostgreSQL connector, Outbox Event Router,
+//! Confluent's AvroConverter, `exactly.once.support = required`) on the warm Kafka Connect worker of
+//! `tests/infra/connect.sh` (started if needed), on a slot of its own made before the rows were written, into a topic
+//! of its own; timed from the connector's creation until a `read_committed` consumer has all N records, with the
+//! worker's CPU (user + system of the JVM over that time) and its RSS.
 //!
 //! `--value-mode` sets `schema_registry.value_mode` (`registered` with `benches/schemas/`, the schema of the rows'
 //! payload, subjects by record name); `latency` needs the envelope (it reads the commit time from it).
@@ -70,6 +76,8 @@ struct Opts {
     pg: Vec<(String, String)>,
     /// Lines added to `[schema_registry]`, from `--value-mode`.
     schema_registry: String,
+    /// `--debezium`: Debezium on Kafka Connect reads the same WAL as a third reader of the throughput part.
+    debezium: bool,
     bin: PathBuf,
     keep_logs: bool,
     repeat: usize,
@@ -116,7 +124,7 @@ async fn run() -> Result<bool> {
         "repeat",
         "value-mode",
     ])?;
-    args.unknown_flags(&["quick", "keep-logs", "help"])?;
+    args.unknown_flags(&["quick", "keep-logs", "help", "debezium"])?;
     if args.flag("help") {
         println!("see the top of benches/e2e.rs and benches/README.md");
         return Ok(true);
@@ -161,6 +169,7 @@ async fn run() -> Result<bool> {
             ),
             m => bail!("--value-mode {m:?}: envelope, payload or registered"),
         },
+        debezium: args.flag("debezium"),
         bin,
         keep_logs: args.flag("keep-logs"),
         perf: args.value("perf").map(PathBuf::from),
@@ -705,6 +714,8 @@ struct Tp {
     core_pct: f64,
     peak_kb: u64,
     kafka_txns: Option<u64>,
+    /// Debezium on Connect: events/s from connector creation, CPU µs per event of the worker, its RSS (kB).
+    debezium: Option<(f64, f64, u64)>,
 }
 
 impl Tp {
@@ -738,6 +749,14 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
             r.core_pct,
             mib(r.peak_kb)
         );
+        if let Some((rate, cpu, rss)) = r.debezium {
+            println!(
+                "         Debezium on Connect {rate:>7.0} ev/s from connector creation, relay / Debezium = {:.1}x \
+                 (incl. the relay's start-up), worker CPU {cpu:.1} us/ev, worker RSS {} MiB",
+                r.spawn_rate / rate,
+                mib(rss)
+            );
+        }
         runs.push(r);
     }
     let mut sorted = runs.clone();
@@ -793,6 +812,22 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
     if let Some(pc) = med.recv_cpu_us {
         record(section, "pg_recvlogical CPU per row", format!("{pc:.2}"), "us", "");
     }
+    let mut dbz: Vec<(f64, f64, u64, f64)> =
+        runs.iter().filter_map(|r| r.debezium.map(|(rate, cpu, rss)| (rate, cpu, rss, r.spawn_rate / rate))).collect();
+    if !dbz.is_empty() {
+        dbz.sort_by(|a, b| a.3.total_cmp(&b.3));
+        let (rate, cpu, rss, ratio) = dbz[dbz.len() / 2];
+        record(section, "Debezium on Connect events/s", format!("{rate:.0}"), "ev/s", "from connector creation");
+        record(
+            section,
+            "relay / Debezium (both from start)",
+            format!("{ratio:.1}"),
+            "x",
+            &format!("median run; issue 11's target >= 5x: {}", verdict(ratio >= 5.0)),
+        );
+        record(section, "Debezium worker CPU per event", format!("{cpu:.1}"), "us", "user + sys of the JVM");
+        record(section, "Debezium worker RSS", mib(rss), "MiB", "VmRSS at the end");
+    }
     let peak = runs.iter().map(|r| r.peak_kb).max().unwrap_or(0);
     record(section, "relay peak RSS (VmHWM)", mib(peak), "MiB", "max over runs");
     if let Some(txns) = med.kafka_txns {
@@ -823,6 +858,10 @@ async fn throughput_once(
     let sql = c.db.client().await?;
     let recv_slot = format!("{}_recv", c.slot);
     common::create_slot(&sql, &recv_slot).await?;
+    let dbz_slot = format!("{}_dbz", c.slot);
+    if opts.debezium {
+        common::create_slot(&sql, &dbz_slot).await?;
+    }
     let wal: Generated = common::generate(&c.db, rows, single, 1).await?;
     let (db, publication) = (c.db.clone(), c.slot.clone());
     let recv_run =
@@ -858,6 +897,7 @@ async fn throughput_once(
     }
     let recv = recv.expect("ran");
     let recv_rate = rows as f64 / recv.wall.as_secs_f64();
+    let debezium = if opts.debezium { Some(debezium_once(env, c, &dbz_slot, rows).await?) } else { None };
     let since = |t: Instant, from: Instant| t.duration_since(from).as_secs_f64();
     Ok(Tp {
         recv_rate,
@@ -870,7 +910,88 @@ async fn throughput_once(
         core_pct: (user + sys) / since(visible, started) * 100.0,
         peak_kb: samples.iter().map(|s| s.1).max().unwrap_or(0).max(hwm),
         kafka_txns: metrics.map(|m| m.1),
+        debezium,
     })
+}
+
+/// Debezium on the warm Connect worker reads `slot` (made before the rows were written) into a topic of its own:
+/// (events/s from connector creation until all `rows` are visible `read_committed`, worker CPU µs per event, worker
+/// RSS in kB at the end).
+async fn debezium_once(env: &Env, c: &Connector, slot: &str, rows: u64) -> Result<(f64, f64, u64)> {
+    let root = common::repo_root();
+    let started = std::process::Command::new("bash").arg(root.join("tests/infra/connect.sh")).arg("start").output()?;
+    if !started.status.success() {
+        bail!("tests/infra/connect.sh start: {}", String::from_utf8_lossy(&started.stderr));
+    }
+    let env_file = std::fs::read_to_string(root.join(".infra/connect/env"))?;
+    let connect = env_file
+        .lines()
+        .find_map(|l| l.strip_prefix("export CONNECT_URL="))
+        .map(|v| v.trim_matches('\'').to_owned())
+        .ok_or_else(|| anyhow!("CONNECT_URL missing from .infra/connect/env"))?;
+    let pid: u32 = std::fs::read_to_string(root.join(".infra/connect/connect.pid"))?.trim().parse()?;
+    let db = url::Url::parse(&c.db.url)?;
+    let name = format!("{}-dbz", c.name).replace('_', "-");
+    let topic = format!("{}dbz.order", c.name);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    // The topic with the bench's partition count, so that the consumer can be assigned at once.
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &env.kafka_bootstrap).create()?;
+    let t = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
+    for r in admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
+        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
+    }
+    let config = serde_json::json!({
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "tasks.max": "1",
+        "database.hostname": db.host_str().unwrap_or("127.0.0.1"),
+        "database.port": db.port().unwrap_or(5432).to_string(),
+        "database.user": db.username(),
+        "database.password": db.password().unwrap_or(""),
+        "database.dbname": db.path().trim_start_matches('/'),
+        "database.sslmode": "disable",
+        "topic.prefix": name,
+        "plugin.name": "pgoutput",
+        "slot.name": slot,
+        "publication.name": c.slot,
+        "publication.autocreate.mode": "disabled",
+        "table.include.list": "public.outbox",
+        "snapshot.mode": "no_data",
+        "exactly.once.support": "required",
+        "transforms": "outbox",
+        "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+        "transforms.outbox.route.topic.replacement": format!("{}dbz.${{routedByValue}}", c.name),
+        "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+        "value.converter": "io.confluent.connect.avro.AvroConverter",
+        "value.converter.schema.registry.url": env.schema_registry_url,
+    });
+    let consumer = start_consumer(env, &topic)?;
+    let cpu0 = common::proc_cpu_user_sys(&pid.to_string()).unwrap_or((0.0, 0.0));
+    let t0 = Instant::now();
+    let created = http.put(format!("{connect}/connectors/{name}/config")).json(&config).send().await?;
+    if !created.status().is_success() {
+        bail!("creating the Debezium connector: {} {}", created.status(), created.text().await.unwrap_or_default());
+    }
+    let deadline = t0 + Duration::from_secs(1800);
+    while consumer.count() < rows {
+        if Instant::now() > deadline {
+            bail!("Debezium delivered {} of {rows} in 30 min", consumer.count());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = common::proc_cpu_user_sys(&pid.to_string()).unwrap_or(cpu0);
+    let rss = common::proc_status_kb(pid, "VmRSS").unwrap_or(0);
+    let _ = http.delete(format!("{connect}/connectors/{name}")).send().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = consumer.count();
+    let _ = consumer.finish()?;
+    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
+    if seen != rows {
+        bail!("Debezium: the consumer saw {seen} events, expected exactly {rows}");
+    }
+    let cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
+    Ok((rows as f64 / wall, cpu * 1e6 / rows as f64, rss))
 }
 
 /// Inserts `n` rows in single-row transactions at `rate` per second over `conns` connections for `seconds`.

@@ -10,7 +10,10 @@
 #   replication  cargo bench --bench replication -- ...          our client vs pg_recvlogical on the same WAL
 #   e2e          cargo bench --bench e2e -- ...                  release relay binary + Kafka + registry:
 #                                                                throughput vs pg_recvlogical, latency, memory,
-#                                                                start-up to first delivered event
+#                                                                start-up to first delivered event; a full run
+#                                                                adds Debezium on Kafka Connect as a third reader
+#                                                                (--debezium: tests/infra/connect.sh, its worker
+#                                                                stays up for the next run; connect.sh stop ends it)
 # OUTBOX_RELAY_BIN=path runs the e2e part against another relay binary (default target/release/outbox-relay).
 # Exit status: 0 all targets met, 3 a target was missed, 1 a benchmark failed.
 set -uo pipefail
@@ -70,6 +73,7 @@ if [ -n "$repeat" ]; then
 elif [ "$quick" = 0 ]; then
     e2e_args+=(--repeat 3)
 fi
+[ "$quick" = 0 ] && e2e_args+=(--debezium)
 e2e_args+=("${extra[@]}")
 
 if [ "$infra" = 1 ]; then
