@@ -14,7 +14,10 @@
 //!   replication-protocol client (framing, commands, stream), [`pg::txn`] transaction assembly with spill,
 //!   [`pg::slot`] slot and publication management over SQL, [`pg::identity`] which server a checkpoint belongs to.
 //! - [`outbox`]: row -> event mapping and routing (Debezium Outbox Event Router compatible), with its settings.
-//! - [`avro`]: event -> Avro value in the Confluent wire format, through the schema registry, with its settings.
+//! - [`avro`]: event -> Avro value in the Confluent wire format, through the schema registry, with its settings:
+//!   the value modes (envelope, Debezium's payload, `registered` via [`avro::json`]), the registry client, and
+//!   [`avro::schemas`] / [`avro::compat`], the evolution checks of `schemas check` and of start-up.
+//! - [`debezium`]: migration from Debezium: `import-debezium` and the hand-over from its committed offset.
 //! - [`kafka`]: transactional producer, topics ([`kafka::topic`] name rules), the checkpoint topic, with its settings.
 //! - [`preflight`]: what start-up verifies before it changes anything (server settings, outbox tables, spill
 //!   directory, the replication connection), as typed findings.
