@@ -918,19 +918,8 @@ async fn throughput_once(
 /// (events/s from connector creation until all `rows` are visible `read_committed`, worker CPU µs per event, worker
 /// RSS in kB at the end).
 async fn debezium_once(env: &Env, c: &Connector, slot: &str, rows: u64) -> Result<(f64, f64, u64)> {
-    let root = common::repo_root();
-    let started = std::process::Command::new("bash").arg(root.join("tests/infra/connect.sh")).arg("start").output()?;
-    if !started.status.success() {
-        bail!("tests/infra/connect.sh start: {}", String::from_utf8_lossy(&started.stderr));
-    }
-    let env_file = std::fs::read_to_string(root.join(".infra/connect/env"))?;
-    let connect = env_file
-        .lines()
-        .find_map(|l| l.strip_prefix("export CONNECT_URL="))
-        .map(|v| v.trim_matches('\'').to_owned())
-        .ok_or_else(|| anyhow!("CONNECT_URL missing from .infra/connect/env"))?;
-    let pid: u32 = std::fs::read_to_string(root.join(".infra/connect/connect.pid"))?.trim().parse()?;
-    let db = url::Url::parse(&c.db.url)?;
+    let worker = common::services::connect_worker().map_err(|e| anyhow!(e))?;
+    let (connect, pid) = (worker.url, worker.pid);
     let name = format!("{}-dbz", c.name).replace('_', "-");
     let topic = format!("{}dbz.order", c.name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
@@ -941,30 +930,14 @@ async fn debezium_once(env: &Env, c: &Connector, slot: &str, rows: u64) -> Resul
     for r in admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
         r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
     }
-    let config = serde_json::json!({
-        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-        "tasks.max": "1",
-        "database.hostname": db.host_str().unwrap_or("127.0.0.1"),
-        "database.port": db.port().unwrap_or(5432).to_string(),
-        "database.user": db.username(),
-        "database.password": db.password().unwrap_or(""),
-        "database.dbname": db.path().trim_start_matches('/'),
-        "database.sslmode": "disable",
-        "topic.prefix": name,
-        "plugin.name": "pgoutput",
-        "slot.name": slot,
-        "publication.name": c.slot,
-        "publication.autocreate.mode": "disabled",
-        "table.include.list": "public.outbox",
-        "snapshot.mode": "no_data",
-        "exactly.once.support": "required",
-        "transforms": "outbox",
-        "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
-        "transforms.outbox.route.topic.replacement": format!("{}dbz.${{routedByValue}}", c.name),
-        "key.converter": "org.apache.kafka.connect.storage.StringConverter",
-        "value.converter": "io.confluent.connect.avro.AvroConverter",
-        "value.converter.schema.registry.url": env.schema_registry_url,
-    });
+    let config = common::services::debezium_connector_config(
+        &c.db.url,
+        &name,
+        slot,
+        &c.slot,
+        &format!("{}dbz.${{routedByValue}}", c.name),
+        &env.schema_registry_url,
+    );
     let consumer = start_consumer(env, &topic)?;
     let cpu0 = common::proc_cpu_user_sys(&pid.to_string()).unwrap_or((0.0, 0.0));
     let t0 = Instant::now();

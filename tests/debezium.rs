@@ -23,65 +23,19 @@ const STARTED: &str = "replication started";
 
 /// The Kafka Connect worker, stopped again on drop when this test started it (an idle JVM of half a GiB would
 /// weigh on the tests after it).
-struct Worker {
-    url: String,
-    offsets_topic: String,
-    started_here: bool,
-}
+struct Worker(services::ConnectWorker);
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if self.started_here {
-            let _ = connect_sh("stop");
+        if self.0.started_here {
+            let _ = services::connect_sh("stop");
         }
     }
 }
 
-fn connect_sh(action: &str) -> std::process::Output {
-    let script = services::repo_root().join("tests/infra/connect.sh");
-    std::process::Command::new("bash").arg(script).arg(action).output().unwrap()
-}
-
-/// The Connect worker's REST URL and offsets topic, starting the worker when it does not run (bounded by the
-/// script: 180 s).
-fn connect_worker() -> Worker {
-    let root = services::repo_root();
-    let started_here = !connect_sh("status").status.success();
-    let out = connect_sh("start");
-    assert!(
-        out.status.success(),
-        "tests/infra/connect.sh start:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env = std::fs::read_to_string(root.join(".infra/connect/env")).unwrap();
-    let var = |name: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .map(|v| v.trim_matches('\'').to_owned())
-            .unwrap_or_else(|| panic!("{name} missing from .infra/connect/env"))
-    };
-    Worker { url: var("CONNECT_URL"), offsets_topic: var("CONNECT_OFFSETS_TOPIC"), started_here }
-}
-
-/// One call of Kafka Connect's REST API with Python's standard library: (status, body).
+/// One call of Kafka Connect's REST API: (status, body).
 fn rest(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
-    const SCRIPT: &str = r#"
-import sys, urllib.request, urllib.error
-method, url = sys.argv[1], sys.argv[2]
-data = sys.argv[3].encode() if len(sys.argv) > 3 else None
-request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-try:
-    with urllib.request.urlopen(request, timeout=30) as r:
-        print(r.status); print(r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code); print(e.read().decode())
-"#;
-    let out = std::process::Command::new("python3").args(["-c", SCRIPT, method, url]).args(body).output().unwrap();
-    assert!(out.status.success(), "{method} {url}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, rest) = text.split_once('\n').unwrap_or((&text, ""));
-    (status.trim().parse().unwrap(), rest.trim().to_owned())
+    services::http_call(method, url, body, "application/json")
 }
 
 /// Polls `f` every 300 ms until it is true, for at most `limit`.
@@ -95,46 +49,31 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debezium_connector_hands_over_mid_stream_and_every_row_arrives_exactly_once() {
-    let worker = connect_worker();
-    let (connect, offsets_topic) = (worker.url.clone(), worker.offsets_topic.clone());
+    let worker = Worker(services::connect_worker().unwrap());
+    let (connect, offsets_topic) = (worker.0.url.clone(), worker.0.offsets_topic.clone());
     let h = Harness::new("dbzho", Options::default()).await;
     let tag = services::unique_name("dbz").to_lowercase();
     let (slot, publication, connector) = (format!("{tag}_slot"), format!("{tag}_pub"), tag.replace('_', "-"));
     h.db.execute(&format!("CREATE PUBLICATION {publication} FOR TABLE public.outbox")).await;
-    let db = url::Url::parse(&h.db.url).unwrap();
-    let config = serde_json::json!({
-        "name": connector,
-        "config": {
-            "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-            "tasks.max": "1",
-            "database.hostname": db.host_str().unwrap(),
-            "database.port": db.port().unwrap_or(5432).to_string(),
-            "database.user": db.username(),
-            "database.password": db.password().unwrap_or(""),
-            "database.dbname": db.path().trim_start_matches('/'),
-            "database.sslmode": "disable",
-            "topic.prefix": tag,
-            "plugin.name": "pgoutput",
-            "slot.name": slot,
-            "publication.name": publication,
-            "publication.autocreate.mode": "disabled",
-            "table.include.list": "public.outbox",
-            "snapshot.mode": "no_data",
-            // Small batches: Connect commits an exactly-once transaction (and an offset) per batch, so the stop
-            // below lands inside the large PostgreSQL transaction.
-            "max.batch.size": "64",
-            "exactly.once.support": "required",
-            "extended.headers.enabled": "false",
-            "transforms": "outbox",
-            "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
-            "transforms.outbox.route.topic.replacement": format!("{}.${{routedByValue}}", h.topic_prefix),
-            "key.converter": "org.apache.kafka.connect.storage.StringConverter",
-            "value.converter": "io.confluent.connect.avro.AvroConverter",
-            "value.converter.schema.registry.url": h.services.schema_registry_url,
-            "topic.creation.default.partitions": "3",
-            "topic.creation.default.replication.factor": "1"
-        }
-    });
+    let mut settings = services::debezium_connector_config(
+        &h.db.url,
+        &tag,
+        &slot,
+        &publication,
+        &format!("{}.${{routedByValue}}", h.topic_prefix),
+        &h.services.schema_registry_url,
+    );
+    // Small batches: Connect commits an exactly-once transaction (and an offset) per batch, so the stop below lands
+    // inside the large PostgreSQL transaction. Without extended headers Debezium writes only `id`, as the relay will.
+    for (key, value) in [
+        ("max.batch.size", "64"),
+        ("extended.headers.enabled", "false"),
+        ("topic.creation.default.partitions", "3"),
+        ("topic.creation.default.replication.factor", "1"),
+    ] {
+        settings[key] = value.into();
+    }
+    let config = serde_json::json!({ "name": connector, "config": settings });
     let status_url = format!("{connect}/connectors/{connector}/status");
     let (code, body) =
         rest("PUT", &format!("{connect}/connectors/{connector}/config"), Some(&config["config"].to_string()));

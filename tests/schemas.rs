@@ -104,19 +104,14 @@ async fn insert_events(h: &Harness, n: usize) {
     .unwrap();
 }
 
-/// One call of the registry's REST API with Python's standard library (no client of ours in between).
+/// One call of the registry's REST API with Python's standard library (no client of ours in between): GET, or POST
+/// with `body`; the answer as JSON.
 fn registry_call(h: &Harness, path: &str, body: Option<&str>) -> serde_json::Value {
-    const SCRIPT: &str = r#"
-import sys, urllib.request
-body = sys.argv[2].encode() if len(sys.argv) > 2 else None
-request = urllib.request.Request(sys.argv[1], data=body,
-                                 headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
-print(urllib.request.urlopen(request, timeout=10).read().decode())
-"#;
     let url = format!("{}{path}", h.services.schema_registry_url);
-    let out = std::process::Command::new("python3").args(["-c", SCRIPT, &url]).args(body).output().unwrap();
-    assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let (status, answer) = services::http_call(method, &url, body, "application/vnd.schemaregistry.v1+json");
+    assert!((200..300).contains(&status), "{method} {url}: {status} {answer}");
+    serde_json::from_str(&answer).unwrap()
 }
 
 fn subjects(h: &Harness) -> Vec<String> {

@@ -475,3 +475,107 @@ pub fn test_pki(dir: &std::path::Path, client_cn: &str) {
         );
     }
 }
+
+/// One HTTP call with Python's standard library (no client of ours in between): (status, body). `content_type`
+/// goes with the body.
+pub fn http_call(method: &str, url: &str, body: Option<&str>, content_type: &str) -> (u16, String) {
+    const SCRIPT: &str = r#"
+import sys, urllib.request, urllib.error
+method, url, content_type = sys.argv[1], sys.argv[2], sys.argv[3]
+data = sys.argv[4].encode() if len(sys.argv) > 4 else None
+request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
+try:
+    with urllib.request.urlopen(request, timeout=30) as r:
+        print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+"#;
+    let out = Command::new("python3").args(["-c", SCRIPT, method, url, content_type]).args(body).output().unwrap();
+    assert!(out.status.success(), "{method} {url}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    (status.trim().parse().unwrap(), rest.trim().to_owned())
+}
+
+/// The Kafka Connect worker with Debezium of `tests/infra/connect.sh`, started when it does not run (bounded by the
+/// script: 180 s).
+#[derive(Debug)]
+pub struct ConnectWorker {
+    /// Its REST API.
+    pub url: String,
+    /// Its `offset.storage.topic`.
+    pub offsets_topic: String,
+    /// The JVM's pid.
+    pub pid: u32,
+    /// Whether this call started it (else it was running).
+    pub started_here: bool,
+}
+
+/// Runs `tests/infra/connect.sh ACTION`.
+pub fn connect_sh(action: &str) -> std::process::Output {
+    Command::new("bash").arg(repo_root().join("tests/infra/connect.sh")).arg(action).output().unwrap()
+}
+
+/// Starts the worker unless it runs and reads where it is from `.infra/connect/env`.
+pub fn connect_worker() -> Result<ConnectWorker, String> {
+    let started_here = !connect_sh("status").status.success();
+    let out = connect_sh("start");
+    if !out.status.success() {
+        return Err(format!(
+            "tests/infra/connect.sh start:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let dir = repo_root().join(".infra/connect");
+    let env = std::fs::read_to_string(dir.join("env")).map_err(|e| format!(".infra/connect/env: {e}"))?;
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .map(|v| v.trim_matches('\'').to_owned())
+            .ok_or_else(|| format!("{name} missing from .infra/connect/env"))
+    };
+    let pid = std::fs::read_to_string(dir.join("connect.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or("no pid in .infra/connect/connect.pid")?;
+    Ok(ConnectWorker { url: var("CONNECT_URL")?, offsets_topic: var("CONNECT_OFFSETS_TOPIC")?, pid, started_here })
+}
+
+/// A Debezium 3.6 PostgreSQL connector configuration as users run it with the outbox: Outbox Event Router routing to
+/// `route_replacement`, string keys, Confluent's AvroConverter against `registry_url`, exactly-once, no snapshot, on
+/// the given slot and an existing publication of `public.outbox`.
+pub fn debezium_connector_config(
+    db_url: &str,
+    topic_prefix: &str,
+    slot: &str,
+    publication: &str,
+    route_replacement: &str,
+    registry_url: &str,
+) -> serde_json::Value {
+    let db = url::Url::parse(db_url).unwrap();
+    serde_json::json!({
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "tasks.max": "1",
+        "database.hostname": db.host_str().unwrap_or("127.0.0.1"),
+        "database.port": db.port().unwrap_or(5432).to_string(),
+        "database.user": db.username(),
+        "database.password": db.password().unwrap_or(""),
+        "database.dbname": db.path().trim_start_matches('/'),
+        "database.sslmode": "disable",
+        "topic.prefix": topic_prefix,
+        "plugin.name": "pgoutput",
+        "slot.name": slot,
+        "publication.name": publication,
+        "publication.autocreate.mode": "disabled",
+        "table.include.list": "public.outbox",
+        "snapshot.mode": "no_data",
+        "exactly.once.support": "required",
+        "transforms": "outbox",
+        "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+        "transforms.outbox.route.topic.replacement": route_replacement,
+        "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+        "value.converter": "io.confluent.connect.avro.AvroConverter",
+        "value.converter.schema.registry.url": registry_url,
+    })
+}
