@@ -432,6 +432,29 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The most of a request head the endpoint reads; a scraper's or a probe's is far shorter.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Reads a request up to the blank line that ends its head (`None` if the peer closes or errs first, or sends more
+/// than [`MAX_REQUEST_HEAD`] without one). A client may send its request line in several segments; answering the
+/// first read alone would take the path from half a line and close on unread bytes, which resets the connection
+/// before the client reads the answer.
+async fn read_request_head(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !(head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")) {
+        if head.len() >= MAX_REQUEST_HEAD {
+            return None;
+        }
+        let n = sock.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(buf.get(..n)?);
+    }
+    Some(head)
+}
+
 /// Serves `/metrics`, `/health` and `/ready` until the process ends.
 pub async fn serve(
     addr: SocketAddr,
@@ -447,12 +470,12 @@ pub async fn serve(
             let stats = Arc::clone(&stats);
             let up = Arc::clone(&up);
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                let Ok(Some(head)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), read_request_head(&mut sock)).await
+                else {
+                    return;
                 };
-                let req = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+                let req = String::from_utf8_lossy(&head);
                 let path = req.split_whitespace().nth(1).unwrap_or("/");
                 let running = up.load(Ordering::Relaxed);
                 let health = stats.health(unhealthy_after_ms);
@@ -549,5 +572,41 @@ mod tests {
         assert_eq!(s.health(1000), Health { ready: true, healthy: true });
         s.standby_contact_unix_ms.store(now_unix_ms() - STANDBY_CONTACT.as_millis() as u64 - 1, Ordering::Relaxed);
         assert!(!s.health(1000).ready, "lost contact: cannot take over");
+    }
+
+    /// A request that arrives in pieces is answered for its whole path, and the answer is read before the
+    /// connection closes. (Answering the first segment alone gave 404 for half a path, or a reset under load: the
+    /// standby and fault tests read "no answer" from their HTTP helper, which wrote its request in three pieces.)
+    #[tokio::test]
+    async fn a_request_sent_in_pieces_gets_the_answer_for_its_whole_path() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let stats = Arc::new(Stats::new());
+        serve(addr, Arc::clone(&stats), Arc::new(AtomicBool::new(true)), 60_000).await.unwrap();
+        for path in ["/health", "/metrics"] {
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            sock.set_nodelay(true).unwrap();
+            for piece in ["GET ", path, " HTTP/1.1\r\n", "Host: x\r\n", "\r\n"] {
+                sock.write_all(piece.as_bytes()).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            }
+            let mut answer = String::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), sock.read_to_string(&mut answer))
+                .await
+                .expect("answered in time")
+                .expect("read without a reset");
+            assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {answer}");
+            let expected = if path == "/health" { "ok\n" } else { "# HELP outbox_relay_" };
+            assert!(answer.split_once("\r\n\r\n").unwrap().1.starts_with(expected), "{path}: {answer}");
+        }
+        // A head without its blank line is not answered, and an over-long one is dropped, not buffered forever.
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(&vec![b'a'; MAX_REQUEST_HEAD + 10]).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read_to_end(&mut answer)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed without an answer: {read:?} {answer:?}");
     }
 }

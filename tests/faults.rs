@@ -189,15 +189,7 @@ async fn a_row_of_an_unmapped_published_table_stops_the_relay_unless_ignored() {
     expected.extend(h.insert_rows(&mut c, "order", 2).await);
     let records = h.wait_for_records_of(Some(&relay), &[h.topic("order")], 4, Duration::from_secs(30));
     assert_exactly(&records, &expected, &relay.log_text());
-    // The endpoint runs on the relay's runtime: on a loaded machine (tests run two at a time beside broker faults)
-    // one request may get no answer within the client's 5 s (seen once in a full run). Only the absence of an
-    // answer is waited out, at most 15 s; the value itself is asserted exactly.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut counted = h.metric("outbox_relay_unmapped_rows_total");
-    while counted.is_none() && std::time::Instant::now() < deadline && relay.is_running() {
-        std::thread::sleep(Duration::from_millis(500));
-        counted = h.metric("outbox_relay_unmapped_rows_total");
-    }
+    let counted = h.metric("outbox_relay_unmapped_rows_total");
     assert_eq!(counted, Some(1.0), "running: {}\n{}", relay.is_running(), relay.log_text());
 }
 

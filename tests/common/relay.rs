@@ -381,6 +381,8 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // `write!` sends the request in several segments (one write per piece), as some clients do: the endpoint must
+    // answer the whole head, not its first segment (it once did, and under load that read as "no answer").
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
