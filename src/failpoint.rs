@@ -7,6 +7,9 @@
 //! Failpoints in the code:
 //! - `after_produce_before_commit`: the transaction's events and checkpoint are queued, the commit is not sent.
 //! - `after_commit_before_ack`: Kafka committed, PostgreSQL has not been told.
+//! - `between_overlapping_commits` (pipelined commits): the previous transaction's commit is running on one
+//!   transactional id, this one's records and checkpoint are acknowledged under the other, neither is known to be
+//!   committed.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -26,8 +26,13 @@
 //!   same timeout, Kafka calls by their operation timeout, registry calls by their request timeout.
 //! - Memory between source and sink is bounded by `kafka.max_buffered_bytes` (a semaphore of bytes) besides the
 //!   channel's event count.
-//! - Events keep WAL order all the way: one source, one channel, one producer with idempotence (which preserves
-//!   per-partition order across retries).
+//! - Events keep WAL order all the way: one source, one channel, one producer at a time with idempotence (which
+//!   preserves per-partition order across retries).
+//! - Pipelined commits (`kafka.pipelined_commits`, two producers on alternating transactional ids) overlap one
+//!   batch's commit with producing the next, and change none of the above: the next batch is sent only once the
+//!   broker acknowledged every record of the previous one (so each partition holds them in WAL order), commits
+//!   and acknowledgements follow batch order one at a time, a batch commits only after the previous commit
+//!   succeeded and is aborted when it failed, and both ids are fenced before the checkpoint is read. See [`Sink`].
 //!
 //! Dead letters (`errors.mode = "dead_letter"`): an event that cannot be mapped or encoded is replaced by a dead
 //! letter in the source; one Kafka refuses is replaced in the sink — at once when the refusal is known before
@@ -482,16 +487,32 @@ impl Relay {
                 Ok::<_, PipelineError>(sql)
             };
             let kafka = async {
-                let (_, producer, reader) = tokio::try_join!(
+                let (_, producer, second, reader) = tokio::try_join!(
                     async { Ok::<_, PipelineError>(crate::kafka::ensure_checkpoint_topic(&self.kafka).await?) },
                     async { Ok(TxnProducer::create(&self.kafka, Arc::clone(&self.stats.delivered)).await?) },
+                    async {
+                        if !self.kafka.pipelined_commits {
+                            return Ok(None);
+                        }
+                        let second = self.kafka.pipelined();
+                        Ok(Some(TxnProducer::create(&second, Arc::clone(&self.stats.delivered)).await?))
+                    },
                     async { Ok(crate::kafka::CheckpointReader::open(&self.kafka).await?) },
                 )?;
-                Ok::<_, PipelineError>((producer, reader))
+                Ok::<_, PipelineError>((Producers { active: producer, idle: second }, reader))
             };
-            let (sql, (mut producer, reader)) = tokio::try_join!(postgres, kafka)?;
-            // Fence first: afterwards no older instance can commit, so the checkpoint read next is final.
-            producer.init().await?;
+            let (sql, (mut producers, reader)) = tokio::try_join!(postgres, kafka)?;
+            // Fence first (both transactional ids): afterwards no older instance can commit, so the checkpoint read
+            // next is final.
+            producers.active.init().await?;
+            if let Some(second) = producers.idle.as_mut() {
+                second.init().await?;
+            }
+            info!(
+                transactional_id = %self.kafka.transactional_id,
+                pipelined = self.kafka.pipelined_commits,
+                "kafka transactions initialised; older instances fenced"
+            );
             let checkpoint = reader.read(&self.cfg.connector_name, self.kafka.checkpoint_wait()).await?;
             let handover = match (&checkpoint, self.cfg.debezium.enabled()) {
                 (None, true) => {
@@ -539,7 +560,7 @@ impl Relay {
                     // A genesis checkpoint (0/0) first: if the relay dies right after creating the slot, the next
                     // start knows the slot is its own and starts from it instead of reporting a gap.
                     let genesis = Checkpoint::new(&self.cfg.connector_name, Lsn::ZERO, Lsn::ZERO, Some(server.clone()));
-                    producer.commit(&genesis).await?;
+                    producers.active.commit(&genesis).await?;
                     checkpoint = Some(genesis);
                     let created = bounded(limit, "sql connection", async {
                         Ok(slot::create_slot(&sql, &pg.slot, pg.failover_slot).await?)
@@ -559,17 +580,17 @@ impl Relay {
                 "starting"
             );
             let heartbeat = Heartbeat::start(&self.cfg, sql, Arc::clone(&self.stats));
-            self.sessions(producer, client, server, resume, &heartbeat, shutdown).await
+            self.sessions(producers, client, server, resume, &heartbeat, shutdown).await
         }
         .instrument(span)
         .await
     }
 
-    /// Replication sessions on one producer. Returns when a session leaves the producer spent (the caller starts
-    /// over), on shutdown, or on a definite error.
+    /// Replication sessions on one set of producers. Returns when a session leaves a producer spent (the caller
+    /// starts over), on shutdown, or on a definite error.
     async fn sessions(
         &self,
-        producer: TxnProducer,
+        producers: Producers,
         client: ReplicationClient,
         server: SourceIdentity,
         mut resume: Lsn,
@@ -581,7 +602,7 @@ impl Relay {
             Duration::from_millis(pg.reconnect_backoff_initial_ms),
             Duration::from_millis(pg.reconnect_backoff_max_ms),
         );
-        let mut producer = Some(producer);
+        let mut producer = Some(producers);
         let mut client = Some(client);
         let mut slot_busy_since: Option<Instant> = None;
         loop {
@@ -650,24 +671,27 @@ impl Relay {
         o
     }
 
-    /// One replication session. Returns the producer (when it is clean: no transaction open, nothing failed with
-    /// an unknown outcome) and the last acknowledged LSN.
+    /// One replication session. Returns the producers (when they are clean: no transaction open, nothing failed
+    /// with an unknown outcome) and the last acknowledged LSN.
     async fn session(
         &self,
-        producer: TxnProducer,
+        producers: Producers,
         client: Option<ReplicationClient>,
         server: &SourceIdentity,
         resume: Lsn,
         heartbeat: &Heartbeat,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> (Result<(), PipelineError>, Option<TxnProducer>, Lsn) {
+    ) -> (Result<(), PipelineError>, Option<Producers>, Lsn) {
         let (tx, rx) = mpsc::channel::<Item>(8192);
         let budget_bytes = u32::try_from(self.cfg.kafka.max_buffered_bytes).unwrap_or(u32::MAX);
         let budget = Arc::new(Semaphore::new(budget_bytes as usize));
         let (ack_tx, ack_rx) = watch::channel(resume);
         let sink = Sink {
             topics: Topics::new(&self.kafka),
-            producer,
+            producer: producers.active,
+            idle: producers.idle,
+            committing: None,
+            pipelined: self.kafka.pipelined_commits,
             connector: self.cfg.connector_name.clone(),
             server: server.clone(),
             max_events: self.cfg.kafka.max_batch_events,
@@ -1155,9 +1179,57 @@ impl Drop for Heartbeat {
     }
 }
 
-/// The Kafka side of a session.
-struct Sink {
+/// The relay's transactional producers: one, or with `kafka.pipelined_commits` two on alternating transactional
+/// ids, so one can take the next batch while the other's commit completes.
+struct Producers {
+    /// The producer the next batch goes to (on `kafka.transactional_id`).
+    active: TxnProducer,
+    /// The second producer (pipelined commits), free for the batch after.
+    idle: Option<TxnProducer>,
+}
+
+/// A Kafka transaction whose records and checkpoint the broker holds, committing on a producer of its own while
+/// the next batch is produced on the other one.
+struct Committing {
     producer: TxnProducer,
+    result: Result<(), SinkError>,
+    batch: Batch,
+}
+
+/// What a committed Kafka transaction settles: its checkpoint's positions and the counts it carried.
+struct Batch {
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    commit_time: PgTimestamp,
+    checkpoint_ms: i64,
+    events: u64,
+    dead_letters: u64,
+    commit_started: Instant,
+}
+
+/// What the sink waits for next.
+enum SinkWake {
+    Item(Option<Item>),
+    BatchDue,
+    Committed(Box<Result<Committing, tokio::task::JoinError>>),
+}
+
+/// The Kafka side of a session.
+///
+/// Pipelined commits keep the single-producer invariants: a batch's records and checkpoint are all acknowledged by
+/// the broker ([`TxnProducer::prepare_commit`]) before the other producer sends anything, so every partition holds
+/// the batches in WAL order; a batch commits only after the previous one's commit succeeded, and a failed commit
+/// aborts the batch after it, so committed batches are always a prefix; acknowledgements follow commits one by one,
+/// in order. At most one commit runs at a time.
+struct Sink {
+    /// The producer of the batch being collected.
+    producer: TxnProducer,
+    /// The other producer, when pipelined and not committing.
+    idle: Option<TxnProducer>,
+    /// The previous batch's commit, running on the other producer.
+    committing: Option<tokio::task::JoinHandle<Committing>>,
+    /// `kafka.pipelined_commits`.
+    pipelined: bool,
     topics: Topics,
     connector: String,
     server: SourceIdentity,
@@ -1180,8 +1252,8 @@ struct Sink {
 }
 
 impl Sink {
-    /// Runs until the source closes the channel or an error; gives the producer back only when it is clean.
-    async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> (Result<(), PipelineError>, Option<TxnProducer>) {
+    /// Runs until the source closes the channel or an error; gives the producers back only when they are clean.
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> (Result<(), PipelineError>, Option<Producers>) {
         let mut r = self.run_inner(&mut rx).await;
         // The source may be waiting for buffer room: let it see that the sink is gone.
         self.budget.close();
@@ -1192,14 +1264,44 @@ impl Sink {
                 warn!(error = %e, "abort after failure failed; a new producer will settle the transaction");
             }
         }
+        // The previous batch's commit may still run: its outcome decides what the next session resumes from (its
+        // checkpoint when it committed; when it failed, what is committed is not known and the producers are not
+        // clean, so the start-up reads the checkpoint back).
+        if let Err(e) = self.settle().await {
+            if r.is_ok() {
+                r = Err(e);
+            } else {
+                warn!(error = %e, "the previous Kafka transaction's commit failed as well");
+            }
+        }
         if let Err(PipelineError::Sink(SinkError::Refused(refusal))) = &r {
             if let Some(letter) = self.poisoned(refusal) {
                 r = Err(letter);
             }
         }
         self.stats.pending.store(false, Ordering::Relaxed);
-        let clean = self.producer.is_usable() && !self.producer.is_open();
-        (r, clean.then_some(self.producer))
+        let idle_clean = self.idle.as_ref().is_none_or(|p| p.is_usable() && !p.is_open());
+        // Pipelined, both producers must be back (a commit task that failed to join lost one).
+        let pipelined_whole = self.idle.is_some() || !self.pipelined;
+        let clean = self.producer.is_usable() && !self.producer.is_open() && idle_clean && pipelined_whole;
+        (r, clean.then_some(Producers { active: self.producer, idle: self.idle }))
+    }
+
+    /// Waits for the previous batch's commit, if one runs, and settles it (acknowledges its checkpoint).
+    async fn settle(&mut self) -> Result<(), PipelineError> {
+        let Some(task) = self.committing.take() else { return Ok(()) };
+        let done = task.await;
+        self.settled(done)
+    }
+
+    /// Takes back the producer of a finished commit; on success settles its batch.
+    fn settled(&mut self, done: Result<Committing, tokio::task::JoinError>) -> Result<(), PipelineError> {
+        // A commit task that panicked took its producer with it: the producers are not clean (see `run`).
+        let Committing { producer, result, batch } = done.map_err(|e| SinkError::Join(e.to_string()))?;
+        self.idle = Some(producer);
+        result?;
+        self.committed(batch);
+        Ok(())
     }
 
     /// Remembers a refusal learnt inside a transaction so the replay knows it before sending: in dead-letter mode
@@ -1238,10 +1340,20 @@ impl Sink {
         let mut in_pg_txn = false;
         loop {
             let deadline = batch_started.map(|s| s + self.max_wait);
-            let item = tokio::select! {
-                item = rx.recv() => item,
-                _ = sleep_until(deadline), if pending.is_some() && !in_pg_txn => {
+            let wake = tokio::select! {
+                item = rx.recv() => SinkWake::Item(item),
+                _ = sleep_until(deadline), if pending.is_some() && !in_pg_txn => SinkWake::BatchDue,
+                done = join_commit(&mut self.committing) => SinkWake::Committed(Box::new(done)),
+            };
+            let item = match wake {
+                SinkWake::Item(item) => item,
+                SinkWake::BatchDue => {
                     self.commit(&mut pending, &mut batch_events, &mut batch_started).await?;
+                    continue;
+                }
+                SinkWake::Committed(done) => {
+                    self.committing = None;
+                    self.settled(*done)?;
                     continue;
                 }
             };
@@ -1395,6 +1507,9 @@ impl Sink {
         Box::pin(self.produce(letter)).await
     }
 
+    /// Commits the batch: its checkpoint is added and every record acknowledged; then, pipelined, its commit runs
+    /// on its producer while the next batch goes to the other one (once the previous commit succeeded), else it
+    /// commits here and is settled at once.
     async fn commit(
         &mut self,
         pending: &mut Option<(Lsn, Lsn, PgTimestamp)>,
@@ -1403,17 +1518,54 @@ impl Sink {
     ) -> Result<(), PipelineError> {
         let Some((commit_lsn, end_lsn, commit_time)) = pending.take() else { return Ok(()) };
         let cp = Checkpoint::new(&self.connector, commit_lsn, end_lsn, Some(self.server.clone()));
-        let span = info_span!("kafka_txn", commit_lsn = %commit_lsn, event_count = *batch_events);
-        let commit_started = Instant::now();
-        self.producer.commit(&cp).instrument(span).await?;
+        let batch = Batch {
+            commit_lsn,
+            end_lsn,
+            commit_time,
+            checkpoint_ms: cp.time_ms,
+            events: std::mem::take(batch_events),
+            dead_letters: std::mem::take(&mut self.batch_dead_letters),
+            commit_started: Instant::now(),
+        };
+        *batch_started = None;
+        let span = info_span!("kafka_txn", commit_lsn = %commit_lsn, event_count = batch.events);
+        self.producer.prepare_commit(&cp).instrument(span.clone()).await?;
+        if self.committing.is_some() {
+            // Both transactions in flight: the previous one's commit not known to be done, this one's records and
+            // checkpoint in the partitions' logs.
+            crate::failpoint::hit("between_overlapping_commits");
+        }
+        // This batch commits only after the previous one did; if that failed, this one is aborted (`run`).
+        self.settle().await?;
+        match self.idle.take() {
+            Some(next) => {
+                let mut producer = std::mem::replace(&mut self.producer, next);
+                self.committing = Some(tokio::spawn(
+                    async move {
+                        let result = producer.finish_commit().await;
+                        Committing { producer, result, batch }
+                    }
+                    .instrument(span),
+                ));
+            }
+            None => {
+                self.producer.finish_commit().instrument(span).await?;
+                self.committed(batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles a committed batch: counts it and only now lets PostgreSQL forget the WAL up to its end.
+    fn committed(&mut self, batch: Batch) {
         crate::failpoint::hit("after_commit_before_ack");
+        let Batch { commit_lsn, end_lsn, commit_time, checkpoint_ms, events, dead_letters, commit_started } = batch;
         let commit_us = u64::try_from(commit_started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.kafka_commit_micros_total.fetch_add(commit_us, Ordering::Relaxed);
-        debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events = *batch_events, commit_us, "kafka transaction committed");
-        self.stats.events_committed.fetch_add(*batch_events, Ordering::Relaxed);
-        if self.batch_dead_letters > 0 {
-            self.stats.dead_letters.fetch_add(self.batch_dead_letters, Ordering::Relaxed);
-            self.batch_dead_letters = 0;
+        debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events, commit_us, "kafka transaction committed");
+        self.stats.events_committed.fetch_add(events, Ordering::Relaxed);
+        if dead_letters > 0 {
+            self.stats.dead_letters.fetch_add(dead_letters, Ordering::Relaxed);
             // Committed: these positions are never replayed again.
             if let Ok(mut poison) = self.poison.lock() {
                 poison.events.retain(|pos, _| pos.commit_lsn > commit_lsn);
@@ -1421,19 +1573,28 @@ impl Sink {
         }
         self.stats.kafka_commits.fetch_add(1, Ordering::Relaxed);
         self.stats.acked_lsn.store(end_lsn.as_u64(), Ordering::Relaxed);
-        self.stats.last_commit_unix_ms.store(u64::try_from(cp.time_ms).unwrap_or(0), Ordering::Relaxed);
+        self.stats.last_commit_unix_ms.store(u64::try_from(checkpoint_ms).unwrap_or(0), Ordering::Relaxed);
         self.stats
             .last_source_commit_unix_us
             .store(u64::try_from(commit_time.unix_micros()).unwrap_or(0), Ordering::Relaxed);
-        self.stats.pending.store(false, Ordering::Relaxed);
+        if self.committing.is_none() && !self.producer.is_open() {
+            self.stats.pending.store(false, Ordering::Relaxed);
+        }
         self.stats.note_progress();
         self.stats.streaming.store(true, Ordering::Relaxed);
-        *batch_events = 0;
-        *batch_started = None;
-        // Only now may PostgreSQL forget the WAL up to end_lsn. The source is gone when it failed; its error
-        // is what the session reports.
+        // The source is gone when it failed; its error is what the session reports.
         let _ = self.ack.send(end_lsn);
-        Ok(())
+    }
+}
+
+/// The previous batch's commit, once it finishes (never, when none runs). Polling the handle by reference keeps
+/// it when another branch of the sink's `select!` wins.
+async fn join_commit(
+    committing: &mut Option<tokio::task::JoinHandle<Committing>>,
+) -> Result<Committing, tokio::task::JoinError> {
+    match committing {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -136,10 +136,11 @@ async fn committed_rows_arrive_once_on_the_right_topics_with_keys_and_headers() 
 }
 
 /// Continuous load from a writer task; the relay is SIGKILLed at random instants and restarted.
-async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) {
+/// `env`: settings every relay instance of the run gets (environment overrides).
+async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str], env: &[(&str, &str)]) {
     let h = Arc::new(Harness::new(prefix, Options { max_batch_ms: 20, ..Options::default() }).await);
     // The slot must exist before the first row: rows written before it are not in its stream.
-    let mut relay = h.spawn(&[], &[]);
+    let mut relay = h.spawn(&[], env);
     relay.wait_log(STARTED, Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     // Replayable: OUTBOX_RELAY_TEST_SEED=<n> repeats a run's load and kill instants.
@@ -178,7 +179,7 @@ async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) 
         // Let it work for a random while, then kill without warning.
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1200))).await;
         relay.kill9();
-        relay = h.spawn(&[], &[]);
+        relay = h.spawn(&[], env);
         if round % 5 == 0 {
             relay.wait_log(STARTED, Duration::from_secs(90));
         }
@@ -186,12 +187,14 @@ async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) 
     for fp in failpoint_rounds {
         relay.wait_log(STARTED, Duration::from_secs(90));
         relay.kill9();
-        let mut crashing = h.spawn(&[], &[("OUTBOX_RELAY_FAILPOINT", fp)]);
+        let mut crashing_env = env.to_vec();
+        crashing_env.push(("OUTBOX_RELAY_FAILPOINT", fp));
+        let mut crashing = h.spawn(&[], &crashing_env);
         let status = crashing.wait_exit(Duration::from_secs(90)).unwrap_or_else(|| panic!("failpoint {fp} never hit"));
         assert!(!status.success(), "failpoint {fp} must crash the process");
         let name = fp.split(':').next().unwrap();
         assert!(crashing.log_text().contains(&format!("failpoint {name} reached")), "log:\n{}", crashing.log_text());
-        relay = h.spawn(&[], &[]);
+        relay = h.spawn(&[], env);
     }
     relay.wait_log(STARTED, Duration::from_secs(90));
     stop.store(true, Ordering::Relaxed);
@@ -215,12 +218,22 @@ async fn load_with_kills(prefix: &str, kills: usize, failpoint_rounds: &[&str]) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_instants_loses_and_duplicates_nothing() {
     let kills = std::env::var("OUTBOX_RELAY_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    load_with_kills("crash", kills, &[]).await;
+    load_with_kills("crash", kills, &[], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failpoints_after_produce_and_after_commit_lose_and_duplicate_nothing() {
-    load_with_kills("failpoint", 0, &["after_produce_before_commit", "after_commit_before_ack:3"]).await;
+    // `between_overlapping_commits`: pipelined commits (the default), the previous transaction's commit running on
+    // one transactional id while this one's records and checkpoint are in the logs under the other.
+    let rounds = ["after_produce_before_commit", "after_commit_before_ack:3", "between_overlapping_commits:3"];
+    load_with_kills("failpoint", 0, &rounds, &[]).await;
+}
+
+/// The same with one producer on one transactional id (`kafka.pipelined_commits = false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoints_with_commits_not_pipelined_lose_and_duplicate_nothing() {
+    let rounds = ["after_produce_before_commit", "after_commit_before_ack:3"];
+    load_with_kills("onefp", 0, &rounds, &[("OUTBOX_RELAY_KAFKA__PIPELINED_COMMITS", "false")]).await;
 }
 
 /// A relay running on `h` that has relayed one row: the relay, the client that wrote it, and its id.

@@ -407,6 +407,7 @@ async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
     let broker = tokio::task::spawn_blocking(kafka_node::KafkaNode::start_sasl_ssl).await.unwrap();
     let h = Harness::new("saslssl", Options { metrics: Some(60_000), ..Options::default() }).await;
     let transactional_id = format!("outbox-relay-{}", h.connector);
+    let second_id = format!("{transactional_id}.2");
     // A downstream consumer group whose lag the relay measures (configured, so no cluster-wide Describe is needed).
     let group = format!("{}-billing", h.connector);
     // The README's minimal ACLs for User:relay, and nothing else.
@@ -418,9 +419,11 @@ async fn sasl_ssl_with_scram_and_exactly_the_documented_acls() {
         // The checkpoint topic (named under the same prefix here): read it back and check its policy.
         vec!["--topic", &h.checkpoint_topic, "--operation", "Read"],
         vec!["--topic", &h.checkpoint_topic, "--operation", "DescribeConfigs"],
-        // The transactional id.
+        // The transactional ids: the configured one and the second one of pipelined commits.
         vec!["--transactional-id", &transactional_id, "--operation", "Write"],
         vec!["--transactional-id", &transactional_id, "--operation", "Describe"],
+        vec!["--transactional-id", &second_id, "--operation", "Write"],
+        vec!["--transactional-id", &second_id, "--operation", "Describe"],
         // consumer_lag: the committed offsets of the groups it measures.
         vec!["--group", &group, "--operation", "Describe"],
     ]

@@ -46,6 +46,9 @@ const fn default_topic_replication_factor() -> i32 {
 const fn default_max_batch_events() -> u64 {
     10_000
 }
+const fn default_pipelined_commits() -> bool {
+    true
+}
 const fn default_max_batch_ms() -> u64 {
     100
 }
@@ -63,6 +66,10 @@ pub struct KafkaConfig {
     /// Producer `transactional.id`; must be stable across restarts. Default: `outbox-relay-<connector_name>`.
     #[serde(default)]
     pub transactional_id: String,
+    /// Overlap each Kafka commit with producing the next batch, on a second transactional id
+    /// (`<transactional_id>.2`, which the Kafka principal may then also use). Off: one producer, one id.
+    #[serde(default = "default_pipelined_commits")]
+    pub pipelined_commits: bool,
     /// Producer `transaction.timeout.ms`: the broker aborts a transaction left open this long. 1000 to 900000
     /// (the broker's `transaction.max.timeout.ms` default).
     #[serde(default = "default_transaction_timeout_ms")]
@@ -94,6 +101,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: String::new(),
             checkpoint_topic: default_checkpoint_topic(),
             transactional_id: String::new(),
+            pipelined_commits: default_pipelined_commits(),
             transaction_timeout_ms: default_transaction_timeout_ms(),
             max_batch_events: default_max_batch_events(),
             max_batch_ms: default_max_batch_ms(),
@@ -110,6 +118,7 @@ impl fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("checkpoint_topic", &self.checkpoint_topic)
             .field("transactional_id", &self.transactional_id)
+            .field("pipelined_commits", &self.pipelined_commits)
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
             .field("max_batch_events", &self.max_batch_events)
             .field("max_batch_ms", &self.max_batch_ms)

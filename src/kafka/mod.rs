@@ -62,6 +62,9 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// Stable `transactional.id`; fences older instances of the same connector.
     pub transactional_id: String,
+    /// Commits overlap producing: a second producer, on [`KafkaSettings::pipelined`]'s transactional id, takes the
+    /// next batch while the first one's commit completes (`kafka.pipelined_commits`).
+    pub pipelined_commits: bool,
     /// `transaction.timeout.ms`: how long the broker keeps an open transaction before aborting it.
     pub transaction_timeout: Duration,
     /// Compacted topic holding one checkpoint per connector.
@@ -94,6 +97,7 @@ impl KafkaSettings {
         KafkaSettings {
             bootstrap_servers: cfg.bootstrap_servers.clone(),
             transactional_id: cfg.transactional_id.clone(),
+            pipelined_commits: cfg.pipelined_commits,
             transaction_timeout: cfg.transaction_timeout(),
             checkpoint_topic: cfg.checkpoint_topic.clone(),
             checkpoint_replication_factor: -1,
@@ -101,6 +105,12 @@ impl KafkaSettings {
             topic_creation: cfg.topic_creation.clone(),
             properties: cfg.properties.clone(),
         }
+    }
+
+    /// The settings of the second producer of pipelined commits: the same, on the transactional id
+    /// `<kafka.transactional_id>.2` (stable, so a new instance fences an older one's second producer as well).
+    pub fn pipelined(&self) -> KafkaSettings {
+        KafkaSettings { transactional_id: format!("{}.2", self.transactional_id), ..self.clone() }
     }
 
     /// How long a start waits for another producer's open transaction on the checkpoint topic: past its timeout
@@ -774,7 +784,7 @@ impl TxnProducer {
             });
         }
         self.spent = false;
-        info!(transactional_id = %settings.transactional_id, "kafka transactions initialised; older instances fenced");
+        debug!(transactional_id = %settings.transactional_id, "init_transactions done");
         Ok(())
     }
 
@@ -959,6 +969,15 @@ impl TxnProducer {
     /// refused or undelivered record the transaction is left open for [`Self::abort`]; if `commit_transaction`
     /// itself fails the producer is spent.
     pub async fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
+        self.prepare_commit(checkpoint).await?;
+        self.finish_commit().await
+    }
+
+    /// The first half of [`Self::commit`]: adds `checkpoint` to the open transaction and waits until the broker
+    /// acknowledged every record of it. Afterwards the records sit in their partitions' logs (not yet visible to
+    /// read_committed), so records another producer sends from then on come after them in every partition. On a
+    /// refused or undelivered record the transaction is left open for [`Self::abort`].
+    pub async fn prepare_commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SinkError> {
         let value = serde_json::to_vec(checkpoint).map_err(|e| SinkError::Join(e.to_string()))?;
         let topic = self.settings.checkpoint_topic.clone();
         self.send(&OutRecord {
@@ -985,13 +1004,20 @@ impl TxnProducer {
         self.check_age()?;
         if self.producer.in_flight_count() > 0 {
             return Err(SinkError::Delivery {
-                topic: topic.clone(),
+                topic,
                 reason: format!(
                     "records still undelivered after {} ms (broker unreachable or slow)",
                     self.settings.operation_timeout.as_millis()
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// The second half of [`Self::commit`], after [`Self::prepare_commit`]: `commit_transaction` (EndTxn; the
+    /// coordinator then writes the commit markers). If it fails, what is committed is not known: the producer is
+    /// spent.
+    pub async fn finish_commit(&mut self) -> Result<(), SinkError> {
         let p = Arc::clone(&self.producer);
         let timeout = self.settings.operation_timeout;
         match blocking(move || p.commit_transaction(timeout)).await {
