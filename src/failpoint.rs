@@ -9,7 +9,7 @@
 //! - `after_commit_before_ack`: Kafka committed, PostgreSQL has not been told.
 //! - `between_overlapping_commits` (pipelined commits): the previous transaction's commit is running on one
 //!   transactional id, this one's records and checkpoint are acknowledged under the other, neither is known to be
-//!   committed.
+//!   committed. Armed, each commit waits 50 ms before its EndTxn, so the overlap happens on every batch.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,12 @@ fn armed() -> &'static Option<(String, u64)> {
         };
         Some((name, n.max(1)))
     })
+}
+
+/// Whether the failpoint `name` is the armed one: code may then widen the window it guards (never in production,
+/// where nothing is armed).
+pub fn is_armed(name: &str) -> bool {
+    armed().as_ref().is_some_and(|(armed_name, _)| armed_name == name)
 }
 
 /// Aborts the process if the failpoint `name` is armed and reached for the configured time.

@@ -505,8 +505,21 @@ impl Relay {
             // Fence first (both transactional ids): afterwards no older instance can commit, so the checkpoint read
             // next is final.
             producers.active.init().await?;
-            if let Some(second) = producers.idle.as_mut() {
-                second.init().await?;
+            match producers.idle.as_mut() {
+                Some(second) => second.init().await?,
+                // Not pipelined, the second id is fenced all the same: an instance that pipelines (before the
+                // setting changed, a standby of another configuration) could otherwise still commit on it after
+                // this one read the checkpoint. Where the principal may not use that id, no instance can.
+                None => {
+                    let mut second = TxnProducer::create(&self.kafka.pipelined(), Arc::default()).await?;
+                    match second.init().await {
+                        Ok(()) => {}
+                        Err(SinkError::TransactionalIdNotAuthorized { transactional_id }) => {
+                            debug!(%transactional_id, "not allowed to use the pipelined commits' id; nothing to fence");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
             info!(
                 transactional_id = %self.kafka.transactional_id,
@@ -1180,11 +1193,11 @@ impl Drop for Heartbeat {
 }
 
 /// The relay's transactional producers: one, or with `kafka.pipelined_commits` two on alternating transactional
-/// ids, so one can take the next batch while the other's commit completes.
+/// ids (`kafka.transactional_id` and its `.2`), so one can take the next batch while the other's commit completes.
 struct Producers {
-    /// The producer the next batch goes to (on `kafka.transactional_id`).
+    /// The producer the next batch goes to (either id: they alternate).
     active: TxnProducer,
-    /// The second producer (pipelined commits), free for the batch after.
+    /// The other producer (pipelined commits), free for the batch after.
     idle: Option<TxnProducer>,
 }
 
@@ -1204,7 +1217,8 @@ struct Batch {
     checkpoint_ms: i64,
     events: u64,
     dead_letters: u64,
-    commit_started: Instant,
+    /// Time spent in its commit calls (not waiting for the previous batch's commit).
+    commit_us: u64,
 }
 
 /// What the sink waits for next.
@@ -1518,22 +1532,24 @@ impl Sink {
     ) -> Result<(), PipelineError> {
         let Some((commit_lsn, end_lsn, commit_time)) = pending.take() else { return Ok(()) };
         let cp = Checkpoint::new(&self.connector, commit_lsn, end_lsn, Some(self.server.clone()));
-        let batch = Batch {
+        let mut batch = Batch {
             commit_lsn,
             end_lsn,
             commit_time,
             checkpoint_ms: cp.time_ms,
             events: std::mem::take(batch_events),
             dead_letters: std::mem::take(&mut self.batch_dead_letters),
-            commit_started: Instant::now(),
+            commit_us: 0,
         };
         *batch_started = None;
         let span = info_span!("kafka_txn", commit_lsn = %commit_lsn, event_count = batch.events);
+        let prepare_started = Instant::now();
         self.producer.prepare_commit(&cp).instrument(span.clone()).await?;
-        if self.committing.is_some() {
-            // Both transactions in flight: the previous one's commit not known to be done, this one's records and
+        batch.commit_us = micros_since(prepare_started);
+        if self.committing.as_ref().is_some_and(|task| !task.is_finished()) {
+            // Both transactions in flight: the previous one's commit still running, this one's records and
             // checkpoint in the partitions' logs.
-            crate::failpoint::hit("between_overlapping_commits");
+            crate::failpoint::hit(OVERLAPPING_COMMITS);
         }
         // This batch commits only after the previous one did; if that failed, this one is aborted (`run`).
         self.settle().await?;
@@ -1542,14 +1558,21 @@ impl Sink {
                 let mut producer = std::mem::replace(&mut self.producer, next);
                 self.committing = Some(tokio::spawn(
                     async move {
+                        if crate::failpoint::is_armed(OVERLAPPING_COMMITS) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        let finish_started = Instant::now();
                         let result = producer.finish_commit().await;
+                        batch.commit_us += micros_since(finish_started);
                         Committing { producer, result, batch }
                     }
                     .instrument(span),
                 ));
             }
             None => {
+                let finish_started = Instant::now();
                 self.producer.finish_commit().instrument(span).await?;
+                batch.commit_us += micros_since(finish_started);
                 self.committed(batch);
             }
         }
@@ -1559,8 +1582,7 @@ impl Sink {
     /// Settles a committed batch: counts it and only now lets PostgreSQL forget the WAL up to its end.
     fn committed(&mut self, batch: Batch) {
         crate::failpoint::hit("after_commit_before_ack");
-        let Batch { commit_lsn, end_lsn, commit_time, checkpoint_ms, events, dead_letters, commit_started } = batch;
-        let commit_us = u64::try_from(commit_started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let Batch { commit_lsn, end_lsn, commit_time, checkpoint_ms, events, dead_letters, commit_us } = batch;
         self.stats.kafka_commit_micros_total.fetch_add(commit_us, Ordering::Relaxed);
         debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events, commit_us, "kafka transaction committed");
         self.stats.events_committed.fetch_add(events, Ordering::Relaxed);
@@ -1585,6 +1607,13 @@ impl Sink {
         // The source is gone when it failed; its error is what the session reports.
         let _ = self.ack.send(end_lsn);
     }
+}
+
+/// The failpoint between two overlapping commits (see [`crate::failpoint`]).
+const OVERLAPPING_COMMITS: &str = "between_overlapping_commits";
+
+fn micros_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The previous batch's commit, once it finishes (never, when none runs). Polling the handle by reference keeps

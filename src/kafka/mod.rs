@@ -1,4 +1,5 @@
-//! The Kafka side: one transactional producer, the topics it writes to, and the checkpoint topic.
+//! The Kafka side: the transactional producer (the pipeline runs one, or two on alternating ids for pipelined
+//! commits, each a [`TxnProducer`]), the topics it writes to, and the checkpoint topic.
 //!
 //! Invariant: a checkpoint record is only ever written inside the same Kafka transaction as the events it covers,
 //! so a `read_committed` reader sees a checkpoint if and only if it sees every event up to it. [`TxnProducer::commit`]
