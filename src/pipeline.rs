@@ -1219,6 +1219,8 @@ struct Batch {
     dead_letters: u64,
     /// Time spent in its commit calls (not waiting for the previous batch's commit).
     commit_us: u64,
+    /// Of that, adding the checkpoint and waiting for every record's acknowledgement (the rest is EndTxn).
+    prepare_us: u64,
 }
 
 /// What the sink waits for next.
@@ -1540,12 +1542,14 @@ impl Sink {
             events: std::mem::take(batch_events),
             dead_letters: std::mem::take(&mut self.batch_dead_letters),
             commit_us: 0,
+            prepare_us: 0,
         };
         *batch_started = None;
         let span = info_span!("kafka_txn", commit_lsn = %commit_lsn, event_count = batch.events);
         let prepare_started = Instant::now();
         self.producer.prepare_commit(&cp).instrument(span.clone()).await?;
-        batch.commit_us = micros_since(prepare_started);
+        batch.prepare_us = micros_since(prepare_started);
+        batch.commit_us = batch.prepare_us;
         if self.committing.as_ref().is_some_and(|task| !task.is_finished()) {
             // Both transactions in flight: the previous one's commit still running, this one's records and
             // checkpoint in the partitions' logs.
@@ -1582,9 +1586,10 @@ impl Sink {
     /// Settles a committed batch: counts it and only now lets PostgreSQL forget the WAL up to its end.
     fn committed(&mut self, batch: Batch) {
         crate::failpoint::hit("after_commit_before_ack");
-        let Batch { commit_lsn, end_lsn, commit_time, checkpoint_ms, events, dead_letters, commit_us } = batch;
+        let Batch { commit_lsn, end_lsn, commit_time, checkpoint_ms, events, dead_letters, commit_us, prepare_us } =
+            batch;
         self.stats.kafka_commit_micros_total.fetch_add(commit_us, Ordering::Relaxed);
-        debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events, commit_us, "kafka transaction committed");
+        debug!(commit_lsn = %commit_lsn, end_lsn = %end_lsn, events, commit_us, prepare_us, "kafka transaction committed");
         self.stats.events_committed.fetch_add(events, Ordering::Relaxed);
         if dead_letters > 0 {
             self.stats.dead_letters.fetch_add(dead_letters, Ordering::Relaxed);
