@@ -945,22 +945,37 @@ async fn throughput_once(
     })
 }
 
-/// Debezium on the warm Connect worker reads `slot` (made before the rows were written) into a topic of its own:
-/// (events/s from connector creation until all `rows` are visible `read_committed`, worker CPU µs per event, worker
-/// RSS in kB at the end).
-async fn debezium_once(env: &Env, c: &Connector, slot: &str, rows: u64) -> Result<(f64, f64, u64)> {
+/// What a bench part needs around a Debezium connector: the warm Connect worker (its REST API and pid), the
+/// connector's name, and its topic, made with the bench's partition count so the consumer is assigned at once.
+struct DebeziumSide {
+    connect: String,
+    pid: u32,
+    name: String,
+    topic: String,
+    http: reqwest::Client,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+/// The [`DebeziumSide`] of `c` for the connector `<c>-<tag>` writing to `<c><tag>.order`.
+async fn debezium_side(env: &Env, c: &Connector, tag: &str) -> Result<DebeziumSide> {
     let worker = common::services::connect_worker().map_err(|e| anyhow!(e))?;
-    let (connect, pid) = (worker.url, worker.pid);
-    let name = format!("{}-dbz", c.name).replace('_', "-");
-    let topic = format!("{}dbz.order", c.name);
+    let name = format!("{}-{tag}", c.name).replace('_', "-");
+    let topic = format!("{}{tag}.order", c.name);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    // The topic with the bench's partition count, so that the consumer can be assigned at once.
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &env.kafka_bootstrap).create()?;
     let t = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
     for r in admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
         r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
     }
+    Ok(DebeziumSide { connect: worker.url, pid: worker.pid, name, topic, http, admin })
+}
+
+/// Debezium on the warm Connect worker reads `slot` (made before the rows were written) into a topic of its own:
+/// (events/s from connector creation until all `rows` are visible `read_committed`, worker CPU µs per event, worker
+/// RSS in kB at the end).
+async fn debezium_once(env: &Env, c: &Connector, slot: &str, rows: u64) -> Result<(f64, f64, u64)> {
+    let DebeziumSide { connect, pid, name, topic, http, admin } = debezium_side(env, c, "dbz").await?;
     let config = common::services::debezium_connector_config(
         &c.db.url,
         &name,
@@ -1190,17 +1205,7 @@ struct DebeziumLatency {
 /// Debezium on the warm Connect worker, streaming from a slot of its own into a topic of its own, at the rate the
 /// relay was offered: per event the consumer's receive time minus the record timestamp (the row's insert time).
 async fn debezium_latency(env: &Env, c: &Connector, opts: &Opts) -> Result<DebeziumLatency> {
-    let worker = common::services::connect_worker().map_err(|e| anyhow!(e))?;
-    let (connect, pid) = (worker.url, worker.pid);
-    let name = format!("{}-dbzl", c.name).replace('_', "-");
-    let topic = format!("{}dbzl.order", c.name);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &env.kafka_bootstrap).create()?;
-    let t = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
-    for r in admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
-        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
-    }
+    let DebeziumSide { connect, pid, name, topic, http, admin } = debezium_side(env, c, "dbzl").await?;
     // The Outbox Event Router takes a record timestamp only from a timestamp Debezium sends as a number (a
     // timestamptz arrives as a string, a plain bigint is refused): a `timestamp` holding the insert's clock time in
     // UTC, which Debezium reads as UTC. A column of this run's database only.
