@@ -732,6 +732,13 @@ async fn wait_done(
 // Parts
 // ---------------------------------------------------------------------------------------------------------------
 
+/// The CPU seconds (user + system) the Kafka broker of `tests/infra` has used so far; `None` when it was not
+/// started from this clone.
+fn broker_cpu() -> Option<f64> {
+    let pid = std::fs::read_to_string(common::repo_root().join(".infra/kafka/kafka.pid")).ok()?;
+    common::proc_cpu_user_sys(pid.trim()).map(|(u, s)| u + s)
+}
+
 /// One throughput run's figures.
 #[derive(Clone, Debug)]
 struct Tp {
@@ -745,6 +752,8 @@ struct Tp {
     core_pct: f64,
     peak_kb: u64,
     kafka_txns: Option<u64>,
+    /// The Kafka broker's CPU (user + system) per event while the relay ran (when `tests/infra` started it here).
+    broker_us: Option<f64>,
     /// Debezium on Connect: events/s from connector creation, CPU µs per event of the worker, its RSS (kB).
     debezium: Option<(f64, f64, u64)>,
 }
@@ -768,7 +777,7 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
         let r = r?;
         println!(
             "  run {}: pg_recvlogical {:>7.0} rows/s, relay {:>7.0} ev/s visible ({:>7.0} by confirmed_flush) = {:>3.0} %, \
-             relay CPU {:.2} us/ev (user {:.2} sys {:.2}, {:.0} % of a core), peak RSS {} MiB",
+             relay CPU {:.2} us/ev (user {:.2} sys {:.2}, {:.0} % of a core), peak RSS {} MiB, broker CPU {} us/ev",
             i + 1,
             r.recv_rate,
             r.visible_rate,
@@ -778,7 +787,8 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
             r.user_us,
             r.sys_us,
             r.core_pct,
-            mib(r.peak_kb)
+            mib(r.peak_kb),
+            r.broker_us.map_or("?".into(), |b| format!("{b:.1}"))
         );
         if let Some((rate, cpu, rss)) = r.debezium {
             println!(
@@ -906,10 +916,12 @@ async fn throughput_once(
     let rss = RssSampler::start(relay.pid);
     let started = relay.wait_log("replication started", Duration::from_secs(120)).await?;
     let cpu_start = relay.cpu_split();
+    let broker_start = broker_cpu();
     let mut perf = Perf::start(opts, relay.pid, section);
     let (visible, flushed) =
         wait_done(&sql, &c.slot, &consumer, &mut relay, rows, wal.marker, Duration::from_secs(1800)).await?;
     let cpu_end = relay.cpu_split();
+    let broker_used = broker_start.zip(broker_cpu()).map(|(a, b)| b - a);
     perf.stop();
     let (user, sys) = (cpu_end.0 - cpu_start.0, cpu_end.1 - cpu_start.1);
     let metrics = c.metrics().await;
@@ -941,8 +953,32 @@ async fn throughput_once(
         core_pct: (user + sys) / since(visible, started) * 100.0,
         peak_kb: samples.iter().map(|s| s.1).max().unwrap_or(0).max(hwm),
         kafka_txns: metrics.map(|m| m.1),
+        broker_us: broker_used.map(|c| c * 1e6 / rows as f64),
         debezium,
     })
+}
+
+/// Waits until the Connect worker (`pid`) is quiet, so the next reader measured does not share the cores with it:
+/// below 5 % of a core over a second, at most 60 s. After a run its JVM keeps collecting garbage and compiling for
+/// a while; relay runs right after one were up to half as fast. Returns what it saw, for the log.
+async fn worker_quiet(pid: u32) -> String {
+    let started = Instant::now();
+    let cpu = || common::proc_cpu_user_sys(&pid.to_string()).map(|(u, s)| u + s).unwrap_or(0.0);
+    let mut first = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let before = cpu();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let share = cpu() - before;
+        first.get_or_insert(share);
+        if share < 0.05 {
+            return format!(
+                "{:.0} % of a core in its first second, quiet after {:.0} s",
+                first.unwrap_or(share) * 100.0,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    format!("still busy after 60 s ({:.0} % of a core at first)", first.unwrap_or(0.0) * 100.0)
 }
 
 /// What a bench part needs around a Debezium connector: the warm Connect worker (its REST API and pid), the
@@ -1004,6 +1040,8 @@ async fn debezium_once(env: &Env, c: &Connector, slot: &str, rows: u64) -> Resul
     let _ = http.delete(format!("{connect}/connectors/{name}")).send().await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let seen = consumer.count();
+    let busy = worker_quiet(pid).await;
+    println!("         Debezium worker after the connector's deletion: {busy}");
     let _ = consumer.finish()?;
     let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
     if seen != rows {
