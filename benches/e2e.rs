@@ -618,20 +618,15 @@ fn start_consumer_timed(env: &Env, topic: &str, timing: Timing) -> Result<Consum
                             Timing::Envelope => envelope_timestamp_us(m.payload().unwrap_or_default()),
                             Timing::RecordTimestamp => m.timestamp().to_millis().map(|ms| ms * 1000),
                         };
-                        if matches!(timing, Timing::RecordTimestamp) {
-                            match committed_us {
-                                Some(ts) => out.latencies_us.push(now - ts),
-                                None => out.undecodable += 1,
-                            }
-                            continue;
-                        }
                         match committed_us {
                             Some(ts) => {
                                 out.latencies_us.push(now - ts);
-                                if let Some(ms) = m.timestamp().to_millis() {
-                                    if (ms - ts.div_euclid(1000)).abs() > 1 {
-                                        out.timestamp_mismatches += 1;
-                                    }
+                                // The envelope's commit time is also the record's timestamp (in ms).
+                                let record_ms = m.timestamp().to_millis();
+                                if matches!(timing, Timing::Envelope)
+                                    && record_ms.is_some_and(|ms| (ms - ts.div_euclid(1000)).abs() > 1)
+                                {
+                                    out.timestamp_mismatches += 1;
                                 }
                             }
                             None => out.undecodable += 1,

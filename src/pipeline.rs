@@ -491,36 +491,27 @@ impl Relay {
                     async { Ok::<_, PipelineError>(crate::kafka::ensure_checkpoint_topic(&self.kafka).await?) },
                     async { Ok(TxnProducer::create(&self.kafka, Arc::clone(&self.stats.delivered)).await?) },
                     async {
-                        if !self.kafka.pipelined_commits {
-                            return Ok(None);
-                        }
                         let second = self.kafka.pipelined();
-                        Ok(Some(TxnProducer::create(&second, Arc::clone(&self.stats.delivered)).await?))
+                        Ok(TxnProducer::create(&second, Arc::clone(&self.stats.delivered)).await?)
                     },
                     async { Ok(crate::kafka::CheckpointReader::open(&self.kafka).await?) },
                 )?;
-                Ok::<_, PipelineError>((Producers { active: producer, idle: second }, reader))
+                Ok::<_, PipelineError>((producer, second, reader))
             };
-            let (sql, (mut producers, reader)) = tokio::try_join!(postgres, kafka)?;
+            let (sql, (mut active, mut second, reader)) = tokio::try_join!(postgres, kafka)?;
             // Fence first (both transactional ids): afterwards no older instance can commit, so the checkpoint read
-            // next is final.
-            producers.active.init().await?;
-            match producers.idle.as_mut() {
-                Some(second) => second.init().await?,
-                // Not pipelined, the second id is fenced all the same: an instance that pipelines (before the
-                // setting changed, a standby of another configuration) could otherwise still commit on it after
-                // this one read the checkpoint. Where the principal may not use that id, no instance can.
-                None => {
-                    let mut second = TxnProducer::create(&self.kafka.pipelined(), Arc::default()).await?;
-                    match second.init().await {
-                        Ok(()) => {}
-                        Err(SinkError::TransactionalIdNotAuthorized { transactional_id }) => {
-                            debug!(%transactional_id, "not allowed to use the pipelined commits' id; nothing to fence");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+            // next is final. Not pipelined, the second id is fenced all the same: an instance that pipelines (before
+            // the setting changed, a standby of another configuration) could otherwise still commit on it after this
+            // one read the checkpoint. Where the principal may not use that id, no instance can.
+            active.init().await?;
+            match second.init().await {
+                Ok(()) => {}
+                Err(SinkError::TransactionalIdNotAuthorized { transactional_id }) if !self.kafka.pipelined_commits => {
+                    debug!(%transactional_id, "not allowed to use the pipelined commits' id; nothing to fence");
                 }
+                Err(e) => return Err(e.into()),
             }
+            let mut producers = Producers { active, idle: self.kafka.pipelined_commits.then_some(second) };
             info!(
                 transactional_id = %self.kafka.transactional_id,
                 pipelined = self.kafka.pipelined_commits,
