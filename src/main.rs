@@ -319,9 +319,7 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     });
     let opts = outbox_relay::pipeline::RunOptions { accept_gap: args.accept_gap, start_lsn, ..Default::default() };
-    // On a runtime worker, not the main thread: wake-ups between the reader, the Kafka sink and the replication
-    // stream then stay on the workers (benches/README.md: a third less CPU per event for large transactions).
-    let result = tokio::spawn(outbox_relay::leader::run(config, opts, stats, shutdown_rx))
+    let result = run_pipeline(config, opts, stats, shutdown_rx)
         .await
         .map_err(|e| anyhow::anyhow!("pipeline task failed: {e}"))?;
     up.store(false, Ordering::Relaxed);
@@ -330,6 +328,40 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         lag.abort();
     }
     result.map_err(anyhow::Error::from)
+}
+
+/// Runs the pipeline (lease, replication, Kafka) on a thread of its own with a single-threaded runtime, and waits
+/// for its end without holding up this runtime.
+///
+/// Why a thread of its own: the replication reader, the Kafka sink and the tasks between them hand each other
+/// every event; on a multi-threaded runtime each hand-over may wake another thread (a futex and a context switch),
+/// which cost a third of the relay's CPU per event in bulk (benches/README.md, "Problems found", 2). On one
+/// thread the hand-overs are plain task switches. Why not the whole process on one thread: a call that blocks the
+/// pipeline's thread (librdkafka's `begin_transaction`, a local request to its own thread, 0.1 ms typically) must
+/// not hold up the signal handler, the bounded-shutdown timer or the metrics endpoint, which stay on this runtime.
+async fn run_pipeline(
+    config: Config,
+    opts: outbox_relay::pipeline::RunOptions,
+    stats: Arc<outbox_relay::metrics::Stats>,
+    shutdown_rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Result<(), outbox_relay::pipeline::PipelineError>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pipeline".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = done_tx.send(Err(anyhow::anyhow!("cannot start the pipeline's runtime: {e}")));
+                    return;
+                }
+            };
+            let result = runtime.block_on(outbox_relay::leader::run(config, opts, stats, shutdown_rx));
+            let _ = done_tx.send(Ok(result));
+        })
+        .context("cannot start the pipeline's thread")?;
+    // A panic on that thread drops the sender.
+    done_rx.await.map_err(|_| anyhow::anyhow!("the pipeline's thread panicked"))?
 }
 
 /// How long a SIGTERM/SIGINT may take before the process exits anyway.
