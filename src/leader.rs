@@ -106,27 +106,24 @@ pub async fn run(
 ) -> Result<(), PipelineError> {
     if !cfg.leader.enabled {
         stats.leader.store(true, Ordering::Relaxed);
-        let prepared = pipeline::prepare(&cfg).await?;
-        return pipeline::run(cfg, prepared, opts, stats, shutdown).await;
+        return pipeline::run(cfg.clone(), pipeline::Preparing::start(&cfg), opts, stats, shutdown).await;
     }
     // As for the pipeline: a first start that cannot reach PostgreSQL fails at once, so a misconfigured deployment
     // fails fast and visibly; later, an unreachable server is waited for.
     let mut fail_fast = true;
     loop {
-        // Built while the lease is sought: a start then costs only what needs the servers.
-        let (prepared, lease) =
-            tokio::join!(pipeline::prepare(&cfg), Lease::acquire(&cfg, &stats, &mut shutdown, fail_fast));
-        let Some(mut lease) = lease? else {
+        // Built while the lease is sought and the start's first steps run (see `Preparing`).
+        let preparing = pipeline::Preparing::start(&cfg);
+        let Some(mut lease) = Lease::acquire(&cfg, &stats, &mut shutdown, fail_fast).await? else {
             return Ok(());
         };
-        let prepared = prepared?;
         fail_fast = false;
         info!(connector = %cfg.connector_name, "leading: holding the lease; starting");
         lease.free_slot(&cfg.postgres.slot).await;
         stats.leader.store(true, Ordering::Relaxed);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut lost = lease.watch(&cfg.leader);
-        let pipeline = pipeline::run(cfg.clone(), prepared, opts.clone(), Arc::clone(&stats), stop_rx);
+        let pipeline = pipeline::run(cfg.clone(), preparing, opts.clone(), Arc::clone(&stats), stop_rx);
         tokio::pin!(pipeline);
         let mut stepped_down = false;
         let mut shutdown_seen = *shutdown.borrow();

@@ -301,10 +301,11 @@ struct Relay {
     cfg: Config,
     kafka: KafkaSettings,
     tables: Vec<(TableName, OutboxTableConfig)>,
-    messages: Option<MessageMapper>,
-    /// Value encoder (the envelope over all tables' and the message outbox's fields).
-    value_encoder: Arc<dyn ValueEncoder>,
-    key_encoder: Arc<KeyEncoder>,
+    /// The message mapping and the encoders, built by [`Preparing`] while the first start's other steps run; set
+    /// before the first fencing (see `Relay::encoding_ready`), so no event is handled without them.
+    encoding: std::sync::OnceLock<Encoding>,
+    /// The build of [`Self::encoding`] until the first start has waited for it.
+    preparing: tokio::sync::Mutex<Option<Preparing>>,
     stats: Arc<Stats>,
     /// The dead-letter topic in `errors.mode = "dead_letter"`.
     dead_letter_topic: Option<Arc<str>>,
@@ -315,41 +316,52 @@ struct Relay {
     handover: std::sync::Mutex<Option<DebeziumOffset>>,
 }
 
-/// What a start builds from the configuration alone: the message mapping and the encoders with their registry
-/// client (whose TLS set-up costs tens of milliseconds of CPU). It needs no server, so the leader builds it while it
-/// waits for the lease ([`prepare`]) instead of after.
-pub struct Prepared {
+/// The message mapping and the encoders a start builds from the configuration alone.
+struct Encoding {
     messages: Option<MessageMapper>,
-    encoders: Encoders,
+    /// Value encoder (the envelope over all tables' and the message outbox's fields).
+    value_encoder: Arc<dyn ValueEncoder>,
+    key_encoder: Arc<KeyEncoder>,
 }
 
-impl std::fmt::Debug for Prepared {
+/// The build of the message mapping and the encoders with their registry client, on the blocking pool. It needs no
+/// server but costs tens of milliseconds of CPU (OpenSSL 3 decodes the system trust store for the registry's HTTP
+/// client), so it starts at once ([`Preparing::start`]) and runs while the lease is sought and while the first start
+/// checks PostgreSQL and prepares Kafka; that start waits for it before fencing, so a configuration it refuses (a
+/// schema file, the message mapping) fences nobody.
+pub struct Preparing(tokio::task::JoinHandle<Result<(Option<MessageMapper>, Encoders), PipelineError>>);
+
+impl std::fmt::Debug for Preparing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared").field("messages", &self.messages.is_some()).finish_non_exhaustive()
+        f.debug_struct("Preparing").field("finished", &self.0.is_finished()).finish()
     }
 }
 
-/// Builds [`Prepared`] on the blocking pool (it is CPU work).
-pub async fn prepare(cfg: &Config) -> Result<Prepared, PipelineError> {
-    let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || {
-        let messages = if cfg.outbox.messages.enabled {
-            let mapping = cfg.outbox.message_mapping();
-            Some(MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping).map_err(PipelineError::Mapping)?)
-        } else {
-            None
-        };
-        let encoders = Encoders::new(&cfg, &RegistrySettings::from_config(&cfg.schema_registry))?;
-        Ok(Prepared { messages, encoders })
-    })
-    .await
-    .map_err(|e| PipelineError::Sink(SinkError::Join(format!("preparing the encoders: {e}"))))?
+impl Preparing {
+    /// Starts the build.
+    pub fn start(cfg: &Config) -> Preparing {
+        let cfg = cfg.clone();
+        Preparing(tokio::task::spawn_blocking(move || {
+            let messages = if cfg.outbox.messages.enabled {
+                let mapping = cfg.outbox.message_mapping();
+                Some(MessageMapper::new(cfg.outbox.messages.prefix.clone(), &mapping).map_err(PipelineError::Mapping)?)
+            } else {
+                None
+            };
+            let encoders = Encoders::new(&cfg, &RegistrySettings::from_config(&cfg.schema_registry))?;
+            Ok((messages, encoders))
+        }))
+    }
+
+    async fn wait(&mut self) -> Result<(Option<MessageMapper>, Encoders), PipelineError> {
+        (&mut self.0).await.map_err(|e| PipelineError::Sink(SinkError::Join(format!("preparing the encoders: {e}"))))?
+    }
 }
 
 /// Runs the relay until `shutdown` turns true or a definite error happens.
 pub async fn run(
     cfg: Config,
-    prepared: Prepared,
+    preparing: Preparing,
     opts: RunOptions,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
@@ -358,18 +370,6 @@ pub async fn run(
     for t in &cfg.outbox.tables {
         tables.push((t.table.clone(), t.clone()));
     }
-    let Prepared { messages, encoders } = prepared;
-    if let Some(registered) = &encoders.registered.as_ref().filter(|_| !cfg.schema_registry.use_latest_version) {
-        // A schema its subject would refuse fails every event of its type: refuse the start instead, naming why.
-        // (With use_latest_version the registry's schemas are used, not the local files.) An unreachable registry
-        // does not stop the start: each registration is still judged by the registry, and a standby taking over
-        // during an outage delivers the event types whose ids it fetches once the registry answers.
-        match crate::avro::schemas::refuse_incompatible(&encoders.registry, &cfg, registered).await {
-            Err(e) if e.is_transient() => warn!(error = %e, "local schemas not checked against the registry"),
-            other => other?,
-        }
-    }
-    let value_encoder: Arc<dyn ValueEncoder> = encoders.value;
     let relay = Relay {
         kafka: KafkaSettings::from_config(&cfg.kafka),
         dead_letter_topic: (cfg.errors.mode == ErrorMode::DeadLetter)
@@ -377,9 +377,8 @@ pub async fn run(
         stall_timeout: Duration::from_millis(cfg.postgres.stall_timeout_ms),
         cfg,
         tables,
-        messages,
-        value_encoder,
-        key_encoder: encoders.key,
+        encoding: std::sync::OnceLock::new(),
+        preparing: tokio::sync::Mutex::new(Some(preparing)),
         stats,
         poison: Arc::default(),
         handover: std::sync::Mutex::new(None),
@@ -397,6 +396,37 @@ async fn bounded<T>(
 }
 
 impl Relay {
+    /// Waits for the encoders' build (the first start only) and checks the local schemas against the registry.
+    async fn encoding_ready(&self) -> Result<(), PipelineError> {
+        let mut preparing = self.preparing.lock().await;
+        let Some(build) = preparing.as_mut() else { return Ok(()) };
+        // Awaited through a reference: a start abandoned here (another of its steps failed) leaves the build for the
+        // next attempt.
+        let built = build.wait().await;
+        *preparing = None;
+        let (messages, encoders) = built?;
+        let cfg = &self.cfg;
+        if let Some(registered) = &encoders.registered.as_ref().filter(|_| !cfg.schema_registry.use_latest_version) {
+            // A schema its subject would refuse fails every event of its type: refuse the start instead, naming
+            // why. (With use_latest_version the registry's schemas are used, not the local files.) An unreachable
+            // registry does not stop the start: each registration is still judged by the registry, and a standby
+            // taking over during an outage delivers the event types whose ids it fetches once the registry answers.
+            match crate::avro::schemas::refuse_incompatible(&encoders.registry, cfg, registered).await {
+                Err(e) if e.is_transient() => warn!(error = %e, "local schemas not checked against the registry"),
+                other => other?,
+            }
+        }
+        let _ = self.encoding.set(Encoding { messages, value_encoder: encoders.value, key_encoder: encoders.key });
+        Ok(())
+    }
+
+    /// The encoders; set before any session starts ([`Self::encoding_ready`] precedes the first fencing).
+    fn encoding(&self) -> Result<&Encoding, PipelineError> {
+        self.encoding
+            .get()
+            .ok_or_else(|| PipelineError::Sink(SinkError::Join("the encoders were not built before the start".into())))
+    }
+
     async fn sql(&self) -> Result<tokio_postgres::Client, PipelineError> {
         bounded(self.stall_timeout, "sql connection", async {
             Ok(self.cfg.postgres.connect_sql_timeout(self.stall_timeout).await?)
@@ -498,7 +528,7 @@ impl Relay {
                 )?;
                 Ok::<_, PipelineError>((producer, second, reader))
             };
-            let (sql, (mut active, mut second, reader)) = tokio::try_join!(postgres, kafka)?;
+            let (sql, (mut active, mut second, reader), ()) = tokio::try_join!(postgres, kafka, self.encoding_ready())?;
             // Fence first (both transactional ids): afterwards no older instance can commit, so the checkpoint read
             // next is final. Not pipelined, the second id is fenced all the same: an instance that pipelines (before
             // the setting changed, a standby of another configuration) could otherwise still commit on it after this
@@ -920,7 +950,7 @@ impl Relay {
                 };
                 let pos = txn.next_pos();
                 let encoded = match mapper.map_row(&tuple, txn.commit_lsn, txn.commit_time) {
-                    Ok(event) => self.encode(event, pos, &mut txn.topics).await,
+                    Ok(event) => self.encode(self.encoding()?, event, pos, &mut txn.topics).await,
                     Err(source) => Err(EventFailure::mapping(txn.commit_lsn, source)),
                 };
                 let item = match encoded {
@@ -938,7 +968,7 @@ impl Relay {
                 if txn.skips(lsn) {
                     return Ok(false);
                 }
-                let Some(m) = &self.messages else { return Ok(false) };
+                let Some(m) = &self.encoding()?.messages else { return Ok(false) };
                 let mapped = m.map_message(&prefix, true, &content, txn.commit_lsn, txn.commit_time);
                 // Messages of other prefixes (heartbeats, other applications) are not events.
                 if matches!(mapped, Ok(None)) {
@@ -946,7 +976,7 @@ impl Relay {
                 }
                 let pos = txn.next_pos();
                 let encoded = match mapped {
-                    Ok(Some(event)) => self.encode(event, pos, &mut txn.topics).await,
+                    Ok(Some(event)) => self.encode(self.encoding()?, event, pos, &mut txn.topics).await,
                     Ok(None) => return Ok(false),
                     Err(source) => Err(EventFailure::mapping(txn.commit_lsn, source)),
                 };
@@ -1037,12 +1067,13 @@ impl Relay {
 
     async fn encode(
         &self,
+        encoding: &Encoding,
         ev: OutboxEvent,
         pos: EventPos,
         topics: &mut HashMap<String, Arc<str>>,
     ) -> Result<EncodedEvent, EventFailure> {
-        let encoded = match self.value_encoder.encode(&ev).await {
-            Ok(value) => self.key_encoder.encode(&ev).await.map(|key| (key, value)),
+        let encoded = match encoding.value_encoder.encode(&ev).await {
+            Ok(value) => encoding.key_encoder.encode(&ev).await.map(|key| (key, value)),
             Err(e) => Err(e),
         };
         let (key, value) = match encoded {
