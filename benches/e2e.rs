@@ -735,6 +735,12 @@ fn broker_cpu() -> Option<f64> {
     common::proc_cpu_user_sys(pid.trim()).map(|(u, s)| u + s)
 }
 
+/// Median, lowest and highest of `v`; `None` when empty.
+fn median_range(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.sort_by(f64::total_cmp);
+    Some((*v.get(v.len() / 2)?, *v.first()?, *v.last()?))
+}
+
 /// One throughput run's figures.
 #[derive(Clone, Debug)]
 struct Tp {
@@ -803,14 +809,11 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
     let med = sorted[sorted.len() / 2].clone();
     let (lo, hi) = (sorted[0].ratio(), sorted[sorted.len() - 1].ratio());
     // From process start: each run's own pair, the median of those.
-    let mut from_start: Vec<f64> = runs.iter().map(|r| r.spawn_rate / r.recv_rate).collect();
-    from_start.sort_by(f64::total_cmp);
-    let start_ratio = from_start[from_start.len() / 2];
-    let mut cpu_ratios: Vec<f64> =
-        runs.iter().filter_map(|r| r.recv_cpu_us.map(|pc| (r.user_us + r.sys_us) / pc)).collect();
-    cpu_ratios.sort_by(f64::total_cmp);
-    let cpu_ratio = cpu_ratios.get(cpu_ratios.len() / 2).copied();
-    let ok = start_ratio >= target && cpu_ratio.is_none_or(|c| c <= 1.0);
+    let (start_ratio, start_lo, start_hi) =
+        median_range(runs.iter().map(|r| r.spawn_rate / r.recv_rate).collect()).unwrap_or_default();
+    let cpu_ratios =
+        median_range(runs.iter().filter_map(|r| r.recv_cpu_us.map(|pc| (r.user_us + r.sys_us) / pc)).collect());
+    let ok = start_ratio >= target && cpu_ratios.is_none_or(|(c, _, _)| c <= 1.0);
     let n = runs.len();
     let which = if n > 1 { format!("median of {n} runs") } else { "1 run".into() };
     println!("  {which}:");
@@ -843,8 +846,8 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
         "%",
         &format!(
             "{which} (range {:.0}-{:.0} %); issue 11's target >= {:.0} %: {}",
-            from_start[0] * 100.0,
-            from_start[from_start.len() - 1] * 100.0,
+            start_lo * 100.0,
+            start_hi * 100.0,
             target * 100.0,
             verdict(start_ratio >= target)
         ),
@@ -866,7 +869,7 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
     if let Some(pc) = med.recv_cpu_us {
         record(section, "pg_recvlogical CPU per row", format!("{pc:.2}"), "us", "");
     }
-    if let Some(c) = cpu_ratio {
+    if let Some((c, lo, hi)) = cpu_ratios {
         record(
             section,
             "relay CPU per event / pg_recvlogical's per row",
@@ -874,8 +877,8 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
             "%",
             &format!(
                 "median of each run's pair (range {:.0}-{:.0} %); issue 11's target <= 100 %: {}",
-                cpu_ratios[0] * 100.0,
-                cpu_ratios[cpu_ratios.len() - 1] * 100.0,
+                lo * 100.0,
+                hi * 100.0,
                 verdict(c <= 1.0)
             ),
         );

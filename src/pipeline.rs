@@ -968,7 +968,8 @@ impl Relay {
                 if txn.skips(lsn) {
                     return Ok(false);
                 }
-                let Some(m) = &self.encoding()?.messages else { return Ok(false) };
+                let encoding = self.encoding()?;
+                let Some(m) = &encoding.messages else { return Ok(false) };
                 let mapped = m.map_message(&prefix, true, &content, txn.commit_lsn, txn.commit_time);
                 // Messages of other prefixes (heartbeats, other applications) are not events.
                 if matches!(mapped, Ok(None)) {
@@ -976,7 +977,7 @@ impl Relay {
                 }
                 let pos = txn.next_pos();
                 let encoded = match mapped {
-                    Ok(Some(event)) => self.encode(self.encoding()?, event, pos, &mut txn.topics).await,
+                    Ok(Some(event)) => self.encode(encoding, event, pos, &mut txn.topics).await,
                     Ok(None) => return Ok(false),
                     Err(source) => Err(EventFailure::mapping(txn.commit_lsn, source)),
                 };
