@@ -49,12 +49,14 @@ start_kafka() {
     if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
         log "kafka: formatting storage in $KAFKA_DIR/data"
         rm -rf "$KAFKA_DIR/data"
-        # A cluster id is 16 random bytes in URL-safe base64 without padding.
+        # A cluster id is 16 random bytes in URL-safe base64 without padding. One in
+        # 64 starts with "-", which the tool's parser takes for an option unless the
+        # value is attached with "=".
         local cluster_id
         cluster_id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
         run_logged "$KAFKA_DIR/format.log" "$KAFKA_JAVA" -Xmx256m \
             -Dlog4j2.configurationFile="$KAFKA_DIR/tools-log4j2.properties" -cp "$KAFKA_LIBS/*" \
-            kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$KAFKA_DIR/server.properties"
+            kafka.tools.StorageTool format --standalone --cluster-id="$cluster_id" -c "$KAFKA_DIR/server.properties"
     fi
 
     log "kafka: starting on $HOST:$KAFKA_PORT"
