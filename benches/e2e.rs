@@ -48,6 +48,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -89,6 +90,9 @@ struct Opts {
     repeat: usize,
     /// Record a `perf` profile of the relay's measured phase into this directory.
     perf: Option<PathBuf>,
+    /// `--stages`: the latency part also reads `read_uncommitted`, to split each event's latency at the moment the
+    /// broker appended it.
+    stages: bool,
 }
 
 fn main() -> ExitCode {
@@ -130,7 +134,7 @@ async fn run() -> Result<bool> {
         "repeat",
         "value-mode",
     ])?;
-    args.unknown_flags(&["quick", "keep-logs", "help", "debezium"])?;
+    args.unknown_flags(&["quick", "keep-logs", "help", "debezium", "stages"])?;
     if args.flag("help") {
         println!("see the top of benches/e2e.rs and benches/README.md");
         return Ok(true);
@@ -179,6 +183,7 @@ async fn run() -> Result<bool> {
         bin,
         keep_logs: args.flag("keep-logs"),
         perf: args.value("perf").map(PathBuf::from),
+        stages: args.flag("stages"),
         repeat: args.num("repeat", 1)?,
     };
     if opts.rows == 0 || opts.rows > 10_000_000 || opts.big_rows == 0 || opts.big_rows > 10_000_000 {
@@ -566,13 +571,15 @@ struct ConsumerHandle {
 #[derive(Debug, Default)]
 struct ConsumerOut {
     latencies_us: Vec<i64>,
+    /// (partition, offset) of each record in `latencies_us`, in the same order.
+    positions: Vec<(i32, i64)>,
     /// Records whose Kafka timestamp (ms) differs from the envelope timestamp (us) by more than 1 ms.
     timestamp_mismatches: u64,
     undecodable: u64,
 }
 
 fn start_consumer(env: &Env, topic: &str) -> Result<ConsumerHandle> {
-    start_consumer_timed(env, topic, Timing::Envelope)
+    start_consumer_timed(env, topic, Timing::Envelope, "read_committed")
 }
 
 /// Where a consumer reads when an event was committed.
@@ -586,12 +593,12 @@ enum Timing {
     RecordTimestamp,
 }
 
-fn start_consumer_timed(env: &Env, topic: &str, timing: Timing) -> Result<ConsumerHandle> {
+fn start_consumer_timed(env: &Env, topic: &str, timing: Timing, isolation: &str) -> Result<ConsumerHandle> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &env.kafka_bootstrap)
         .set("group.id", common::unique("consumer"))
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("fetch.wait.max.ms", std::env::var("BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "100".into()))
         .set("allow.auto.create.topics", "false")
         .create()?;
@@ -622,6 +629,7 @@ fn start_consumer_timed(env: &Env, topic: &str, timing: Timing) -> Result<Consum
                         match committed_us {
                             Some(ts) => {
                                 out.latencies_us.push(now - ts);
+                                out.positions.push((m.partition(), m.offset()));
                                 // The envelope's commit time is also the record's timestamp (in ms).
                                 let record_ms = m.timestamp().to_millis();
                                 if matches!(timing, Timing::Envelope)
@@ -735,6 +743,183 @@ fn broker_cpu() -> Option<f64> {
     common::proc_cpu_user_sys(pid.trim()).map(|(u, s)| u + s)
 }
 
+/// Who used the two cores during a measured phase, and how long their runnable threads waited for one: the
+/// evidence for "the box is saturated" (issue 11, goal 5) rather than an inference from the load generator's lag.
+struct BoxLoad {
+    at: Instant,
+    /// (name, CPU ns and run-queue wait ns of each process at the start).
+    start: Vec<(&'static str, SchedTimes)>,
+    /// Samples every 200 ms, so that a process that ends before the phase does (a generator's backend) keeps its
+    /// last figures; returns each group's last figures per process.
+    sampler: JoinHandle<Vec<SchedTimes>>,
+    stop: Arc<AtomicBool>,
+    machine: Option<(u64, u64)>,
+    pressure_us: Option<u64>,
+}
+
+impl BoxLoad {
+    /// `relay` and `walsender` are the relay's process and its slot's walsender (without them, a walsender counts
+    /// with the rest of PostgreSQL); the other groups are found from the pid files of `tests/infra` (absent when the
+    /// services were started from another clone).
+    fn start(relay: Option<u32>, walsender: Option<u32>) -> BoxLoad {
+        let infra = common::repo_root().join(".infra");
+        let pid_file = |rel: &str| -> Option<u32> {
+            std::fs::read_to_string(infra.join(rel)).ok()?.lines().next()?.trim().parse().ok()
+        };
+        let one = |pid: Option<u32>| pid.map(Procs::One);
+        let named: [(&'static str, Option<Procs>); 7] = [
+            ("relay", one(relay)),
+            ("walsender (relay's slot)", one(walsender)),
+            (
+                if walsender.is_some() { "PostgreSQL, the rest (the generator's backends, ...)" } else { "PostgreSQL" },
+                pid_file("pg/data/postmaster.pid").map(|p| Procs::WithChildren(p, walsender)),
+            ),
+            ("Kafka broker", one(pid_file("kafka/kafka.pid"))),
+            ("registry", one(pid_file("apicurio/apicurio.pid"))),
+            ("Connect worker", one(pid_file("connect/connect.pid"))),
+            ("bench (generator, consumers)", Some(Procs::One(std::process::id()))),
+        ];
+        let (mut start, mut groups) = (Vec::new(), Vec::new());
+        for (name, procs) in named {
+            let Some(procs) = procs else { continue };
+            let times = procs.times();
+            if !times.is_empty() {
+                start.push((name, times));
+                groups.push(procs);
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let sampler = std::thread::spawn(move || {
+            let mut last: Vec<SchedTimes> = groups.iter().map(|_| HashMap::new()).collect();
+            let limit = Instant::now() + Duration::from_secs(3600);
+            loop {
+                let done = stop2.load(Ordering::Relaxed) || Instant::now() > limit;
+                for (procs, seen) in groups.iter().zip(&mut last) {
+                    seen.extend(procs.times());
+                }
+                if done {
+                    return last;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        BoxLoad {
+            at: Instant::now(),
+            start,
+            sampler,
+            stop,
+            machine: common::machine_cpu_ticks(),
+            pressure_us: common::cpu_pressure_us(),
+        }
+    }
+
+    fn finish(self) -> LoadFigures {
+        let secs = self.at.elapsed().as_secs_f64();
+        self.stop.store(true, Ordering::Relaxed);
+        let last = self.sampler.join().unwrap_or_default();
+        let groups = self
+            .start
+            .iter()
+            .zip(last)
+            .map(|((name, start), last)| {
+                // A process that started meanwhile (a generator's backend) counts from zero.
+                let (cpu, wait) = last.into_iter().fold((0u64, 0u64), |(c, w), (pid, (c1, w1))| {
+                    let (c0, w0) = start.get(&pid).copied().unwrap_or_default();
+                    (c + c1.saturating_sub(c0), w + w1.saturating_sub(w0))
+                });
+                (*name, cpu as f64 / 1e9 / secs * 100.0, wait as f64 / 1e6 / secs)
+            })
+            .collect();
+        let machine_pct = self
+            .machine
+            .zip(common::machine_cpu_ticks())
+            .map(|((busy0, total0), (busy1, total1))| (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * 100.0);
+        let pressure_pct =
+            self.pressure_us.zip(common::cpu_pressure_us()).map(|(p0, p1)| (p1 - p0) as f64 / 1e6 / secs * 100.0);
+        LoadFigures { groups, machine_pct, pressure_pct }
+    }
+}
+
+/// What `BoxLoad` measured.
+struct LoadFigures {
+    /// (group, % of one core, ms per second its threads waited for a CPU).
+    groups: Vec<(&'static str, f64, f64)>,
+    /// Busy share of all the machine's CPUs.
+    machine_pct: Option<f64>,
+    /// Share of the time at least one runnable task waited for a CPU (`/proc/pressure/cpu`, "some").
+    pressure_pct: Option<f64>,
+}
+
+impl LoadFigures {
+    fn record(&self, section: &str) {
+        for (name, core, wait) in &self.groups {
+            record(
+                section,
+                &format!("CPU: {name}"),
+                format!("{core:.0}"),
+                "% core",
+                &format!("its threads waited {wait:.0} ms/s for a CPU"),
+            );
+        }
+        if let Some(m) = self.machine_pct {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            record(section, "CPU: whole machine busy", format!("{m:.0}"), "%", &format!("of {cores} CPUs"));
+        }
+        if let Some(p) = self.pressure_pct {
+            record(
+                section,
+                "CPU pressure (some)",
+                format!("{p:.0}"),
+                "%",
+                "of the time at least one runnable task waited for a CPU",
+            );
+        }
+    }
+
+    /// One line: each group's share of a core, the machine's busy share and the CPU pressure.
+    fn line(&self) -> String {
+        let mut out: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|g| g.1 >= 1.0)
+            .map(|(name, core, _)| format!("{} {core:.0} %", name.split([',', '(']).next().unwrap_or(name).trim()))
+            .collect();
+        if let Some(m) = self.machine_pct {
+            out.push(format!("machine {m:.0} % busy"));
+        }
+        if let Some(p) = self.pressure_pct {
+            out.push(format!("CPU pressure {p:.0} %"));
+        }
+        out.join(", ")
+    }
+}
+
+/// CPU ns and run-queue wait ns by process.
+type SchedTimes = HashMap<u32, (u64, u64)>;
+
+/// The processes of one `BoxLoad` group.
+enum Procs {
+    One(u32),
+    /// A postmaster and its children, but for the walsender counted on its own.
+    WithChildren(u32, Option<u32>),
+}
+
+impl Procs {
+    /// CPU ns and run-queue wait ns of each live process of the group.
+    fn times(&self) -> SchedTimes {
+        let pids = match self {
+            Procs::One(pid) => vec![*pid],
+            Procs::WithChildren(pid, except) => {
+                let mut all = common::proc_with_children(*pid);
+                all.retain(|p| Some(*p) != *except);
+                all
+            }
+        };
+        pids.into_iter().filter_map(|p| Some((p, common::proc_sched_ns(p)?))).collect()
+    }
+}
+
 /// Median, lowest and highest of `v`; `None` when empty.
 fn median_range(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     v.sort_by(f64::total_cmp);
@@ -758,6 +943,8 @@ struct Tp {
     broker_us: Option<f64>,
     /// Debezium on Connect: events/s from connector creation, CPU µs per event of the worker, its RSS (kB).
     debezium: Option<(f64, f64, u64)>,
+    /// Who used the cores while the relay ran and while pg_recvlogical ran (`LoadFigures::line`).
+    load: String,
 }
 
 impl Tp {
@@ -794,6 +981,7 @@ async fn throughput(env: &Env, opts: &Opts, single: bool) -> Result<bool> {
             mib(r.peak_kb),
             r.broker_us.map_or("?".into(), |b| format!("{b:.1}"))
         );
+        println!("         CPU in the {}", r.load);
         if let Some((rate, cpu, rss)) = r.debezium {
             println!(
                 "         Debezium on Connect {rate:>7.0} ev/s from connector creation, relay / Debezium = {:.1}x \
@@ -935,8 +1123,13 @@ async fn throughput_once(
     }
     let wal: Generated = common::generate(&c.db, rows, single, 1).await?;
     let (db, publication) = (c.db.clone(), c.slot.clone());
-    let recv_run =
-        || common::run_pg_recvlogical(env, &db, &recv_slot, &publication, 1, &[], wal.end, Duration::from_secs(900));
+    let recv_run = || async {
+        let load = BoxLoad::start(None, None);
+        let r =
+            common::run_pg_recvlogical(env, &db, &recv_slot, &publication, 1, &[], wal.end, Duration::from_secs(900))
+                .await;
+        r.map(|r| (r, load.finish()))
+    };
     // Alternate which reader goes first (page cache, other load), like the replication benchmark.
     let mut recv = if recv_first { Some(recv_run().await?) } else { None };
 
@@ -947,9 +1140,15 @@ async fn throughput_once(
     let started = relay.wait_log("replication started", Duration::from_secs(120)).await?;
     let cpu_start = relay.cpu_split();
     let broker_start = broker_cpu();
+    let walsender: Option<i32> = sql
+        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&c.slot])
+        .await?
+        .and_then(|r| r.get(0));
+    let load = BoxLoad::start(Some(relay.pid), walsender.and_then(|p| u32::try_from(p).ok()));
     let mut perf = Perf::start(opts, relay.pid, section);
     let (visible, flushed) =
         wait_done(&sql, &c.slot, &consumer, &mut relay, rows, wal.marker, Duration::from_secs(1800)).await?;
+    let relay_load = load.finish();
     let cpu_end = relay.cpu_split();
     let broker_used = broker_start.zip(broker_cpu()).map(|(a, b)| b - a);
     perf.stop();
@@ -968,7 +1167,7 @@ async fn throughput_once(
     if recv.is_none() {
         recv = Some(recv_run().await?);
     }
-    let recv = recv.expect("ran");
+    let (recv, recv_load) = recv.expect("ran");
     let recv_rate = rows as f64 / recv.wall.as_secs_f64();
     let debezium = if opts.debezium { Some(debezium_once(env, c, &dbz_slot, rows).await?) } else { None };
     let since = |t: Instant, from: Instant| t.duration_since(from).as_secs_f64();
@@ -985,6 +1184,7 @@ async fn throughput_once(
         kafka_txns: metrics.map(|m| m.1),
         broker_us: broker_used.map(|c| c * 1e6 / rows as f64),
         debezium,
+        load: format!("relay's run: {}; pg_recvlogical's run: {}", relay_load.line(), recv_load.line()),
     })
 }
 
@@ -1125,6 +1325,54 @@ async fn paced_generator(db: &BenchDb, rate: f64, seconds: f64, conns: usize, fi
     Ok((total, (tokio::time::Instant::now() - t0).as_secs_f64(), worst))
 }
 
+/// `--stages`: splits each event's commit → visible latency where a `read_uncommitted` consumer first saw the record
+/// (the broker appended it): before that, the walsender, the relay and the producer's linger and produce request;
+/// after it, the rest of the Kafka transaction (the checkpoint record, every acknowledgement, EndTxn, the markers) and
+/// the `read_committed` consumer's fetch. Both consumers poll on their own threads, so each split is one more fetch
+/// apart, and the two consumers' fetches compete for the broker too.
+fn latency_stages(section: &str, committed: &ConsumerOut, uncommitted: &ConsumerOut) {
+    let appended: HashMap<(i32, i64), i64> =
+        uncommitted.positions.iter().copied().zip(uncommitted.latencies_us.iter().copied()).collect();
+    let (mut before, mut after, mut slow_before, mut slow_after) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (pos, total) in committed.positions.iter().zip(&committed.latencies_us) {
+        let Some(&a) = appended.get(pos) else { continue };
+        let a = a.min(*total);
+        before.push(a);
+        after.push(total - a);
+        if *total > 25_000 {
+            slow_before.push(a);
+            slow_after.push(total - a);
+        }
+    }
+    for v in [&mut before, &mut after, &mut slow_before, &mut slow_after] {
+        v.sort_unstable();
+    }
+    let ms = |v: &[i64], q: f64| format!("{:.1}", common::percentile(v, q) as f64 / 1000.0);
+    record(
+        section,
+        "stage: commit -> appended p50/p99",
+        format!("{}/{}", ms(&before, 50.0), ms(&before, 99.0)),
+        "ms",
+        &format!("{} events seen by both consumers", before.len()),
+    );
+    record(
+        section,
+        "stage: appended -> visible p50/p99",
+        format!("{}/{}", ms(&after, 50.0), ms(&after, 99.0)),
+        "ms",
+        "",
+    );
+    if !slow_before.is_empty() {
+        record(
+            section,
+            "stage, events over 25 ms: before / after append",
+            format!("{}/{}", ms(&slow_before, 50.0), ms(&slow_after, 50.0)),
+            "ms",
+            &format!("medians of {} events", slow_before.len()),
+        );
+    }
+}
+
 async fn latency(env: &Env, opts: &Opts) -> Result<bool> {
     let mut c = Connector::new(env, "l", opts, &[]).await?;
     let r = latency_inner(env, opts, &mut c).await;
@@ -1147,8 +1395,24 @@ async fn latency_inner(env: &Env, opts: &Opts, c: &mut Connector) -> Result<bool
     wait_done(&probe, &c.slot, &consumer, &mut relay, warm, warm_gen.marker, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let stages = if opts.stages {
+        let c = start_consumer_timed(env, &c.topic, Timing::Envelope, "read_uncommitted")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.count() < warm && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.collect.store(true, Ordering::Relaxed);
+        Some(c)
+    } else {
+        None
+    };
+    let walsender: Option<i32> = probe
+        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&c.slot])
+        .await?
+        .and_then(|r| r.get(0));
     let rss = RssSampler::start(relay.pid);
     let mut perf = Perf::start(opts, relay.pid, "e2e.latency");
+    let load = BoxLoad::start(Some(relay.pid), walsender.and_then(|p| u32::try_from(p).ok()));
     let cpu0 = relay.cpu();
     consumer.collect.store(true, Ordering::Relaxed);
     let gen_started = Instant::now();
@@ -1166,8 +1430,13 @@ async fn latency_inner(env: &Env, opts: &Opts, c: &mut Connector) -> Result<bool
     let hwm = rss.hwm_kb().unwrap_or(0);
     let metrics = c.metrics().await;
     let samples = rss.finish();
+    let section = "e2e.latency";
+    load.finish().record(section);
     relay.terminate(Duration::from_secs(40)).await?;
     let out = consumer.finish()?;
+    if let Some(uncommitted) = stages {
+        latency_stages(section, &out, &uncommitted.finish()?);
+    }
     let mut lat = out.latencies_us;
     lat.sort_unstable();
     if lat.len() as u64 != sent {
@@ -1190,7 +1459,6 @@ async fn latency_inner(env: &Env, opts: &Opts, c: &mut Connector) -> Result<bool
     let steady_max = steady.iter().copied().max().unwrap_or(0);
     let steady_avg = if steady.is_empty() { 0 } else { steady.iter().sum::<u64>() / steady.len() as u64 };
     let ok_rss = steady_max <= 64 * 1024;
-    let section = "e2e.latency";
     record(
         section,
         "offered / achieved rate",
@@ -1295,7 +1563,7 @@ async fn debezium_latency(env: &Env, c: &Connector, opts: &Opts) -> Result<Debez
         &env.schema_registry_url,
     );
     config["transforms.outbox.table.field.event.timestamp"] = "inserted_at".into();
-    let consumer = start_consumer_timed(env, &topic, Timing::RecordTimestamp)?;
+    let consumer = start_consumer_timed(env, &topic, Timing::RecordTimestamp, "read_committed")?;
     let created = http.put(format!("{connect}/connectors/{name}/config")).json(&config).send().await?;
     if !created.status().is_success() {
         bail!("creating the Debezium connector: {} {}", created.status(), created.text().await.unwrap_or_default());

@@ -39,11 +39,12 @@ struct OursRun {
 }
 
 fn main() -> ExitCode {
-    // `--runtime multi` (default) is what the relay binary uses: `#[tokio::main]`, two workers on two cores, the
-    // pipeline running in `block_on` on the main thread. `--runtime current` runs everything on one thread.
-    let current = std::env::args().any(|a| a == "--runtime=current")
-        || std::env::args().collect::<Vec<_>>().windows(2).any(|w| w[0] == "--runtime" && w[1] == "current");
-    let rt = if current {
+    // `--runtime current` (default) is the relay binary's shape since 1d5aca1: its pipeline runs on a thread of its
+    // own with a current-thread runtime. `--runtime multi` is the shape before (two workers, the pipeline in
+    // `block_on` on the main thread).
+    let multi = std::env::args().any(|a| a == "--runtime=multi")
+        || std::env::args().collect::<Vec<_>>().windows(2).any(|w| w[0] == "--runtime" && w[1] == "multi");
+    let rt = if !multi {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
 
 async fn run() -> Result<bool> {
     let args = Args::parse(&["rows", "rounds", "shape", "proto", "runtime", "streaming", "messages"])?;
-    let runtime = args.value("runtime").unwrap_or("multi");
+    let runtime = args.value("runtime").unwrap_or("current");
     if !["multi", "current"].contains(&runtime) {
         bail!("--runtime multi|current");
     }

@@ -325,10 +325,11 @@ struct Encoding {
 }
 
 /// The build of the message mapping and the encoders with their registry client, on the blocking pool. It needs no
-/// server but costs tens of milliseconds of CPU (OpenSSL 3 decodes the system trust store for the registry's HTTP
-/// client), so it starts at once ([`Preparing::start`]) and runs while the lease is sought and while the first start
-/// checks PostgreSQL and prepares Kafka; that start waits for it before fencing, so a configuration it refuses (a
-/// schema file, the message mapping) fences nobody.
+/// server (the registry client's HTTP client, tens of milliseconds of CPU for OpenSSL 3 to decode the system trust
+/// store, is built in the background and awaited by the first registry request), so it starts at once
+/// ([`Preparing::start`]) and runs while the lease is sought and while the first start checks PostgreSQL and prepares
+/// Kafka; that start waits for it before fencing, so a configuration it refuses (a schema file, the message mapping,
+/// the registry's TLS files) fences nobody.
 pub struct Preparing(tokio::task::JoinHandle<Result<(Option<MessageMapper>, Encoders), PipelineError>>);
 
 impl std::fmt::Debug for Preparing {
@@ -516,19 +517,32 @@ impl Relay {
                 .await?;
                 Ok::<_, PipelineError>(sql)
             };
+            // When each step finished, for the debug lines below: the longest one is the start's critical path.
+            let done_ms = || t0.elapsed().as_millis() as u64;
             let kafka = async {
-                let (_, producer, second, reader) = tokio::try_join!(
-                    async { Ok::<_, PipelineError>(crate::kafka::ensure_checkpoint_topic(&self.kafka).await?) },
-                    async { Ok(TxnProducer::create(&self.kafka, Arc::clone(&self.stats.delivered)).await?) },
+                let (topic_ms, (producer, producer_ms), (second, second_ms), (reader, reader_ms)) = tokio::try_join!(
+                    async {
+                        crate::kafka::ensure_checkpoint_topic(&self.kafka).await?;
+                        Ok::<_, PipelineError>(done_ms())
+                    },
+                    async {
+                        Ok((TxnProducer::create(&self.kafka, Arc::clone(&self.stats.delivered)).await?, done_ms()))
+                    },
                     async {
                         let second = self.kafka.pipelined();
-                        Ok(TxnProducer::create(&second, Arc::clone(&self.stats.delivered)).await?)
+                        Ok((TxnProducer::create(&second, Arc::clone(&self.stats.delivered)).await?, done_ms()))
                     },
-                    async { Ok(crate::kafka::CheckpointReader::open(&self.kafka).await?) },
+                    async { Ok((crate::kafka::CheckpointReader::open(&self.kafka).await?, done_ms())) },
                 )?;
+                debug!(topic_ms, producer_ms, second_ms, reader_ms, "start: kafka prepared");
                 Ok::<_, PipelineError>((producer, second, reader))
             };
-            let (sql, (mut active, mut second, reader), ()) = tokio::try_join!(postgres, kafka, self.encoding_ready())?;
+            let ((sql, postgres_ms), ((mut active, mut second, reader), kafka_ms), encoders_ms) = tokio::try_join!(
+                async { Ok::<_, PipelineError>((postgres.await?, done_ms())) },
+                async { Ok::<_, PipelineError>((kafka.await?, done_ms())) },
+                async { self.encoding_ready().await.map(|()| done_ms()) },
+            )?;
+            debug!(postgres_ms, kafka_ms, encoders_ms, "start: checks and preparations done");
             // Fence first (both transactional ids): afterwards no older instance can commit, so the checkpoint read
             // next is final. Not pipelined, the second id is fenced all the same: an instance that pipelines (before
             // the setting changed, a standby of another configuration) could otherwise still commit on it after this

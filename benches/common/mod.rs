@@ -221,6 +221,54 @@ pub fn proc_cpu_user_sys(pid: &str) -> Option<(f64, f64)> {
     Some((utime / clock_ticks(), stime / clock_ticks()))
 }
 
+/// Nanoseconds on a CPU and nanoseconds runnable but waiting for one (the run-queue delay), summed over the live
+/// threads of `pid` (`/proc/<pid>/task/*/schedstat`). A thread that exits between two readings drops out of the
+/// difference, so this is for long-lived processes.
+pub fn proc_sched_ns(pid: u32) -> Option<(u64, u64)> {
+    let mut sum = (0u64, 0u64);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        let mut f = text.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        sum.0 += f.next().unwrap_or(0);
+        sum.1 += f.next().unwrap_or(0);
+    }
+    Some(sum)
+}
+
+/// `pid` and its direct children (a postmaster and its backends, walsenders and auxiliary processes).
+pub fn proc_with_children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // After the command: state, then ppid.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The machine's busy and total CPU time so far, in clock ticks (`/proc/stat`, all CPUs; busy is everything but
+/// idle and iowait).
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Microseconds during which at least one runnable task waited for a CPU (`/proc/pressure/cpu`, "some").
+pub fn cpu_pressure_us() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("total=")?.parse().ok())
+}
+
 /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
 pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

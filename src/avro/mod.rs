@@ -343,9 +343,24 @@ impl RegistrySettings {
 /// failure classification.
 #[derive(Debug)]
 pub struct SchemaRegistry {
-    http: reqwest::Client,
+    /// Built on the blocking pool from [`SchemaRegistry::new`] on, and awaited by the first request: the build costs
+    /// tens of milliseconds of CPU (OpenSSL 3 decodes the system trust store, even for an `http://` registry), which a
+    /// start would otherwise wait for before it may fence.
+    http: Arc<tokio::sync::OnceCell<reqwest::Client>>,
     settings: RegistrySettings,
     url: String,
+}
+
+/// Builds the registry's HTTP client on the blocking pool: it parses the system trust store.
+async fn build_http_client(settings: RegistrySettings) -> Result<reqwest::Client, EncodeError> {
+    let url = settings.url().to_owned();
+    tokio::task::spawn_blocking(move || {
+        settings.client_builder()?.build().map_err(|e| {
+            EncodeError::Settings(format!("schema registry client for {}: {}", settings.url(), crate::error_chain(&e)))
+        })
+    })
+    .await
+    .map_err(|e| EncodeError::Settings(format!("schema registry client for {url}: its build failed: {e}")))?
 }
 
 /// A schema as a subject holds it.
@@ -386,12 +401,26 @@ fn path_segment(s: &str) -> String {
 pub const WRITABLE_MODE: &str = "READWRITE";
 
 impl SchemaRegistry {
-    /// A client; no request is made until the first registration.
+    /// A client; no request is made until the first registration. The settings' files are read and checked here,
+    /// so a bad one is refused at once; the HTTP client's build starts here, in the background when called within
+    /// a tokio runtime.
     pub fn new(settings: &RegistrySettings) -> Result<SchemaRegistry, EncodeError> {
-        let http = settings.client_builder()?.build().map_err(|e| {
-            EncodeError::Settings(format!("schema registry client for {}: {}", settings.url(), crate::error_chain(&e)))
-        })?;
+        drop(settings.client_builder()?);
+        let http = Arc::new(tokio::sync::OnceCell::new());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (cell, settings) = (Arc::clone(&http), settings.clone());
+            // A failure here is met again, and reported, by the first request.
+            runtime.spawn(async move { cell.get_or_try_init(|| build_http_client(settings)).await.map(drop) });
+        }
         Ok(SchemaRegistry { http, settings: settings.clone(), url: redact_url(settings.url()) })
+    }
+
+    /// The HTTP client, once built.
+    async fn http(&self) -> Result<&reqwest::Client, SRCError> {
+        self.http
+            .get_or_try_init(|| build_http_client(self.settings.clone()))
+            .await
+            .map_err(|e| SRCError::new(&e.to_string(), None, false))
     }
 
     /// Registers `schema` under `<topic>-key` or `<topic>-value` (or finds it registered) and returns its id.
@@ -591,7 +620,8 @@ impl SchemaRegistry {
         what: &str,
     ) -> Result<Option<serde_json::Value>, SRCError> {
         let mut request = self
-            .http
+            .http()
+            .await?
             .request(method.clone(), format!("{base}{path}"))
             .header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json");
         if let Some(b) = body {

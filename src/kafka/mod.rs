@@ -125,6 +125,12 @@ impl KafkaSettings {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
+        // librdkafka lets a client connect to "any broker" at most every reconnect.backoff.ms / 2 (50 ms by default,
+        // at least 11). A new client drops its bootstrap connection once metadata names the brokers; a request in
+        // that gap waited the rest of that interval, about 45 ms in half of the starts (benches/README.md#start-up).
+        // 20 ms (Kafka's Java clients use 50) keeps the backoff growing to reconnect.backoff.max.ms during an
+        // outage. Overridable like every librdkafka setting.
+        c.set("reconnect.backoff.ms", "20");
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -1443,8 +1449,9 @@ fn checkpoint_consumer(settings: &KafkaSettings, isolation: &str) -> Result<Base
         .set("allow.auto.create.topics", "false")
         .set("auto.offset.reset", "earliest")
         // The read ends at the partition's end, which the broker reports only when a fetch returns: with the
-        // default 500 ms a fetch at the end waits that long for data that will not come.
-        .set("fetch.wait.max.ms", "10");
+        // default 500 ms a fetch at the end waits that long for data that will not come. The reader lives only for
+        // a start's read, so a fetch that returns at once costs nothing worth saving.
+        .set("fetch.wait.max.ms", "1");
     c.create_with_context(QuietContext)
         .map_err(|e| SinkError::Client { op: "consumer creation", source: config::redact_config_error(e) })
 }
