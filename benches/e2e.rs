@@ -3,7 +3,7 @@
 //! `cargo bench --bench e2e -- [--only throughput,latency,bigtxn,startup] [--shape single|bulk|both] [--rows N]
 //!  [--repeat R] [--rate R] [--seconds S] [--conns C] [--big-rows N] [--kafka key=value]...
 //!  [--prop librdkafka.key=value]... [--pg key=value]... [--value-mode envelope|payload|registered] [--debezium]
-//!  [--perf DIR] [--keep-logs] [--quick]`
+//!  [--perf DIR] [--stages] [--keep-logs] [--quick]`
 //!
 //! - `throughput` (single-row and bulk shape): a fresh database and connector; the relay is started once (it
 //!   creates publication, slot and genesis checkpoint) and stopped with SIGTERM; a second slot for
@@ -16,7 +16,12 @@
 //! - `latency`: with the relay running, a paced generator (several connections, one row per transaction,
 //!   `synchronous_commit = on`) offers R events/s for S seconds; a `read_committed` consumer computes receive time
 //!   minus commit time per event from the envelope's `timestamp` (commit time, microseconds). p50/p99/max; target p99 <=
-//!   25 ms (issue 11). The relay's VmRSS is sampled every 100 ms meanwhile (target <= 64 MiB steady).
+//!   25 ms (issue 11). The relay's VmRSS is sampled every 100 ms meanwhile (target <= 64 MiB steady). With
+//!   `--stages` a second, `read_uncommitted` consumer splits each event's latency where the broker appended it.
+//!
+//! The latency and throughput parts also report who used the cores meanwhile (`BoxLoad`): each process group's share
+//! of a core and how long its threads waited for one (`/proc/<pid>/task/*/schedstat`), the machine's busy share and
+//! its CPU pressure (`/proc/pressure/cpu`): the measured form of "the box is saturated".
 //! - `startup`: with warm services (connector, slot, topics and registry subject made by a first run), one row is
 //!   written while no relay runs, then the relay process is started and timed until it logs "replication started"
 //!   and until a `read_committed` consumer has the row; stopped with SIGTERM; `--repeat` runs (at least 5),

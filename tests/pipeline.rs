@@ -270,6 +270,47 @@ async fn a_second_instance_fences_the_first() {
     assert_exactly_once(&records, &committed);
 }
 
+/// Not pipelining, a relay still fences `<transactional_id>.2` before it reads the checkpoint: an instance that
+/// pipelines (one started before the setting changed, a standby configured otherwise) could otherwise still commit
+/// on that id afterwards. A producer on that id with a transaction open stands in for such an instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_does_not_pipeline_still_fences_the_second_transactional_id() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let h = Harness::new("fencetwo", Options::default()).await;
+    let (mut first, mut c, mut committed) = first_instance_with_one_row(&h).await;
+    first.stop();
+    let stray_id = format!("outbox-relay-{}.2", h.connector);
+    let (bootstrap, topic) = (h.services.kafka_bootstrap.clone(), h.topic("order"));
+    let stray = tokio::task::spawn_blocking(move || {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", &stray_id)
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        p.begin_transaction().unwrap();
+        p.send(BaseRecord::to(&topic).key("stray").payload("stray")).map_err(|(e, _)| e).unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+        p
+    })
+    .await
+    .unwrap();
+
+    let mut second = h.spawn(&[], &[("OUTBOX_RELAY_KAFKA__PIPELINED_COMMITS", "false")]);
+    second.wait_log(STARTED, Duration::from_secs(60));
+    let commit = tokio::task::spawn_blocking(move || stray.commit_transaction(Duration::from_secs(30))).await.unwrap();
+    assert!(commit.is_err(), "the transaction open on the second id survived the start:\n{}", second.log_text());
+
+    committed.extend(h.insert_txn(&mut c, &[("order", "a", "T", r#"{"n": 2}"#.into())]).await);
+    h.wait_for_records_of(Some(&second), &[h.topic("order")], 2, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let records = h.read_committed(&[h.topic("order")]);
+    assert!(records.iter().all(|r| r.key != b"stray"), "the fenced transaction's record is visible");
+    assert_exactly_once(&records, &committed);
+}
+
 /// A start that fails on PostgreSQL (here: a misconfigured outbox table, as a bad rollout would ship) must not fence
 /// the instance that is running: fencing comes only after PostgreSQL's checks passed. Without the lease
 /// (leader.enabled = false) nothing else would keep the failing instance from taking the running one down with it.
