@@ -303,11 +303,9 @@ impl RegistrySettings {
             builder = builder.tls_certs_only([ca]);
         }
         if let Some((cert, key)) = &self.tls_client {
-            let identity = reqwest::Identity::from_pkcs8_pem(
-                &read("tls_cert_file", cert)?,
-                &read("tls_key_file", key)?,
-            )
-            .map_err(|e| {
+            let (cert_pem, key_pem) = (read("tls_cert_file", cert)?, read("tls_key_file", key)?);
+            check_key_pair(cert, key, &cert_pem, &key_pem)?;
+            let identity = reqwest::Identity::from_pkcs8_pem(&cert_pem, &key_pem).map_err(|e| {
                 EncodeError::Settings(format!(
                     "schema_registry.tls_cert_file {cert:?} with tls_key_file {key:?}: not a PEM certificate and \
                          PKCS#8 PEM key ({}); convert the key with `openssl pkcs8 -topk8 -nocrypt`",
@@ -337,15 +335,37 @@ impl RegistrySettings {
     }
 }
 
+/// Whether the key of `tls_key_file` belongs to the certificate of `tls_cert_file`. The TLS library checks it only when
+/// the HTTP client is built, which happens in the background (see [`SchemaRegistry`]); checked here, a mismatch
+/// refuses the start before it fences anyone, as every other settings file does.
+fn check_key_pair(cert: &str, key: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), EncodeError> {
+    let unreadable = |what: &str, e: openssl::error::ErrorStack| {
+        EncodeError::Settings(format!("schema_registry.{what}: not a PEM {}: {e}", what.trim_end_matches("_file")))
+    };
+    let public = openssl::x509::X509::from_pem(cert_pem)
+        .and_then(|c| c.public_key())
+        .map_err(|e| unreadable("tls_cert_file", e))?;
+    let private = openssl::pkey::PKey::private_key_from_pem(key_pem).map_err(|e| unreadable("tls_key_file", e))?;
+    if public.public_eq(&private) {
+        Ok(())
+    } else {
+        Err(EncodeError::Settings(format!(
+            "schema_registry.tls_key_file {key:?} is not the key of the certificate in tls_cert_file {cert:?}; fix: \
+             name the key the certificate was issued for"
+        )))
+    }
+}
+
 /// The registry client shared by the key and value encoders: registers schemas and asks what `check` and
 /// `schemas check` need ([`SchemaRegistry::subjects`], [`SchemaRegistry::is_compatible`], [`SchemaRegistry::mode`],
 /// versions, compatibility levels), every call through one HTTP path with the same retries, URL fail-over and
 /// failure classification.
 #[derive(Debug)]
 pub struct SchemaRegistry {
-    /// Built on the blocking pool from [`SchemaRegistry::new`] on, and awaited by the first request: the build costs
-    /// tens of milliseconds of CPU (OpenSSL 3 decodes the system trust store, even for an `http://` registry), which a
-    /// start would otherwise wait for before it may fence.
+    /// Built on the blocking pool from [`SchemaRegistry::new`] on (within a tokio runtime; otherwise by the first
+    /// request), and awaited by the first request: the build costs tens of milliseconds of CPU (OpenSSL 3 decodes the
+    /// system trust store, even for an `http://` registry), which a start would otherwise wait for before it may
+    /// fence. Every settings file is read and checked in `new`, so only the build itself is deferred.
     http: Arc<tokio::sync::OnceCell<reqwest::Client>>,
     settings: RegistrySettings,
     url: String,
@@ -353,10 +373,11 @@ pub struct SchemaRegistry {
 
 /// Builds the registry's HTTP client on the blocking pool: it parses the system trust store.
 async fn build_http_client(settings: RegistrySettings) -> Result<reqwest::Client, EncodeError> {
-    let url = settings.url().to_owned();
+    let url = redact_url(settings.url());
+    let url2 = url.clone();
     tokio::task::spawn_blocking(move || {
         settings.client_builder()?.build().map_err(|e| {
-            EncodeError::Settings(format!("schema registry client for {}: {}", settings.url(), crate::error_chain(&e)))
+            EncodeError::Settings(format!("schema registry client for {url2}: {}", crate::error_chain(&e)))
         })
     })
     .await
@@ -1165,6 +1186,48 @@ mod tests {
     fn encoder(extra: &[&str]) -> EnvelopeEncoder {
         let registry = Arc::new(SchemaRegistry::new(&RegistrySettings::new("http://127.0.0.1:1")).unwrap());
         EnvelopeEncoder::new(registry, extra.iter().map(|s| (*s).to_owned()).collect()).unwrap()
+    }
+
+    /// The TLS library checks the client certificate against its key only when the HTTP client is built, which now
+    /// happens in the background; the registry client must refuse a mismatch at once, before a start fences.
+    #[test]
+    fn a_client_key_that_is_not_the_certificates_is_refused_when_the_registry_client_is_made() {
+        use openssl::asn1::Asn1Time;
+        use openssl::hash::MessageDigest;
+        use openssl::pkey::PKey;
+        use openssl::rsa::Rsa;
+        use openssl::x509::{X509, X509NameBuilder};
+
+        let key = || PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let (mine, other) = (key(), key());
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "relay").unwrap();
+        let name = name.build();
+        let mut cert = X509::builder().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&mine).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+        cert.sign(&mine, MessageDigest::sha256()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, pem: Vec<u8>| {
+            let path = dir.path().join(file);
+            std::fs::write(&path, pem).unwrap();
+            path.display().to_string()
+        };
+        let cert_file = write("relay.crt", cert.build().to_pem().unwrap());
+        let good = write("relay.key", mine.private_key_to_pem_pkcs8().unwrap());
+        let bad = write("other.key", other.private_key_to_pem_pkcs8().unwrap());
+        let settings = |key: &str| {
+            let mut s = RegistrySettings::new("https://127.0.0.1:1");
+            s.tls_client = Some((cert_file.clone(), key.to_owned()));
+            s
+        };
+        assert!(SchemaRegistry::new(&settings(&good)).is_ok());
+        let err = SchemaRegistry::new(&settings(&bad)).unwrap_err().to_string();
+        assert!(err.contains("tls_key_file") && err.contains("other.key") && err.contains("fix:"), "{err}");
     }
 
     fn event() -> OutboxEvent {
