@@ -903,6 +903,12 @@ impl LoadFigures {
 /// CPU ns and run-queue wait ns by process.
 type SchedTimes = HashMap<u32, (u64, u64)>;
 
+/// The pid of the walsender serving `slot`, while a reader is connected to it.
+async fn walsender_pid(client: &tokio_postgres::Client, slot: &str) -> Result<Option<u32>> {
+    let row = client.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?;
+    Ok(row.and_then(|r| r.get::<_, Option<i32>>(0)).and_then(|p| u32::try_from(p).ok()))
+}
+
 /// The processes of one `BoxLoad` group.
 enum Procs {
     One(u32),
@@ -1145,11 +1151,7 @@ async fn throughput_once(
     let started = relay.wait_log("replication started", Duration::from_secs(120)).await?;
     let cpu_start = relay.cpu_split();
     let broker_start = broker_cpu();
-    let walsender: Option<i32> = sql
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&c.slot])
-        .await?
-        .and_then(|r| r.get(0));
-    let load = BoxLoad::start(Some(relay.pid), walsender.and_then(|p| u32::try_from(p).ok()));
+    let load = BoxLoad::start(Some(relay.pid), walsender_pid(&sql, &c.slot).await?);
     let mut perf = Perf::start(opts, relay.pid, section);
     let (visible, flushed) =
         wait_done(&sql, &c.slot, &consumer, &mut relay, rows, wal.marker, Duration::from_secs(1800)).await?;
@@ -1411,13 +1413,9 @@ async fn latency_inner(env: &Env, opts: &Opts, c: &mut Connector) -> Result<bool
     } else {
         None
     };
-    let walsender: Option<i32> = probe
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&c.slot])
-        .await?
-        .and_then(|r| r.get(0));
     let rss = RssSampler::start(relay.pid);
     let mut perf = Perf::start(opts, relay.pid, "e2e.latency");
-    let load = BoxLoad::start(Some(relay.pid), walsender.and_then(|p| u32::try_from(p).ok()));
+    let load = BoxLoad::start(Some(relay.pid), walsender_pid(&probe, &c.slot).await?);
     let cpu0 = relay.cpu();
     consumer.collect.store(true, Ordering::Relaxed);
     let gen_started = Instant::now();

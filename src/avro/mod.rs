@@ -374,14 +374,11 @@ pub struct SchemaRegistry {
 /// Builds the registry's HTTP client on the blocking pool: it parses the system trust store.
 async fn build_http_client(settings: RegistrySettings) -> Result<reqwest::Client, EncodeError> {
     let url = redact_url(settings.url());
-    let url2 = url.clone();
-    tokio::task::spawn_blocking(move || {
-        settings.client_builder()?.build().map_err(|e| {
-            EncodeError::Settings(format!("schema registry client for {url2}: {}", crate::error_chain(&e)))
-        })
-    })
-    .await
-    .map_err(|e| EncodeError::Settings(format!("schema registry client for {url}: its build failed: {e}")))?
+    let failed = |why: String| EncodeError::Settings(format!("schema registry client for {url}: {why}"));
+    let built = tokio::task::spawn_blocking(move || settings.client_builder().map(reqwest::ClientBuilder::build))
+        .await
+        .map_err(|e| failed(format!("its build failed: {e}")))?;
+    built?.map_err(|e| failed(crate::error_chain(&e)))
 }
 
 /// A schema as a subject holds it.
@@ -1192,32 +1189,18 @@ mod tests {
     /// happens in the background; the registry client must refuse a mismatch at once, before a start fences.
     #[test]
     fn a_client_key_that_is_not_the_certificates_is_refused_when_the_registry_client_is_made() {
-        use openssl::asn1::Asn1Time;
-        use openssl::hash::MessageDigest;
         use openssl::pkey::PKey;
         use openssl::rsa::Rsa;
-        use openssl::x509::{X509, X509NameBuilder};
 
         let key = || PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
         let (mine, other) = (key(), key());
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "relay").unwrap();
-        let name = name.build();
-        let mut cert = X509::builder().unwrap();
-        cert.set_version(2).unwrap();
-        cert.set_subject_name(&name).unwrap();
-        cert.set_issuer_name(&name).unwrap();
-        cert.set_pubkey(&mine).unwrap();
-        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
-        cert.sign(&mine, MessageDigest::sha256()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let write = |file: &str, pem: Vec<u8>| {
             let path = dir.path().join(file);
             std::fs::write(&path, pem).unwrap();
             path.display().to_string()
         };
-        let cert_file = write("relay.crt", cert.build().to_pem().unwrap());
+        let cert_file = write("relay.crt", crate::pg::conninfo::self_signed_pem_for("relay", &mine));
         let good = write("relay.key", mine.private_key_to_pem_pkcs8().unwrap());
         let bad = write("other.key", other.private_key_to_pem_pkcs8().unwrap());
         let settings = |key: &str| {

@@ -809,33 +809,39 @@ mod tests {
     }
 }
 
+/// A certificate (PEM) named `cn` for `key`, signed by it: for the tests of TLS settings here and in `avro`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn self_signed_pem_for(cn: &str, key: &openssl::pkey::PKey<openssl::pkey::Private>) -> Vec<u8> {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::x509::{X509Builder, X509NameBuilder};
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+    b.sign(key, MessageDigest::sha256()).unwrap();
+    b.build().to_pem().unwrap()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod more_tests {
     use super::*;
 
-    /// A self-signed certificate (PEM) named `cn`.
+    /// A self-signed certificate (PEM) named `cn`, with a key of its own.
     fn self_signed_pem(cn: &str) -> Vec<u8> {
-        use openssl::asn1::Asn1Time;
         use openssl::ec::{EcGroup, EcKey};
-        use openssl::hash::MessageDigest;
         use openssl::nid::Nid;
         use openssl::pkey::PKey;
-        use openssl::x509::{X509Builder, X509NameBuilder};
         let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", cn).unwrap();
-        let name = name.build();
-        let mut b = X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        b.build().to_pem().unwrap()
+        self_signed_pem_for(cn, &PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap())
     }
 
     /// The TLS configuration is built once and shared by clones, and built again when a file changes (a rotated
